@@ -1,0 +1,302 @@
+//! The two handler traits a program implements (the `BaseRequestHandler` of Python's
+//! socketserver, split by socket type) and what a handler is given: a [`Connection`]
+//! for streams, a datagram and a [`Reply`] handle for datagram sockets.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::peer::Peer;
+use crate::sys;
+
+/// How a service runs its handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    /// One forked child per connection or datagram (ForkingMixIn).
+    Fork,
+    /// One server process, one thread per connection or datagram (ThreadingMixIn).
+    Thread,
+    /// One server process handling one connection or datagram at a time.
+    Sequential,
+    /// N long-lived children that each accept and serve one connection at a time.
+    Prefork,
+}
+
+impl Model {
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Fork => "fork",
+            Model::Thread => "thread",
+            Model::Sequential => "sequential",
+            Model::Prefork => "prefork",
+        }
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Model, String> {
+        match s {
+            "fork" => Ok(Model::Fork),
+            "thread" => Ok(Model::Thread),
+            "sequential" => Ok(Model::Sequential),
+            "prefork" => Ok(Model::Prefork),
+            _ => Err(format!(
+                "unknown model '{s}' (expected fork, thread, sequential or prefork)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Facts about the service a handler runs in.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The service's name (`echo`, `http`, …).
+    pub service: String,
+    /// The model the service runs under.
+    pub model: Model,
+    /// The idle timeout set on the connection, if any.
+    pub idle_timeout: Option<Duration>,
+    /// The local address the connection or datagram arrived on, as text (`tcp:…`).
+    pub local: String,
+}
+
+/// The connected socket a stream handler reads and writes.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Wraps a connected stream socket, choosing the type from its family.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
+        let kind = sys::socket_kind(fd.as_fd())?;
+        match kind.family {
+            libc::AF_UNIX => Ok(Stream::Unix(UnixStream::from(fd))),
+            libc::AF_INET | libc::AF_INET6 => Ok(Stream::Tcp(TcpStream::from(fd))),
+            f => Err(io::Error::other(format!("unsupported socket family {f}"))),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// A second handle to the same socket (for a reader and a writer).
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
+        }
+    }
+
+    /// Sets the read timeout (`None`: block for ever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// One accepted connection, as a stream handler sees it.
+///
+/// Reads time out after the service's idle timeout with an error of kind
+/// `WouldBlock`/`TimedOut`, which the server treats as a clean close.
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+    peer: Peer,
+    context: Context,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: Stream, peer: Peer, context: Context) -> Connection {
+        Connection {
+            stream,
+            peer,
+            context,
+        }
+    }
+
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The service, model and local address.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The socket itself, e.g. to clone it for a separate reader.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Half-closes the connection: the client reads end-of-file.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown_write()
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_fd().as_raw_fd()
+    }
+}
+
+/// Serves connections on stream sockets (TCP, Unix stream).
+///
+/// The server calls `setup`, then `handle`, then `finish` (even when `handle` failed),
+/// in the process or thread the model gives the connection. An `Err` or a panic makes
+/// a forked worker exit with status 1; the master logs it.
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Runs before `handle` (e.g. to send a banner).
+    fn setup(&self, _conn: &mut Connection) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Serves the connection until the client is done.
+    fn handle(&self, conn: &mut Connection) -> io::Result<()>;
+
+    /// Runs after `handle`, whatever it returned.
+    fn finish(&self, _conn: &mut Connection) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends replies to the sender of one datagram, on the socket it arrived on.
+pub struct Reply<'a> {
+    socket: BorrowedFd<'a>,
+    to: Option<sys::RawAddr>,
+    peer: Peer,
+    context: &'a Context,
+}
+
+impl<'a> Reply<'a> {
+    pub(crate) fn new(
+        socket: BorrowedFd<'a>,
+        to: Option<sys::RawAddr>,
+        peer: Peer,
+        context: &'a Context,
+    ) -> Reply<'a> {
+        Reply {
+            socket,
+            to,
+            peer,
+            context,
+        }
+    }
+
+    /// Who sent the datagram.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The service, model and local address.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// True when the sender has an address replies can go to (a Unix-datagram client
+    /// that did not bind one has none).
+    pub fn can_reply(&self) -> bool {
+        self.to.is_some()
+    }
+
+    /// Sends one datagram back to the sender. An unbound Unix-datagram sender cannot
+    /// be answered: the reply is skipped and logged.
+    pub fn send(&self, data: &[u8]) -> io::Result<()> {
+        let Some(to) = &self.to else {
+            log::info!(
+                "{}: datagram from {} has no return address (unbound unixgram sender); reply skipped",
+                self.context.service,
+                self.peer
+            );
+            return Ok(());
+        };
+        // The shared socket stays non-blocking (its flags are the master's); wait for
+        // room in the send buffer instead of failing on a full one.
+        loop {
+            match sys::send_to(self.socket, data, to) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [sys::pollfd(self.socket.as_raw_fd(), sys::POLLOUT)];
+                    sys::poll(&mut fds, Some(Duration::from_secs(1)))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Serves datagram sockets (UDP, Unix datagram): one call per datagram received.
+pub trait DatagramHandler: Send + Sync + 'static {
+    /// Handles one datagram; answer through `reply`.
+    fn handle(&self, datagram: &[u8], reply: &Reply<'_>) -> io::Result<()>;
+}

@@ -1,0 +1,253 @@
+//! The `forkserve` command: parses arguments, builds the built-in services, runs
+//! them. With no subcommand every built-in service runs on its default addresses.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use forkserve::listener::runtime_dir;
+use forkserve::services::{echo, time};
+use forkserve::{Error, ListenAddr, Model, Server, Service};
+
+#[derive(Parser)]
+#[command(
+    name = "forkserve",
+    version,
+    about = "A process-per-connection Unix server: one forked child per connection, built-in services, systemd socket activation",
+    after_help = "Addresses: tcp:HOST:PORT  tcp:[::1]:PORT  udp:HOST:PORT  unix:/PATH  unix:@NAME  unixgram:/PATH  systemd:NAME\n\
+                  With no subcommand every built-in service runs; --listen then takes SERVICE=ADDR."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    opts: ServeOpts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Uppercase echo over stream sockets (default tcp:127.0.0.1:9999, unix:RUNDIR/echo.sock)
+    Echo,
+    /// Server time over datagram sockets (default udp:127.0.0.1:8888, unixgram:RUNDIR/time.sock)
+    Time,
+}
+
+impl Command {
+    /// The built-in service this subcommand runs (None: a tool, not a service).
+    fn service(&self) -> Option<&'static str> {
+        match self {
+            Command::Echo => Some("echo"),
+            Command::Time => Some("time"),
+        }
+    }
+}
+
+/// Runs the subcommands that are tools rather than services; None for services.
+fn run_tool(_command: &Command) -> Option<ExitCode> {
+    None
+}
+
+#[derive(Args)]
+struct ServeOpts {
+    /// Listen on ADDR (repeatable); without a subcommand: SERVICE=ADDR
+    #[arg(short, long = "listen", value_name = "ADDR", global = true)]
+    listen: Vec<String>,
+    /// fork (one child per connection), thread, sequential or prefork
+    #[arg(long, value_name = "MODEL", default_value = "fork", global = true)]
+    model: Model,
+    /// Connections (or datagrams) served at once per service
+    #[arg(long, value_name = "N", default_value_t = 40, global = true)]
+    max_children: usize,
+    /// At most N at once per peer IP (TCP/UDP) or peer uid (Unix sockets)
+    #[arg(long, value_name = "N", global = true)]
+    max_per_source: Option<usize>,
+    /// Close a connection whose client has been silent SECS seconds
+    #[arg(long, value_name = "SECS", global = true)]
+    idle_timeout: Option<f64>,
+    /// On SIGTERM, let connections finish for SECS seconds before ending them
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, global = true)]
+    drain_timeout: f64,
+    /// Mode of Unix socket files, in octal
+    #[arg(long, value_name = "MODE", default_value = "0660", global = true)]
+    socket_mode: String,
+    /// Write a newline to fd N once every listener is bound (s6 readiness)
+    #[arg(long, value_name = "N", global = true)]
+    ready_fd: Option<i32>,
+    /// Prefork model: number of long-lived workers
+    #[arg(long, value_name = "N", default_value_t = 4, global = true)]
+    workers: usize,
+    /// Prefork model: replace a worker after it served N connections
+    #[arg(long, value_name = "N", global = true)]
+    max_requests: Option<u64>,
+    /// Serve one connection on stdin/stdout (inetd, systemd StandardInput=socket)
+    #[arg(long, global = true)]
+    inetd: bool,
+    /// Run as USER after binding the sockets
+    #[arg(long, value_name = "USER", global = true)]
+    user: Option<String>,
+    /// Run as GROUP (default: the user's group)
+    #[arg(long, value_name = "GROUP", global = true)]
+    group: Option<String>,
+    /// Log to the local syslog socket (facility daemon) instead of stderr
+    #[arg(long, global = true)]
+    syslog: bool,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings, -qq errors)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+}
+
+/// A built-in service: its name, default addresses, and how to make it (`None`:
+/// skipped in plain `forkserve`, with a log line saying why).
+struct Builtin {
+    name: &'static str,
+    defaults: fn(&Path) -> Vec<String>,
+    make: fn(&ServeOpts) -> Result<Option<Service>, Error>,
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "echo",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:9999".into(),
+                format!("unix:{}/echo.sock", rt.display()),
+            ]
+        },
+        make: |_| Ok(Some(Service::stream("echo", echo::Echo))),
+    },
+    Builtin {
+        name: "time",
+        defaults: |rt| {
+            vec![
+                "udp:127.0.0.1:8888".into(),
+                format!("unixgram:{}/time.sock", rt.display()),
+            ]
+        },
+        make: |_| Ok(Some(Service::datagram("time", time::Time))),
+    },
+];
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::new(Error::USAGE, msg)
+}
+
+fn parse_addr(s: &str) -> Result<ListenAddr, Error> {
+    s.parse().map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
+}
+
+fn secs(what: &str, v: f64) -> Result<Duration, Error> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(usage(format!("{what}: expected a number of seconds, got {v}")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Applies the shared options to a service.
+fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
+    let idle = opts.idle_timeout.map(|t| secs("--idle-timeout", t)).transpose()?;
+    Ok(svc
+        .model(opts.model)
+        .max_children(opts.max_children)
+        .max_per_source(opts.max_per_source)
+        .idle_timeout(idle)
+        .workers(opts.workers)
+        .max_requests(opts.max_requests))
+}
+
+/// The addresses of one service: those given with --listen, else its defaults.
+/// Under systemd activation with no --listen, none (it takes its named fds).
+fn addresses(b: &Builtin, given: &[ListenAddr], systemd: bool) -> Result<Vec<ListenAddr>, Error> {
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    if systemd {
+        return Ok(Vec::new());
+    }
+    let rt = runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+    (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
+}
+
+fn build(cli: &Cli) -> Result<Server, Error> {
+    let opts = &cli.opts;
+    let mode = u32::from_str_radix(opts.socket_mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| usage(format!("--socket-mode {}: expected an octal mode like 0660", opts.socket_mode)))?;
+    let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    let mut server = Server::new()
+        .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
+        .socket_mode(mode)
+        .ready_fd(opts.ready_fd)
+        .user(opts.user.clone(), opts.group.clone())
+        .inetd(opts.inetd);
+    let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
+        Some(name) => BUILTINS.iter().filter(|b| b.name == name).collect(),
+        None => BUILTINS.iter().collect(),
+    };
+    // --listen: ADDR for a single service; SERVICE=ADDR in any case.
+    let mut given: Vec<(Option<String>, ListenAddr)> = Vec::new();
+    for l in &opts.listen {
+        match l.split_once('=') {
+            Some((name, addr)) if !name.contains(':') => {
+                if !BUILTINS.iter().any(|b| b.name == name) {
+                    return Err(usage(format!("--listen {l}: no service named '{name}'")));
+                }
+                given.push((Some(name.to_string()), parse_addr(addr)?));
+            }
+            _ if chosen.len() == 1 => given.push((None, parse_addr(l)?)),
+            _ => {
+                return Err(usage(format!(
+                    "--listen {l}: with several services, write SERVICE=ADDR (e.g. echo=tcp:127.0.0.1:9999)"
+                )));
+            }
+        }
+    }
+    for b in chosen {
+        let mine: Vec<ListenAddr> = given
+            .iter()
+            .filter(|(n, _)| n.as_deref().is_none_or(|n| n == b.name))
+            .map(|(_, a)| a.clone())
+            .collect();
+        let Some(svc) = (b.make)(opts)? else {
+            continue;
+        };
+        let svc = svc.listen_on(addresses(b, &mine, systemd)?);
+        server = server.service(configure(svc, opts)?);
+    }
+    Ok(server)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { Error::USAGE as u8 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Some(code) = cli.command.as_ref().and_then(run_tool) {
+        return code;
+    }
+    let verbosity = i32::from(cli.opts.verbose) - i32::from(cli.opts.quiet);
+    if let Err(e) = forkserve::logging::init(verbosity, cli.opts.syslog) {
+        eprintln!("forkserve: {e}");
+        return ExitCode::from(Error::UNAVAILABLE as u8);
+    }
+    forkserve::proctitle::init();
+    let result = build(&cli).and_then(Server::run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            for line in e.message.lines() {
+                log::error!("{line}");
+            }
+            ExitCode::from(e.code as u8)
+        }
+    }
+}

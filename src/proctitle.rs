@@ -1,0 +1,105 @@
+//! Process titles for `ps`: the argv block is rewritten in place (what `ps -ef`,
+//! `ps -ef --forest` and `pgrep -f` show) and PR_SET_NAME sets the short name that
+//! `ps -e`, `top` and `pgrep` show.
+//!
+//! The argv and environment strings sit back to back in the stack area the kernel
+//! reports in /proc/self/stat (arg_start … env_end). [`init`] moves the environment
+//! to the heap, so the whole area can hold a title; the old environment block is
+//! overwritten, which also keeps `/proc/PID/environ` free of what systemd passed
+//! (LISTEN_*, NOTIFY_SOCKET).
+
+use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::sys;
+
+static AREA_START: AtomicUsize = AtomicUsize::new(0);
+static AREA_LEN: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" {
+    static mut environ: *mut *mut libc::c_char;
+}
+
+fn stat_area() -> Option<(usize, usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; arg_start is field 48, env_end field 51.
+    let get = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
+    let (arg_start, env_start, env_end) = (get(48)?, get(50)?, get(51)?);
+    if arg_start == 0 || env_end <= arg_start || env_start < arg_start {
+        return None;
+    }
+    Some((arg_start, env_start, env_end))
+}
+
+/// Prepares the title area. Call once, early, while the process has one thread and
+/// after the command line has been parsed (the argv strings are overwritten later).
+pub fn init() {
+    let Some((start, env_start, end)) = stat_area() else {
+        return;
+    };
+    // SAFETY: single-threaded at this point. Each environment string is copied to
+    // the heap (leaked: the environment lives as long as the process) and `environ`
+    // is pointed at the copies, so nothing refers into [env_start, end) any more.
+    unsafe {
+        let mut copies: Vec<*mut libc::c_char> = Vec::new();
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let s = CStr::from_ptr(*p).to_owned();
+            copies.push(s.into_raw());
+            p = p.add(1);
+        }
+        copies.push(std::ptr::null_mut());
+        let leaked = Box::leak(copies.into_boxed_slice());
+        environ = leaked.as_mut_ptr();
+    }
+    let _ = env_start;
+    AREA_START.store(start, Ordering::SeqCst);
+    AREA_LEN.store(end - start, Ordering::SeqCst);
+}
+
+/// Sets the title `ps -ef` shows (cut to the space there is) and the short name
+/// (`comm`, 15 bytes) that `ps -e` shows.
+pub fn set(title: &str, comm: &str) {
+    set_title(title);
+    sys::set_comm(comm);
+}
+
+/// Sets only the long title.
+pub fn set_title(title: &str) {
+    let start = AREA_START.load(Ordering::SeqCst);
+    let len = AREA_LEN.load(Ordering::SeqCst);
+    if start == 0 || len < 2 {
+        return;
+    }
+    let bytes = title.as_bytes();
+    let n = bytes.len().min(len - 1);
+    // SAFETY: [start, start+len) is this process's argv+environ area, which `init`
+    // detached from every other reference; it is writable stack memory.
+    unsafe {
+        let dst = start as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
+        std::ptr::write_bytes(dst.add(n), 0, len - n);
+    }
+}
+
+/// Sets an environment variable in a freshly forked, single-threaded child.
+pub fn child_setenv(key: &str, value: &str) {
+    if let (Ok(k), Ok(v)) = (CString::new(key), CString::new(value)) {
+        // SAFETY: called only in a single-threaded child process.
+        unsafe {
+            libc::setenv(k.as_ptr(), v.as_ptr(), 1);
+        }
+    }
+}
+
+/// Removes an environment variable in the (single-threaded) master or a child.
+pub fn unsetenv(key: &str) {
+    if let Ok(k) = CString::new(key) {
+        // SAFETY: called only while the process has one thread.
+        unsafe {
+            libc::unsetenv(k.as_ptr());
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! What a freshly forked child does before it serves: close the master's
+//! descriptors, reset signals, take its title and its UCSPI environment; then serve
+//! and `_exit`. A child never returns into master code. Also the inetd path, where
+//! the one connection was handed to this process.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use super::master::Master;
+use super::{Error, Handler, Server, process, worker};
+use crate::handler::Context;
+use crate::peer::Peer;
+use crate::proctitle;
+use crate::sys;
+use crate::systemd::PassedFd;
+
+fn close_all(fds: &[i32]) {
+    for &fd in fds {
+        sys::close_fd(fd);
+    }
+}
+
+/// The short name for `ps -e`: `echo worker`, cut to 15 bytes.
+fn comm(service: &str, what: &str) -> String {
+    let mut s = format!("{service} {what}");
+    s.truncate(15);
+    s
+}
+
+/// The UCSPI variables (tcpserver, s6-ipcserver) that describe a connection.
+fn set_ucspi_env(peer: &Peer, local: Option<std::net::SocketAddr>) {
+    match peer {
+        Peer::Ip(a) => {
+            proctitle::child_setenv("PROTO", "TCP");
+            proctitle::child_setenv("TCPREMOTEIP", &a.ip().to_string());
+            proctitle::child_setenv("TCPREMOTEPORT", &a.port().to_string());
+            if let Some(l) = local {
+                proctitle::child_setenv("TCPLOCALIP", &l.ip().to_string());
+                proctitle::child_setenv("TCPLOCALPORT", &l.port().to_string());
+            }
+        }
+        Peer::Unix { uid, gid, pid, .. } => {
+            proctitle::child_setenv("PROTO", "UNIX");
+            if let Some(u) = uid {
+                proctitle::child_setenv("UNIXREMOTEEUID", &u.to_string());
+            }
+            if let Some(g) = gid {
+                proctitle::child_setenv("UNIXREMOTEEGID", &g.to_string());
+            }
+            if let Some(p) = pid {
+                proctitle::child_setenv("UNIXREMOTEPID", &p.to_string());
+            }
+        }
+    }
+}
+
+fn worker_title(ctx: &Context, peer: &Peer) {
+    proctitle::set(
+        &format!("forkserve: {} worker {peer}", ctx.service),
+        &comm(&ctx.service, "worker"),
+    );
+}
+
+/// Child side of a fork-model connection.
+pub(crate) fn run_stream_worker(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Peer) -> ! {
+    master.signals.reset_in_child();
+    close_all(&master.fds_to_close(None, None));
+    let svc = &master.svcs[s];
+    let ctx = svc.contexts[l].clone();
+    let Handler::Stream(handler) = &svc.conf.handler else {
+        sys::exit_now(1)
+    };
+    worker_title(&ctx, &peer);
+    let local = sys::local_addr(fd.as_fd()).ok().and_then(|a| a.to_inet());
+    set_ucspi_env(&peer, local);
+    let outcome = worker::serve_connection(handler.as_ref(), fd, peer, ctx);
+    sys::exit_now(outcome.exit_code())
+}
+
+/// Child side of a fork-model datagram: handle it, reply on the shared socket.
+pub(crate) fn run_datagram_worker(
+    master: &mut Master,
+    s: usize,
+    l: usize,
+    len: usize,
+    reply_to: Option<sys::RawAddr>,
+    peer: Peer,
+) -> ! {
+    master.signals.reset_in_child();
+    // Keep this service's sockets: the reply goes out on the one that received.
+    let mut close = master.fds_to_close(Some(s), None);
+    let svc = &master.svcs[s];
+    let keep = svc.listeners[l].as_fd();
+    close.extend(
+        svc.listeners
+            .iter()
+            .map(|x| std::os::fd::AsRawFd::as_raw_fd(x))
+            .filter(|&fd| fd != std::os::fd::AsRawFd::as_raw_fd(&keep)),
+    );
+    close_all(&close);
+    let ctx = &svc.contexts[l];
+    let Handler::Datagram(handler) = &svc.conf.handler else {
+        sys::exit_now(1)
+    };
+    worker_title(ctx, &peer);
+    set_ucspi_env(&peer, None);
+    let data = &master.dgram_buf[..len];
+    let outcome = worker::serve_datagram(handler.as_ref(), keep, data, reply_to, peer, ctx);
+    sys::exit_now(outcome.exit_code())
+}
+
+/// Child side of a long-lived server process (thread, sequential, prefork).
+pub(crate) fn run_server_process(master: &mut Master, s: usize, slot: usize) -> ! {
+    let signals = match master.signals.renew_in_child() {
+        Ok(sig) => sig,
+        Err(e) => {
+            log::error!("server process: signals: {e}");
+            sys::exit_now(71)
+        }
+    };
+    close_all(&master.fds_to_close(Some(s), None));
+    sys::die_with_parent(libc::SIGTERM);
+    let svc = &master.svcs[s];
+    let code = process::serve(&svc.conf, &svc.listeners, &svc.contexts, signals, slot);
+    sys::exit_now(code)
+}
+
+/// Child side of a companion process (the chat broker).
+pub(crate) fn run_companion(
+    master: &mut Master,
+    s: usize,
+    c: usize,
+    run: Arc<dyn Fn() -> i32 + Send + Sync>,
+) -> ! {
+    master.signals.reset_in_child();
+    close_all(&master.fds_to_close(None, Some((s, c))));
+    sys::die_with_parent(libc::SIGTERM);
+    let name = master.svcs[s].conf.companions[c].name.clone();
+    proctitle::set(&format!("forkserve: {name}"), &name);
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run())) {
+        Ok(code) => code,
+        Err(_) => 1,
+    };
+    sys::exit_now(code)
+}
+
+/// Serves the one connection this process was handed: on fd 3 by systemd
+/// (Accept=yes), or on stdin/stdout (`--inetd`), in-process, then returns.
+pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(), Error> {
+    let svc = match server.services.as_slice() {
+        [one] => one,
+        many => {
+            let name = passed.as_ref().map(|p| p.name.as_str()).unwrap_or("");
+            many.iter().find(|s| s.name == name).ok_or_else(|| {
+                Error::new(
+                    Error::USAGE,
+                    "a single connection was passed (inetd / Accept=yes): name one service to serve it",
+                )
+            })?
+        }
+    };
+    let Handler::Stream(handler) = &svc.handler else {
+        return Err(Error::new(
+            Error::USAGE,
+            format!("{}: inetd mode serves stream services only", svc.name),
+        ));
+    };
+    let fd = match passed {
+        Some(p) => p.fd,
+        None => {
+            let fd = sys::adopt_fd(0)
+                .ok_or_else(|| Error::new(Error::USAGE, "--inetd: stdin is not open"))?;
+            sys::socket_kind(fd.as_fd()).map_err(|_| {
+                Error::new(Error::USAGE, "--inetd: stdin is not a socket")
+            })?;
+            // stdout is the same socket; the handler writes through fd 0's copy.
+            fd
+        }
+    };
+    let addr = sys::peer_addr(fd.as_fd()).map_err(|e| Error::new(Error::OSERR, format!("getpeername: {e}")))?;
+    let peer = worker::stream_peer(fd.as_fd(), &addr);
+    let local = sys::local_addr(fd.as_fd()).ok();
+    let local_text = local
+        .as_ref()
+        .and_then(|a| a.to_inet())
+        .map(|a| format!("tcp:{a}"))
+        .unwrap_or_else(|| "unix".to_string());
+    let ctx = Context {
+        service: svc.name.clone(),
+        model: svc.model,
+        idle_timeout: svc.idle_timeout,
+        local: local_text,
+    };
+    worker_title(&ctx, &peer);
+    set_ucspi_env(&peer, local.and_then(|a| a.to_inet()));
+    log::info!("{}: serving one connection from {peer} (inetd)", svc.name);
+    match worker::serve_connection(handler.as_ref(), fd, peer, ctx) {
+        worker::Outcome::Ok => Ok(()),
+        worker::Outcome::Failed => Err(Error::new(1, format!("{}: handler failed", svc.name))),
+    }
+}

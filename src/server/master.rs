@@ -1,0 +1,818 @@
+//! The master: binds everything, then one thread and one poll(2) loop over the
+//! listeners of fork-model services and the signal self-pipe. It accepts, forks,
+//! reaps, restarts server processes and companions, keeps its title current, and
+//! drains on SIGTERM. It never runs handler code.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::children::{Backoff, Children, RateLimitedLog, Reaped, Role, SourceCounts};
+use super::signals::Signals;
+use super::{Error, Handler, Server, Service, fork, worker};
+use crate::addr::ListenAddr;
+use crate::handler::{Context, Model};
+use crate::listener::Listener;
+use crate::proctitle;
+use crate::sys::{self, ExitStatus, Forked};
+use crate::systemd::{self, Notifier, PassedFd};
+
+/// How many connections (or datagrams) one wake-up may take from one listener
+/// before the loop looks at signals and the other listeners again.
+const ACCEPT_BATCH: usize = 64;
+
+/// A service as the master runs it.
+pub(crate) struct Svc {
+    pub conf: Service,
+    pub listeners: Vec<Listener>,
+    pub contexts: Vec<Context>,
+    pub active: usize,
+    pub sources: SourceCounts,
+    pub slots: Vec<(Option<i32>, Backoff)>,
+    pub companions: Vec<(Option<i32>, Backoff)>,
+    refusals: RateLimitedLog,
+    pub served: u64,
+}
+
+impl Svc {
+    /// True when the master itself accepts for this service (fork model).
+    fn master_accepts(&self) -> bool {
+        self.conf.model == Model::Fork
+    }
+
+    fn title_part(&self) -> String {
+        let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr().to_string()).collect();
+        let count = match self.conf.model {
+            Model::Fork => format!("[{}/{}]", self.active, self.conf.max_children),
+            Model::Prefork => format!("[prefork {}]", self.conf.workers),
+            m => format!("[{m}]"),
+        };
+        format!("{} {} {}", self.conf.name, addrs.join(" "), count)
+    }
+}
+
+struct Shutdown {
+    /// When to SIGTERM remaining workers (end of the drain).
+    deadline: Instant,
+    /// When SIGTERM went to the workers; SIGKILL follows 2 s later.
+    term_sent: Option<Instant>,
+    killed: bool,
+    /// When companions were told to stop.
+    companions_stopping: Option<Instant>,
+}
+
+pub(crate) struct Master {
+    pub svcs: Vec<Svc>,
+    pub children: Children,
+    pub signals: Signals,
+    pub notifier: Notifier,
+    drain_timeout: Duration,
+    shutdown: Option<Shutdown>,
+    title_dirty: bool,
+    pollfds: Vec<sys::PollFd>,
+    pollmap: Vec<(usize, usize)>,
+    pub dgram_buf: Vec<u8>,
+    accept_paused_until: Option<Instant>,
+    last_status: Option<Instant>,
+    last_watchdog: Instant,
+    served_total: u64,
+}
+
+/// Entry point of [`Server::run`].
+pub(crate) fn run(server: Server) -> Result<(), Error> {
+    install_panic_hook();
+    let notifier = Notifier::from_env();
+    let passed = systemd::take_listen_fds();
+    let signals =
+        Signals::install().map_err(|e| Error::new(Error::OSERR, format!("signals: {e}")))?;
+
+    if server.inetd {
+        return fork::serve_inetd(&server, None);
+    }
+    if passed.len() == 1 && passed[0].is_connection() {
+        let pf = passed.into_iter().next().unwrap();
+        return fork::serve_inetd(&server, Some(pf));
+    }
+
+    let svcs = bind_all(&server, passed)?;
+    for svc in &svcs {
+        for l in &svc.listeners {
+            log::info!("{}: listening on {}", svc.conf.name, l.addr());
+        }
+    }
+    drop_privileges(&server, &svcs)?;
+
+    let mut master = Master {
+        svcs,
+        children: Children::default(),
+        signals,
+        notifier,
+        drain_timeout: server.drain_timeout,
+        shutdown: None,
+        title_dirty: true,
+        pollfds: Vec::new(),
+        pollmap: Vec::new(),
+        dgram_buf: vec![0u8; 65536],
+        accept_paused_until: None,
+        last_status: None,
+        last_watchdog: Instant::now(),
+        served_total: 0,
+    };
+    master.update_title();
+    for i in 0..master.svcs.len() {
+        for c in 0..master.svcs[i].companions.len() {
+            master.spawn_companion(i, c);
+        }
+        for s in 0..master.svcs[i].slots.len() {
+            master.spawn_server(i, s);
+        }
+    }
+    if let Some(fd) = server.ready_fd {
+        signal_ready_fd(fd);
+    }
+    master.notifier.notify("READY=1\nSTATUS=serving");
+    log::info!(
+        "master {} started: {} service(s)",
+        sys::getpid(),
+        master.svcs.len()
+    );
+    master.run_loop();
+    master.cleanup_files();
+    log::info!("master {} exiting", sys::getpid());
+    Ok(())
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("panic in thread '{name}': {info}");
+    }));
+}
+
+fn signal_ready_fd(fd: RawFd) {
+    let Some(owned) = sys::adopt_fd(fd) else {
+        log::warn!("--ready-fd {fd}: not an open descriptor");
+        return;
+    };
+    let mut f = std::fs::File::from(owned);
+    if let Err(e) = std::io::Write::write_all(&mut f, b"\n") {
+        log::warn!("--ready-fd {fd}: {e}");
+    }
+}
+
+/// Binds (or takes from systemd) every listener of every service, checking that
+/// each service got sockets of its kind. Nothing has forked yet.
+fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
+    let mut passed: Vec<Option<PassedFd>> = passed.into_iter().map(Some).collect();
+    let mut svcs = Vec::new();
+    let mut errors = Vec::new();
+    for conf in &server.services {
+        let mut listeners = Vec::new();
+        let mut wanted_names: Vec<&str> = conf
+            .addrs
+            .iter()
+            .filter_map(|a| match a {
+                ListenAddr::Systemd(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        // A service with no address of its own takes the fds named after it.
+        let by_own_name = conf.addrs.is_empty()
+            || (passed.iter().flatten().any(|p| p.name == conf.name) && wanted_names.is_empty());
+        if by_own_name {
+            wanted_names.push(&conf.name);
+        }
+        for name in &wanted_names {
+            let mut found = false;
+            for slot in passed.iter_mut() {
+                if slot.as_ref().is_some_and(|p| p.name == *name) {
+                    let p = slot.take().unwrap();
+                    found = true;
+                    match Listener::from_inherited(p.fd) {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => errors.push(format!("systemd:{name}: {e}")),
+                    }
+                }
+            }
+            if !found && conf.addrs.iter().any(|a| a == &ListenAddr::Systemd(name.to_string())) {
+                errors.push(format!(
+                    "systemd:{name}: no socket named '{name}' was passed by systemd"
+                ));
+            }
+        }
+        let take_defaults = listeners.is_empty() || !by_own_name;
+        if take_defaults {
+            for addr in &conf.addrs {
+                if matches!(addr, ListenAddr::Systemd(_)) {
+                    continue;
+                }
+                match Listener::bind(addr, server.socket_mode) {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        for l in &listeners {
+            if l.is_stream() != conf.is_stream() {
+                errors.push(format!(
+                    "{}: {} is a {} socket but the {} service needs {} sockets",
+                    conf.name,
+                    l.addr(),
+                    if l.is_stream() { "stream" } else { "datagram" },
+                    conf.name,
+                    if conf.is_stream() { "stream" } else { "datagram" }
+                ));
+            }
+        }
+        if listeners.is_empty() && errors.is_empty() {
+            errors.push(format!("{}: no address to listen on", conf.name));
+        }
+        let contexts = listeners
+            .iter()
+            .map(|l| Context {
+                service: conf.name.clone(),
+                model: conf.model,
+                idle_timeout: conf.idle_timeout,
+                local: l.addr().to_string(),
+            })
+            .collect();
+        let nslots = match conf.model {
+            Model::Fork => 0,
+            Model::Prefork => conf.workers,
+            Model::Thread | Model::Sequential => 1,
+        };
+        svcs.push(Svc {
+            conf: conf.clone(),
+            listeners,
+            contexts,
+            active: 0,
+            sources: SourceCounts::default(),
+            slots: vec![(None, Backoff::default()); nslots],
+            companions: vec![(None, Backoff::default()); conf.companions.len()],
+            refusals: RateLimitedLog::default(),
+            served: 0,
+        });
+    }
+    let unmatched: Vec<String> = passed
+        .iter()
+        .flatten()
+        .map(|p| format!("fd {} named '{}'", p.fd.as_raw_fd(), p.name))
+        .collect();
+    if !unmatched.is_empty() {
+        errors.push(format!(
+            "systemd passed sockets no service takes: {} (name them after a service with FileDescriptorName=, or use --listen systemd:NAME)",
+            unmatched.join(", ")
+        ));
+    }
+    if !errors.is_empty() {
+        // Remove whatever was created before failing.
+        for svc in &mut svcs {
+            for l in &mut svc.listeners {
+                l.remove_file();
+            }
+        }
+        return Err(Error::new(Error::UNAVAILABLE, errors.join("\n")));
+    }
+    Ok(svcs)
+}
+
+fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
+    let Some(name) = &server.user else {
+        if server.group.is_some() {
+            return Err(Error::new(Error::USAGE, "--group needs --user"));
+        }
+        return Ok(());
+    };
+    let user = sys::lookup_user(name)
+        .map_err(|e| Error::new(Error::OSERR, format!("--user {name}: {e}")))?
+        .ok_or_else(|| Error::new(Error::CONFIG, format!("--user {name}: no such user")))?;
+    let gid = match &server.group {
+        Some(g) => sys::lookup_group(g)
+            .map_err(|e| Error::new(Error::OSERR, format!("--group {g}: {e}")))?
+            .ok_or_else(|| Error::new(Error::CONFIG, format!("--group {g}: no such group")))?,
+        None => user.gid,
+    };
+    for svc in svcs {
+        for l in &svc.listeners {
+            if let Err(e) = l.chown_file(user.uid, gid) {
+                log::warn!("chown {}: {e}", l.addr());
+            }
+        }
+    }
+    sys::drop_privileges(&user, gid).map_err(|e| {
+        Error::new(
+            Error::OSERR,
+            format!("dropping privileges to {name} (uid {}, gid {gid}): {e}; refusing to serve", user.uid),
+        )
+    })?;
+    log::info!("running as {name} (uid {}, gid {gid})", user.uid);
+    Ok(())
+}
+
+impl Master {
+    fn update_title(&mut self) {
+        let parts: Vec<String> = self.svcs.iter().map(Svc::title_part).collect();
+        proctitle::set(&format!("forkserve: master {}", parts.join("; ")), "forkserve");
+        self.title_dirty = false;
+    }
+
+    /// Descriptors a child must close: every listener (except those of
+    /// `keep_service`), the signal pipe, the notify socket, and companion fds (except
+    /// those of companion `keep_companion`).
+    pub fn fds_to_close(&self, keep_service: Option<usize>, keep_companion: Option<(usize, usize)>) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.signals.raw_fds().to_vec();
+        fds.extend(self.notifier.raw_fd());
+        for (i, svc) in self.svcs.iter().enumerate() {
+            if Some(i) != keep_service {
+                fds.extend(super::raw_fds(&svc.listeners));
+            }
+            for (c, comp) in svc.conf.companions.iter().enumerate() {
+                if keep_companion != Some((i, c)) {
+                    fds.extend(comp.fds.iter().copied());
+                }
+            }
+        }
+        fds
+    }
+
+    fn run_loop(&mut self) {
+        loop {
+            if self.title_dirty {
+                self.update_title();
+            }
+            self.build_pollfds();
+            let timeout = self.next_timeout();
+            if let Err(e) = sys::poll(&mut self.pollfds, timeout) {
+                log::error!("poll: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            if self.pollfds[0].revents != 0 {
+                self.signals.drain();
+            }
+            self.handle_signals();
+            for k in 1..self.pollfds.len() {
+                if self.pollfds[k].revents != 0 {
+                    let (s, l) = self.pollmap[k - 1];
+                    self.serve_ready(s, l);
+                }
+            }
+            self.run_timers();
+            if self.shutdown.is_some() && self.children.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn build_pollfds(&mut self) {
+        self.pollfds.clear();
+        self.pollmap.clear();
+        self.pollfds.push(sys::pollfd(self.signals.fd(), sys::POLLIN));
+        if self.shutdown.is_some() {
+            return;
+        }
+        if let Some(t) = self.accept_paused_until {
+            if Instant::now() < t {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        for (i, svc) in self.svcs.iter().enumerate() {
+            if !svc.master_accepts() || svc.active >= svc.conf.max_children {
+                continue;
+            }
+            for (j, l) in svc.listeners.iter().enumerate() {
+                self.pollfds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
+                self.pollmap.push((i, j));
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        for svc in &self.svcs {
+            for (pid, b) in svc.slots.iter().chain(svc.companions.iter()) {
+                if pid.is_none()
+                    && let Some(d) = b.due
+                {
+                    consider(d);
+                }
+            }
+        }
+        if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(sd) = &self.shutdown {
+            if sd.term_sent.is_none() {
+                consider(sd.deadline);
+            }
+            if let Some(t) = sd.term_sent
+                && !sd.killed
+            {
+                consider(t + Duration::from_secs(2));
+            }
+            if let Some(t) = sd.companions_stopping {
+                consider(t + Duration::from_secs(2));
+            }
+            // While draining, tell systemd we are still at it.
+            consider(now + Duration::from_secs(1));
+        }
+        if self.notifier.enabled() {
+            consider(now + Duration::from_secs(1));
+            if let Some(w) = self.notifier.watchdog_interval() {
+                consider(self.last_watchdog + w);
+            }
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn handle_signals(&mut self) {
+        if self.signals.take(libc::SIGCHLD) {
+            self.reap();
+        }
+        let term = self.signals.take(libc::SIGTERM);
+        let int = self.signals.take(libc::SIGINT);
+        let quit = self.signals.take(libc::SIGQUIT);
+        if self.signals.take(libc::SIGHUP) {
+            log::info!("SIGHUP received: nothing to reload (reserved for a later use)");
+        }
+        if self.signals.take(libc::SIGUSR1) {
+            log::info!(
+                "status: {} children, {} served",
+                self.children.len(),
+                self.served_total
+            );
+        }
+        if quit || ((term || int) && self.shutdown.is_some()) {
+            let why = if quit { "SIGQUIT" } else { "second stop signal" };
+            self.stop_now(why);
+        } else if term || int {
+            self.begin_shutdown(if term { "SIGTERM" } else { "SIGINT" });
+        }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        log::info!(
+            "{why}: shutting down; draining {} connection(s) for up to {}s",
+            self.children.count_where(|r| matches!(r, Role::Worker { .. })),
+            self.drain_timeout.as_secs_f64()
+        );
+        self.notifier.notify("STOPPING=1\nSTATUS=draining");
+        self.shutdown = Some(Shutdown {
+            deadline: Instant::now() + self.drain_timeout,
+            term_sent: None,
+            killed: false,
+            companions_stopping: None,
+        });
+        self.close_listeners();
+        // Server processes drain their own connections on SIGTERM.
+        self.children
+            .signal_where(libc::SIGTERM, |r| matches!(r, Role::Server { .. }));
+    }
+
+    fn stop_now(&mut self, why: &str) {
+        log::info!("{why}: stopping now");
+        if self.shutdown.is_none() {
+            self.notifier.notify("STOPPING=1");
+            self.close_listeners();
+        }
+        let now = Instant::now();
+        self.shutdown = Some(Shutdown {
+            deadline: now,
+            term_sent: Some(now),
+            killed: false,
+            companions_stopping: Some(now),
+        });
+        self.children.signal_where(libc::SIGTERM, |_| true);
+    }
+
+    fn close_listeners(&mut self) {
+        for svc in &mut self.svcs {
+            for l in &mut svc.listeners {
+                l.remove_file();
+            }
+            svc.listeners.clear();
+        }
+    }
+
+    fn cleanup_files(&mut self) {
+        self.close_listeners();
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        if self.shutdown.is_none() {
+            for i in 0..self.svcs.len() {
+                for c in 0..self.svcs[i].companions.len() {
+                    let (pid, b) = &self.svcs[i].companions[c];
+                    if pid.is_none() && b.due.is_some_and(|d| d <= now) {
+                        self.spawn_companion(i, c);
+                    }
+                }
+                for s in 0..self.svcs[i].slots.len() {
+                    let (pid, b) = &self.svcs[i].slots[s];
+                    if pid.is_none() && b.due.is_some_and(|d| d <= now) {
+                        self.spawn_server(i, s);
+                    }
+                }
+            }
+        }
+        if self.notifier.enabled() {
+            if self.last_status.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                self.last_status = Some(now);
+                let live = self.children.count_where(|r| matches!(r, Role::Worker { .. }));
+                let mut msg = format!(
+                    "STATUS={} {live} connection(s) live, {} served",
+                    if self.shutdown.is_some() { "draining:" } else { "serving:" },
+                    self.served_total
+                );
+                if self.shutdown.is_some() {
+                    msg.push_str("\nEXTEND_TIMEOUT_USEC=3000000");
+                }
+                self.notifier.notify(&msg);
+            }
+            if let Some(w) = self.notifier.watchdog_interval()
+                && now.duration_since(self.last_watchdog) >= w
+            {
+                self.last_watchdog = now;
+                self.notifier.notify("WATCHDOG=1");
+            }
+        }
+        self.advance_shutdown(now);
+    }
+
+    fn advance_shutdown(&mut self, now: Instant) {
+        let Some(sd) = &mut self.shutdown else {
+            return;
+        };
+        let not_companion = |r: &Role| !matches!(r, Role::Companion { .. });
+        let serving = self.children.count_where(not_companion);
+        if serving > 0 {
+            match sd.term_sent {
+                None if now >= sd.deadline => {
+                    log::info!("drain timeout: sending SIGTERM to {serving} child(ren)");
+                    sd.term_sent = Some(now);
+                    self.children.signal_where(libc::SIGTERM, not_companion);
+                }
+                Some(t) if !sd.killed && now >= t + Duration::from_secs(2) => {
+                    log::warn!("sending SIGKILL to {serving} child(ren) still running");
+                    sd.killed = true;
+                    self.children.signal_where(libc::SIGKILL, not_companion);
+                }
+                _ => {}
+            }
+            return;
+        }
+        // Workers are gone: now the companions (they served the workers).
+        match sd.companions_stopping {
+            None => {
+                sd.companions_stopping = Some(now);
+                self.children.signal_where(libc::SIGTERM, |_| true);
+            }
+            Some(t) if now >= t + Duration::from_secs(2) => {
+                self.children.signal_where(libc::SIGKILL, |_| true);
+            }
+            _ => {}
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        self.children.reap(|r| reaped.push(r));
+        for r in reaped {
+            self.on_child_exit(r);
+        }
+    }
+
+    fn on_child_exit(&mut self, r: Reaped) {
+        let stopping = self.shutdown.is_some();
+        let abnormal = !r.status.success()
+            && !(stopping && matches!(r.status, ExitStatus::Signal(libc::SIGTERM)));
+        let life = r.lifetime.as_secs_f64();
+        match r.role {
+            Role::Worker { service, peer } => {
+                let svc = &mut self.svcs[service];
+                svc.active -= 1;
+                svc.sources.remove(peer.source_key(), svc.conf.max_per_source);
+                self.title_dirty = true;
+                if abnormal {
+                    log::warn!(
+                        "{} worker {} (peer {peer}) {} after {life:.3}s",
+                        svc.conf.name,
+                        r.pid,
+                        r.status
+                    );
+                } else {
+                    log::debug!("{} worker {} done after {life:.3}s", svc.conf.name, r.pid);
+                }
+            }
+            Role::Server { service, slot } => {
+                let svc = &mut self.svcs[service];
+                svc.slots[slot].0 = None;
+                let what = format!("{} server process {} ({})", svc.conf.name, r.pid, svc.conf.model);
+                if stopping {
+                    log::info!("{what} {} after {life:.1}s", r.status);
+                } else {
+                    let delay = svc.slots[slot].1.schedule(r.lifetime);
+                    if r.status.success() {
+                        // A prefork worker recycled after --max-requests.
+                        log::info!("{what} exited after {life:.1}s; replacing it");
+                        svc.slots[slot].1.due = Some(Instant::now());
+                    } else {
+                        log::warn!(
+                            "{what} {} after {life:.1}s; restarting in {:.1}s",
+                            r.status,
+                            delay.as_secs_f64()
+                        );
+                    }
+                }
+            }
+            Role::Companion { service, index } => {
+                let svc = &mut self.svcs[service];
+                svc.companions[index].0 = None;
+                let name = &svc.conf.companions[index].name;
+                if stopping {
+                    log::info!("{} {name} {} {} after {life:.1}s", svc.conf.name, r.pid, r.status);
+                } else {
+                    let delay = svc.companions[index].1.schedule(r.lifetime);
+                    log::warn!(
+                        "{} {name} {} {} after {life:.1}s; restarting in {:.1}s",
+                        svc.conf.name,
+                        r.pid,
+                        r.status,
+                        delay.as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    fn serve_ready(&mut self, s: usize, l: usize) {
+        match self.svcs[s].conf.handler {
+            Handler::Stream(_) => self.accept_connections(s, l),
+            Handler::Datagram(_) => self.receive_datagrams(s, l),
+        }
+    }
+
+    fn refuse(&mut self, s: usize, peer: &crate::peer::Peer) {
+        let svc = &mut self.svcs[s];
+        let key = peer.source_key();
+        let (name, limit, n) = (&svc.conf.name, svc.conf.max_per_source, svc.sources.get(key));
+        svc.refusals.log(|suppressed| {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} more refused since the last report)")
+            } else {
+                String::new()
+            };
+            log::info!(
+                "{name}: refused {peer}: {n} already open from {key} (max-per-source {}){more}",
+                limit.unwrap_or(0)
+            );
+        });
+    }
+
+    fn accept_connections(&mut self, s: usize, l: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.svcs[s].active >= self.svcs[s].conf.max_children {
+                return;
+            }
+            let accepted = sys::accept(self.svcs[s].listeners[l].as_fd());
+            let (fd, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    self.on_accept_error(s, l, e);
+                    return;
+                }
+            };
+            let peer = worker::stream_peer(fd.as_fd(), &addr);
+            let key = peer.source_key();
+            let limit = self.svcs[s].conf.max_per_source;
+            if !self.svcs[s].sources.try_add(key, limit) {
+                self.refuse(s, &peer);
+                continue;
+            }
+            match sys::fork() {
+                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, fd, peer),
+                Ok(Forked::Parent(pid)) => {
+                    drop(fd);
+                    let svc = &mut self.svcs[s];
+                    svc.active += 1;
+                    svc.served += 1;
+                    self.served_total += 1;
+                    self.children.insert(pid, Role::Worker { service: s, peer });
+                    self.title_dirty = true;
+                }
+                Err(e) => {
+                    self.svcs[s].sources.remove(key, limit);
+                    log::error!("{}: fork failed: {e}; dropping {peer}", self.svcs[s].conf.name);
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_accept_error(&mut self, s: usize, l: usize, e: std::io::Error) {
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+            Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
+                log::debug!("{}: accept: {e}", self.svcs[s].conf.name)
+            }
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                log::error!(
+                    "{}: accept on {}: {e}; pausing accepts for 100 ms",
+                    self.svcs[s].conf.name,
+                    self.svcs[s].listeners[l].addr()
+                );
+                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+            }
+            _ => log::error!(
+                "{}: accept on {}: {e}",
+                self.svcs[s].conf.name,
+                self.svcs[s].listeners[l].addr()
+            ),
+        }
+    }
+
+    fn receive_datagrams(&mut self, s: usize, l: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.svcs[s].active >= self.svcs[s].conf.max_children {
+                return;
+            }
+            let got = sys::recv_from(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
+            let (n, addr, cred) = match got {
+                Ok(x) => x,
+                Err(e) => {
+                    self.on_accept_error(s, l, e);
+                    return;
+                }
+            };
+            let (peer, reply_to) = worker::datagram_peer(addr, cred);
+            let key = peer.source_key();
+            let limit = self.svcs[s].conf.max_per_source;
+            if !self.svcs[s].sources.try_add(key, limit) {
+                self.refuse(s, &peer);
+                continue;
+            }
+            match sys::fork() {
+                Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
+                Ok(Forked::Parent(pid)) => {
+                    let svc = &mut self.svcs[s];
+                    svc.active += 1;
+                    svc.served += 1;
+                    self.served_total += 1;
+                    self.children.insert(pid, Role::Worker { service: s, peer });
+                    self.title_dirty = true;
+                }
+                Err(e) => {
+                    self.svcs[s].sources.remove(key, limit);
+                    log::error!("{}: fork failed: {e}; dropping a datagram from {peer}", self.svcs[s].conf.name);
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn spawn_server(&mut self, s: usize, slot: usize) {
+        self.svcs[s].slots[slot].1.due = None;
+        match sys::fork() {
+            Ok(Forked::Child) => fork::run_server_process(self, s, slot),
+            Ok(Forked::Parent(pid)) => {
+                self.svcs[s].slots[slot].0 = Some(pid);
+                self.children.insert(pid, Role::Server { service: s, slot });
+                log::debug!("{}: server process {pid} started ({})", self.svcs[s].conf.name, self.svcs[s].conf.model);
+            }
+            Err(e) => {
+                let d = self.svcs[s].slots[slot].1.schedule(Duration::ZERO);
+                log::error!("{}: fork of server process failed: {e}; retrying in {:.1}s", self.svcs[s].conf.name, d.as_secs_f64());
+            }
+        }
+    }
+
+    fn spawn_companion(&mut self, s: usize, c: usize) {
+        self.svcs[s].companions[c].1.due = None;
+        let run = Arc::clone(&self.svcs[s].conf.companions[c].run);
+        match sys::fork() {
+            Ok(Forked::Child) => fork::run_companion(self, s, c, run),
+            Ok(Forked::Parent(pid)) => {
+                self.svcs[s].companions[c].0 = Some(pid);
+                self.children.insert(pid, Role::Companion { service: s, index: c });
+                log::info!(
+                    "{}: {} started as pid {pid}",
+                    self.svcs[s].conf.name,
+                    self.svcs[s].conf.companions[c].name
+                );
+            }
+            Err(e) => {
+                let d = self.svcs[s].companions[c].1.schedule(Duration::ZERO);
+                log::error!("{}: fork of companion failed: {e}; retrying in {:.1}s", self.svcs[s].conf.name, d.as_secs_f64());
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! A long-lived server process, forked by the master for the models that do not
+//! fork per connection: `sequential` (one connection or datagram at a time),
+//! `thread` (a thread each; this process never forks) and `prefork` (one of N
+//! processes that each accept and serve one connection at a time, recycled after
+//! `--max-requests`). On SIGTERM it stops accepting and finishes what it has; a
+//! second SIGTERM ends it at once.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::children::SourceCounts;
+use super::signals::Signals;
+use super::{Handler, Service, worker};
+use crate::handler::{Context, Model};
+use crate::listener::Listener;
+use crate::peer::Peer;
+use crate::proctitle;
+use crate::sys;
+
+/// Live threads of a thread-model process, and who they serve.
+struct ThreadState {
+    active: AtomicUsize,
+    sources: Mutex<SourceCounts>,
+    /// Written by each finishing thread, so the accept loop wakes.
+    done_tx: UnixStream,
+}
+
+struct Proc<'a> {
+    conf: &'a Service,
+    listeners: &'a [Listener],
+    contexts: &'a [Context],
+    signals: Signals,
+    slot: usize,
+    served: u64,
+    threads: Option<Arc<ThreadState>>,
+    done_rx: Option<UnixStream>,
+    /// Shared copies of the datagram sockets for threads to reply on.
+    shared_socks: Vec<Arc<OwnedFd>>,
+    buf: Vec<u8>,
+}
+
+/// Runs the server process; returns its exit status.
+pub(crate) fn serve(
+    conf: &Service,
+    listeners: &[Listener],
+    contexts: &[Context],
+    signals: Signals,
+    slot: usize,
+) -> i32 {
+    let mut p = Proc {
+        conf,
+        listeners,
+        contexts,
+        signals,
+        slot,
+        served: 0,
+        threads: None,
+        done_rx: None,
+        shared_socks: Vec::new(),
+        buf: vec![0u8; 65536],
+    };
+    if conf.model == Model::Thread {
+        let (rx, tx) = match UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::error!("{}: socketpair: {e}", conf.name);
+                return 71;
+            }
+        };
+        let _ = rx.set_nonblocking(true);
+        let _ = tx.set_nonblocking(true);
+        p.threads = Some(Arc::new(ThreadState {
+            active: AtomicUsize::new(0),
+            sources: Mutex::new(SourceCounts::default()),
+            done_tx: tx,
+        }));
+        p.done_rx = Some(rx);
+        for l in listeners {
+            match l.as_fd().try_clone_to_owned() {
+                Ok(fd) => p.shared_socks.push(Arc::new(fd)),
+                Err(e) => {
+                    log::error!("{}: dup: {e}", conf.name);
+                    return 71;
+                }
+            }
+        }
+    }
+    p.set_title(None);
+    p.run()
+}
+
+impl Proc<'_> {
+    fn stopping(&self) -> bool {
+        self.signals.peek(libc::SIGTERM) || self.signals.peek(libc::SIGINT) || self.signals.peek(libc::SIGQUIT)
+    }
+
+    fn active(&self) -> usize {
+        self.threads.as_ref().map_or(0, |t| t.active.load(Ordering::SeqCst))
+    }
+
+    fn set_title(&self, busy: Option<&Peer>) {
+        let name = &self.conf.name;
+        let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr().to_string()).collect();
+        let title = match self.conf.model {
+            Model::Prefork => match busy {
+                Some(peer) => format!("forkserve: {name} worker #{} busy {peer} [{} served]", self.slot + 1, self.served),
+                None => format!("forkserve: {name} worker #{} idle [{} served]", self.slot + 1, self.served),
+            },
+            Model::Thread => format!(
+                "forkserve: {name} server (thread) {} [{}/{}]",
+                addrs.join(" "),
+                self.active(),
+                self.conf.max_children
+            ),
+            _ => format!(
+                "forkserve: {name} server ({}) {} [{} served]",
+                self.conf.model,
+                addrs.join(" "),
+                self.served
+            ),
+        };
+        let what = if self.conf.model == Model::Prefork { "worker" } else { "server" };
+        let mut comm = format!("{name} {what}");
+        comm.truncate(15);
+        proctitle::set(&title, &comm);
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut fds = Vec::new();
+        loop {
+            if self.stopping() {
+                return self.drain();
+            }
+            if let Some(max) = self.conf.max_requests
+                && self.conf.model == Model::Prefork
+                && self.served >= max
+            {
+                log::info!(
+                    "{} worker #{}: served {} (max-requests); exiting to be replaced",
+                    self.conf.name,
+                    self.slot + 1,
+                    self.served
+                );
+                return 0;
+            }
+            fds.clear();
+            fds.push(sys::pollfd(self.signals.fd(), sys::POLLIN));
+            if let Some(rx) = &self.done_rx {
+                fds.push(sys::pollfd(rx.as_raw_fd(), sys::POLLIN));
+            }
+            let base = fds.len();
+            if self.active() < self.conf.max_children {
+                for l in self.listeners {
+                    fds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
+                }
+            }
+            if let Err(e) = sys::poll(&mut fds, None) {
+                log::error!("{}: poll: {e}", self.conf.name);
+                return 71;
+            }
+            if fds[0].revents != 0 {
+                self.signals.drain();
+            }
+            if base == 2 && fds[1].revents != 0 {
+                self.drain_done_pipe();
+                self.set_title(None);
+            }
+            for k in base..fds.len() {
+                if fds[k].revents != 0 && !self.stopping() {
+                    self.serve_one(k - base);
+                }
+            }
+        }
+    }
+
+    fn drain_done_pipe(&self) {
+        if let Some(rx) = &self.done_rx {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut &*rx, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for running threads to finish, then exits 0.
+    fn drain(&mut self) -> i32 {
+        let n = self.active();
+        if n > 0 {
+            log::info!("{}: stopping; waiting for {n} connection(s)", self.conf.name);
+        }
+        while self.active() > 0 {
+            let mut fds = vec![sys::pollfd(self.signals.fd(), sys::POLLIN)];
+            if let Some(rx) = &self.done_rx {
+                fds.push(sys::pollfd(rx.as_raw_fd(), sys::POLLIN));
+            }
+            let _ = sys::poll(&mut fds, Some(Duration::from_millis(500)));
+            self.signals.drain();
+            self.drain_done_pipe();
+        }
+        0
+    }
+
+    fn serve_one(&mut self, l: usize) {
+        match &self.conf.handler {
+            Handler::Stream(h) => {
+                let h = Arc::clone(h);
+                let (fd, addr) = match sys::accept(self.listeners[l].as_fd()) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            log::warn!("{}: accept: {e}", self.conf.name);
+                            if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                        return;
+                    }
+                };
+                let peer = worker::stream_peer(fd.as_fd(), &addr);
+                let ctx = self.contexts[l].clone();
+                self.served += 1;
+                match &self.threads {
+                    None => {
+                        if self.conf.model == Model::Prefork {
+                            self.set_title(Some(&peer));
+                        }
+                        worker::serve_connection(h.as_ref(), fd, peer, ctx);
+                        self.set_title(None);
+                    }
+                    Some(ts) => {
+                        let key = peer.source_key();
+                        let limit = self.conf.max_per_source;
+                        if !ts.sources.lock().unwrap().try_add(key, limit) {
+                            log::info!("{}: refused {peer}: too many from {key} (max-per-source {})", self.conf.name, limit.unwrap_or(0));
+                            return;
+                        }
+                        let ts = Arc::clone(ts);
+                        self.spawn(ts, key, move || {
+                            worker::serve_connection(h.as_ref(), fd, peer, ctx);
+                        });
+                    }
+                }
+            }
+            Handler::Datagram(h) => {
+                let h = Arc::clone(h);
+                let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
+                    Ok(x) => x,
+                    Err(_) => return,
+                };
+                let (peer, reply_to) = worker::datagram_peer(addr, cred);
+                self.served += 1;
+                match &self.threads {
+                    None => {
+                        let ctx = &self.contexts[l];
+                        worker::serve_datagram(h.as_ref(), self.listeners[l].as_fd(), &self.buf[..n], reply_to, peer, ctx);
+                    }
+                    Some(ts) => {
+                        let key = peer.source_key();
+                        let limit = self.conf.max_per_source;
+                        if !ts.sources.lock().unwrap().try_add(key, limit) {
+                            log::info!("{}: refused a datagram from {peer} (max-per-source {})", self.conf.name, limit.unwrap_or(0));
+                            return;
+                        }
+                        let data = self.buf[..n].to_vec();
+                        let sock = Arc::clone(&self.shared_socks[l]);
+                        let ctx = self.contexts[l].clone();
+                        let ts = Arc::clone(ts);
+                        self.spawn(ts, key, move || {
+                            worker::serve_datagram(h.as_ref(), sock.as_fd(), &data, reply_to, peer, &ctx);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, ts: Arc<ThreadState>, key: crate::peer::SourceKey, f: impl FnOnce() + Send + 'static) {
+        ts.active.fetch_add(1, Ordering::SeqCst);
+        let limit = self.conf.max_per_source;
+        let ts2 = Arc::clone(&ts);
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-{}", self.conf.name, self.served))
+            .spawn(move || {
+                f();
+                ts2.sources.lock().unwrap().remove(key, limit);
+                ts2.active.fetch_sub(1, Ordering::SeqCst);
+                // Wake the accept loop: a slot is free again.
+                let _ = std::io::Write::write(&mut &ts2.done_tx, b"d");
+            });
+        if let Err(e) = spawned {
+            log::error!("{}: spawning a thread: {e}", self.conf.name);
+            ts.sources.lock().unwrap().remove(key, limit);
+            ts.active.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.set_title(None);
+    }
+}
+

@@ -1,0 +1,163 @@
+//! Signals as events in the poll loop: each handled signal sets a flag and writes a
+//! byte to a self-pipe (through signal-hook's registry), so the loop wakes and reads
+//! the flags at a safe point.
+//!
+//! Meanings in the master: SIGTERM/SIGINT drain and exit (a second one: stop now),
+//! SIGQUIT stop now, SIGHUP logged (reserved), SIGCHLD reap.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use signal_hook::SigId;
+
+use crate::sys;
+
+/// The signals forkserve handles, in flag order.
+const HANDLED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+];
+
+static FLAGS: [AtomicBool; 6] = [
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+];
+
+/// The write end of the current self-pipe; swapped when a server process makes its own.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Set in long-lived server processes: a SIGTERM that finds the previous one still
+/// pending (the master's drain deadline passed) ends the process at once.
+static EXIT_ON_SECOND_TERM: AtomicBool = AtomicBool::new(false);
+
+fn on_signal(index: usize) {
+    let was = FLAGS[index].swap(true, Ordering::SeqCst);
+    if index == 0 && was && EXIT_ON_SECOND_TERM.load(Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) and errno access are async-signal-safe; errno is restored so
+        // the interrupted code never sees ours.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::send(
+                fd,
+                b"s".as_ptr() as *const libc::c_void,
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+/// The installed handlers and the self-pipe the poll loop watches.
+pub struct Signals {
+    read: UnixStream,
+    write: OwnedFd,
+    ids: Vec<(i32, SigId)>,
+}
+
+fn index_of(sig: i32) -> usize {
+    HANDLED
+        .iter()
+        .position(|&s| s == sig)
+        .expect("signal not handled by forkserve")
+}
+
+fn new_pipe() -> io::Result<(UnixStream, OwnedFd)> {
+    let (r, w) = UnixStream::pair()?;
+    r.set_nonblocking(true)?;
+    w.set_nonblocking(true)?;
+    Ok((r, OwnedFd::from(w)))
+}
+
+impl Signals {
+    /// Installs the handlers. Call once, in the master, before any fork.
+    pub fn install() -> io::Result<Signals> {
+        let (read, write) = new_pipe()?;
+        WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut ids = Vec::new();
+        for (i, &sig) in HANDLED.iter().enumerate() {
+            // SAFETY: the action only touches atomics and calls send(2), which are
+            // async-signal-safe.
+            let id = unsafe { signal_hook::low_level::register(sig, move || on_signal(i)) }?;
+            ids.push((sig, id));
+        }
+        Ok(Signals { read, write, ids })
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Empties the pipe after a wake.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.read).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// True (once) if `sig` arrived since the last call.
+    pub fn take(&self, sig: i32) -> bool {
+        FLAGS[index_of(sig)].swap(false, Ordering::SeqCst)
+    }
+
+    /// True if `sig` arrived, leaving the flag set (so a second one can be told).
+    pub fn peek(&self, sig: i32) -> bool {
+        FLAGS[index_of(sig)].load(Ordering::SeqCst)
+    }
+
+    /// In a forked worker: every handler off, default dispositions back, the pipe
+    /// closed, all signals unblocked.
+    pub fn reset_in_child(&self) {
+        WAKE_FD.store(-1, Ordering::SeqCst);
+        for &(sig, id) in &self.ids {
+            signal_hook::low_level::unregister(id);
+            sys::default_signal(sig);
+        }
+        sys::unblock_all_signals();
+    }
+
+    /// In a long-lived server process: a pipe of its own (the master's is closed),
+    /// handlers kept for TERM/INT/QUIT/HUP, SIGCHLD back to default.
+    pub fn renew_in_child(&self) -> io::Result<Signals> {
+        let (read, write) = new_pipe()?;
+        WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut ids = Vec::new();
+        for &(sig, id) in &self.ids {
+            if sig == libc::SIGCHLD {
+                signal_hook::low_level::unregister(id);
+                sys::default_signal(sig);
+            } else {
+                ids.push((sig, id));
+            }
+        }
+        for flag in &FLAGS {
+            flag.store(false, Ordering::SeqCst);
+        }
+        EXIT_ON_SECOND_TERM.store(true, Ordering::SeqCst);
+        Ok(Signals { read, write, ids })
+    }
+
+    /// The raw descriptors of the pipe (to close in children that drop `self` late).
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.read.as_raw_fd(), self.write.as_fd().as_raw_fd()]
+    }
+}

@@ -1,0 +1,5 @@
+//! The built-in services of the reference material. Each depends on the core; the
+//! core never names a service.
+
+pub mod echo;
+pub mod time;

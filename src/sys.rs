@@ -1,0 +1,759 @@
+//! The thin OS layer: every `unsafe` call forkserve makes on its own lives here,
+//! each wrapped once in a safe function or type that the rest of the crate uses.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_ssize(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// What `fork` returned, seen from the side that called it.
+pub enum Forked {
+    Parent(libc::pid_t),
+    Child,
+}
+
+/// Forks the process. The master is single-threaded, so the child is a faithful copy
+/// that may run any code (allocation, logging) before it exits.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no preconditions in a single-threaded process; callers are the
+    // master and the long-lived server processes before they start any thread.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Ends the process at once, without unwinding or running atexit handlers: a forked
+/// child must never return into (or tear down) the master's state.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a reaped child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by {}", signal_name(s)),
+        }
+    }
+}
+
+/// The conventional name of a signal number (`SIGKILL`), or `signal N`.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+/// Reaps one exited child without blocking: `Ok(None)` when no child has exited yet,
+/// `Err(ECHILD)` when there are no children at all.
+pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes only to the status integer we pass.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => {
+            let st = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signal(libc::WTERMSIG(status))
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(status))
+            };
+            Ok(Some((pid, st)))
+        }
+    }
+}
+
+/// Sends `sig` to `pid`; a process that is already gone is not an error.
+pub fn kill(pid: libc::pid_t, sig: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Puts `sig` back to its default disposition (used by a freshly forked child).
+pub fn default_signal(sig: i32) {
+    // SAFETY: resetting a disposition to SIG_DFL has no memory effects.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
+/// Unblocks every signal in the calling thread.
+pub fn unblock_all_signals() {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Closes a raw descriptor this process owns through some other handle that will never
+/// be dropped (a forked child closing the master's listeners before `_exit`).
+pub fn close_fd(fd: RawFd) {
+    // SAFETY: closing an fd has no memory effects; callers never use `fd` again.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Sets or clears FD_CLOEXEC on a descriptor.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a borrowed, valid fd.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags))?;
+    }
+    Ok(())
+}
+
+/// Takes ownership of an inherited descriptor number (systemd's fds from 3 on, stdin).
+///
+/// Returns `None` when the number is not an open descriptor.
+pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the number is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: the fd is open and was handed to this process to own (by systemd, inetd
+    // or the shell); nothing else in the process holds it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------
+// Sockets
+
+/// The kind of socket a descriptor is, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketKind {
+    pub family: i32,
+    pub sock_type: i32,
+    pub listening: bool,
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
+    let mut val: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: val and len are valid for writes of the sizes given.
+    unsafe {
+        cvt(libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &mut val as *mut _ as *mut libc::c_void,
+            &mut len,
+        ))?
+    };
+    Ok(val)
+}
+
+fn setsockopt<T>(fd: BorrowedFd<'_>, level: i32, opt: i32, val: &T) -> io::Result<()> {
+    // SAFETY: val points to a live T of the size given.
+    unsafe {
+        cvt(libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            val as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        ))?
+    };
+    Ok(())
+}
+
+pub fn set_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, val: i32) -> io::Result<()> {
+    setsockopt(fd, level, opt, &(val as libc::c_int))
+}
+
+/// Family, type and listening state of a socket descriptor (`Err` if it is no socket).
+pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
+    let sock_type = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let family = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
+    Ok(SocketKind {
+        family,
+        sock_type,
+        listening,
+    })
+}
+
+/// Credentials of the process at the other end of a Unix socket (SO_PEERCRED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ucred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<Ucred> {
+    // SAFETY: ucred is plain data; getsockopt writes at most len bytes.
+    unsafe {
+        let mut cred: libc::ucred = zeroed();
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        cvt(libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        ))?;
+        Ok(Ucred {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+        })
+    }
+}
+
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO (a worker's idle timeout).
+pub fn set_io_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)
+}
+
+/// A socket address in the kernel's format, for the Unix and IP families.
+pub struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    fn empty() -> RawAddr {
+        RawAddr {
+            // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+            storage: unsafe { zeroed() },
+            len: size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    pub fn from_inet(addr: &SocketAddr) -> RawAddr {
+        let mut raw = RawAddr::empty();
+        match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+                let sin = unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                raw.len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+                let sin6 =
+                    unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_scope_id = a.scope_id();
+                raw.len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        raw
+    }
+
+    /// A Unix address: a path, or an abstract name when `abstract_name` is set.
+    pub fn from_unix(name: &[u8], abstract_name: bool) -> io::Result<RawAddr> {
+        let mut raw = RawAddr::empty();
+        // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_un.
+        let sun = unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_un) };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let offset = abstract_name as usize;
+        if name.len() + offset >= sun.sun_path.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path too long (at most 107 bytes)",
+            ));
+        }
+        for (i, b) in name.iter().enumerate() {
+            sun.sun_path[i + offset] = *b as libc::c_char;
+        }
+        let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        raw.len = if abstract_name {
+            (base + 1 + name.len()) as libc::socklen_t
+        } else {
+            (base + name.len() + 1) as libc::socklen_t
+        };
+        Ok(raw)
+    }
+
+    pub fn family(&self) -> i32 {
+        self.storage.ss_family as i32
+    }
+
+    /// The IP address and port, when this is an AF_INET/AF_INET6 address.
+    pub fn to_inet(&self) -> Option<SocketAddr> {
+        match self.family() {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in) };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in6) };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// The Unix address: `Some((bytes, is_abstract))`; empty bytes for an unbound peer.
+    pub fn to_unix(&self) -> Option<(Vec<u8>, bool)> {
+        if self.family() != libc::AF_UNIX {
+            return None;
+        }
+        // SAFETY: the family says the storage holds a sockaddr_un.
+        let sun = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_un) };
+        let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        let n = (self.len as usize).saturating_sub(base);
+        let bytes: Vec<u8> = sun.sun_path[..n.min(sun.sun_path.len())]
+            .iter()
+            .map(|&c| c as u8)
+            .collect();
+        if bytes.is_empty() {
+            return Some((Vec::new(), false));
+        }
+        if bytes[0] == 0 {
+            return Some((bytes[1..].to_vec(), true));
+        }
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some((bytes[..end].to_vec(), false))
+    }
+}
+
+/// Creates a socket with close-on-exec set.
+pub fn socket(family: i32, sock_type: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket returns a new fd we take ownership of.
+    let fd = unsafe { cvt(libc::socket(family, sock_type | libc::SOCK_CLOEXEC, 0))? };
+    // SAFETY: fd is new and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn bind(fd: BorrowedFd<'_>, addr: &RawAddr) -> io::Result<()> {
+    // SAFETY: addr holds a valid sockaddr of the given length.
+    unsafe {
+        cvt(libc::bind(
+            fd.as_raw_fd(),
+            &addr.storage as *const _ as *const libc::sockaddr,
+            addr.len,
+        ))?
+    };
+    Ok(())
+}
+
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen has no memory effects.
+    unsafe { cvt(libc::listen(fd.as_raw_fd(), backlog))? };
+    Ok(())
+}
+
+/// The local address a socket is bound to.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<RawAddr> {
+    let mut raw = RawAddr::empty();
+    // SAFETY: storage and len describe a writable buffer.
+    unsafe {
+        cvt(libc::getsockname(
+            fd.as_raw_fd(),
+            &mut raw.storage as *mut _ as *mut libc::sockaddr,
+            &mut raw.len,
+        ))?
+    };
+    Ok(raw)
+}
+
+/// The address of the connected peer.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<RawAddr> {
+    let mut raw = RawAddr::empty();
+    // SAFETY: storage and len describe a writable buffer.
+    unsafe {
+        cvt(libc::getpeername(
+            fd.as_raw_fd(),
+            &mut raw.storage as *mut _ as *mut libc::sockaddr,
+            &mut raw.len,
+        ))?
+    };
+    Ok(raw)
+}
+
+/// Accepts one connection (blocking socket, close-on-exec) and returns the peer address.
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, RawAddr)> {
+    let mut raw = RawAddr::empty();
+    // SAFETY: storage and len describe a writable buffer; the new fd is ours.
+    unsafe {
+        let conn = cvt(libc::accept4(
+            fd.as_raw_fd(),
+            &mut raw.storage as *mut _ as *mut libc::sockaddr,
+            &mut raw.len,
+            libc::SOCK_CLOEXEC,
+        ))?;
+        Ok((OwnedFd::from_raw_fd(conn), raw))
+    }
+}
+
+/// Receives one datagram without blocking (MSG_DONTWAIT, so the shared socket's file
+/// flags are never touched), with the sender's address and, on Unix sockets with
+/// SO_PASSCRED, the sender's credentials.
+pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, RawAddr, Option<Ucred>)> {
+    let mut raw = RawAddr::empty();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one SCM_CREDENTIALS message, 8-byte aligned.
+    let mut cmsg_buf = [0u64; 8];
+    // SAFETY: msghdr is plain data; every pointer in it refers to a live buffer above.
+    unsafe {
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut raw.storage as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = raw.len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = size_of::<[u64; 8]>() as _;
+        let n = cvt_ssize(libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        ))?;
+        raw.len = msg.msg_namelen;
+        let mut cred = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+            {
+                let uc = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
+                cred = Some(Ucred {
+                    pid: uc.pid,
+                    uid: uc.uid,
+                    gid: uc.gid,
+                });
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n, raw, cred))
+    }
+}
+
+/// Sends one datagram to `addr` without blocking.
+pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: &RawAddr) -> io::Result<usize> {
+    // SAFETY: data and addr are live buffers of the lengths given.
+    unsafe {
+        cvt_ssize(libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            &addr.storage as *const _ as *const libc::sockaddr,
+            addr.len,
+        ))
+    }
+}
+
+impl Clone for RawAddr {
+    fn clone(&self) -> RawAddr {
+        RawAddr {
+            storage: self.storage,
+            len: self.len,
+        }
+    }
+}
+
+/// Connects a new blocking stream socket to `addr` (used to probe stale socket files).
+pub fn connect(family: i32, sock_type: i32, addr: &RawAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family, sock_type)?;
+    // SAFETY: addr holds a valid sockaddr of the given length.
+    unsafe {
+        cvt(libc::connect(
+            fd.as_raw_fd(),
+            &addr.storage as *const _ as *const libc::sockaddr,
+            addr.len,
+        ))?
+    };
+    Ok(fd)
+}
+
+/// The largest listen backlog the kernel allows (net.core.somaxconn).
+pub fn somaxconn() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+/// Sets the process umask, returning the old one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+// ---------------------------------------------------------------------------
+// poll
+
+/// One descriptor to watch in `poll`.
+pub type PollFd = libc::pollfd;
+pub const POLLIN: i16 = libc::POLLIN;
+pub const POLLOUT: i16 = libc::POLLOUT;
+
+pub fn pollfd(fd: RawFd, events: i16) -> PollFd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Waits for events; `None` waits forever. EINTR counts as a wake with nothing ready.
+pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_micros() % 1000 != 0),
+    };
+    // SAFETY: fds is a valid slice of pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n == -1 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------
+// users, names, limits
+
+/// Sets the name `ps -e`, `top` and `pgrep` show (PR_SET_NAME, at most 15 bytes).
+pub fn set_comm(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: bytes is NUL-terminated and outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies.
+pub fn die_with_parent(sig: i32) {
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// A user from the password database.
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+}
+
+/// Looks a user up by name (or numeric id).
+pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: pwd, buf and result are live for the call; getpwnam_r fills them.
+    unsafe {
+        let mut pwd: libc::passwd = zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            if let Ok(uid) = name.parse::<u32>() {
+                return Ok(Some(User {
+                    uid,
+                    gid: uid,
+                    name: name.to_string(),
+                }));
+            }
+            return Ok(None);
+        }
+        Ok(Some(User {
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            name: name.to_string(),
+        }))
+    }
+}
+
+/// Looks a group up by name (or numeric id).
+pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: grp, buf and result are live for the call; getgrnam_r fills them.
+    unsafe {
+        let mut grp: libc::group = zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(name.parse::<u32>().ok());
+        }
+        Ok(Some(grp.gr_gid))
+    }
+}
+
+/// Drops root: supplementary groups of `user`, then the gid, then the uid; then checks
+/// that neither can be regained.
+pub fn drop_privileges(user: &User, gid: u32) -> io::Result<()> {
+    let cname = CString::new(user.name.as_str()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain system calls with integer or C-string arguments.
+    unsafe {
+        if libc::initgroups(cname.as_ptr(), gid as libc::gid_t) != 0 {
+            // A numeric uid with no passwd entry: keep just the primary group.
+            let g = gid as libc::gid_t;
+            cvt(libc::setgroups(1, &g))?;
+        }
+        cvt(libc::setgid(gid))?;
+        cvt(libc::setuid(user.uid))?;
+        if libc::getuid() != user.uid || libc::geteuid() != user.uid || libc::getegid() != gid {
+            return Err(io::Error::other("ids did not change"));
+        }
+        if user.uid != 0 && libc::setuid(0) == 0 {
+            return Err(io::Error::other("root could be regained after setuid"));
+        }
+    }
+    Ok(())
+}
+
+/// Changes the owner of a path (socket files created before a privilege drop).
+pub fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid C string.
+    unsafe { cvt(libc::chown(c.as_ptr(), uid, gid))? };
+    Ok(())
+}
+
+/// The local time broken down (for `YYYY-MM-DD HH:MM:SS` and log stamps).
+pub struct LocalTime {
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub weekday: u32,
+}
+
+fn broken_down(secs: i64, local: bool) -> LocalTime {
+    let t = secs as libc::time_t;
+    // SAFETY: tm is plain data; the _r variants write only into it.
+    let tm = unsafe {
+        let mut tm: libc::tm = zeroed();
+        if local {
+            libc::localtime_r(&t, &mut tm);
+        } else {
+            libc::gmtime_r(&t, &mut tm);
+        }
+        tm
+    };
+    LocalTime {
+        year: tm.tm_year + 1900,
+        month: (tm.tm_mon + 1) as u32,
+        day: tm.tm_mday as u32,
+        hour: tm.tm_hour as u32,
+        minute: tm.tm_min as u32,
+        second: tm.tm_sec as u32,
+        weekday: tm.tm_wday as u32,
+    }
+}
+
+/// Local time of a Unix timestamp (honours TZ and /etc/localtime).
+pub fn local_time(secs: i64) -> LocalTime {
+    broken_down(secs, true)
+}
+
+/// UTC time of a Unix timestamp.
+pub fn utc_time(secs: i64) -> LocalTime {
+    broken_down(secs, false)
+}
