@@ -259,7 +259,7 @@ impl<'a> Reply<'a> {
 
     /// The service, model and local address.
     pub fn context(&self) -> &Context {
-        &self.context
+        self.context
     }
 
     /// True when the sender has an address replies can go to (a Unix-datagram client
