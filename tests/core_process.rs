@@ -349,7 +349,7 @@ fn ready_fd_gets_a_newline_once_listening() {
     let mut buf = Vec::new();
     r.read_to_end(&mut buf).unwrap();
     assert_eq!(buf, b"\n");
-    assert!(fs.has_log("listening on tcp:127.0.0.1:"));
+    fs.wait_log("listening on tcp:127.0.0.1:");
 }
 
 #[test]

@@ -51,6 +51,7 @@ pub struct Forkserve {
     pub addrs: Vec<(String, String)>,
     log: Arc<Mutex<Vec<String>>>,
     lines: Receiver<String>,
+    log_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Builder {
@@ -98,6 +99,8 @@ impl Builder {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel();
         let log2 = Arc::clone(&log);
+        let log_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed2 = Arc::clone(&log_closed);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -107,6 +110,7 @@ impl Builder {
                 log2.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
+            closed2.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         Forkserve {
             child: Some(child),
@@ -114,6 +118,7 @@ impl Builder {
             addrs: Vec::new(),
             log,
             lines: rx,
+            log_closed,
         }
     }
 }
@@ -200,8 +205,12 @@ impl Forkserve {
         let child = self.child.as_mut().unwrap();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
-                // Let the log reader catch the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // The log is complete once stderr is closed (by the master and
+                // every child it had).
+                let closed = &self.log_closed;
+                wait_until("the server's stderr to close", || {
+                    closed.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+                });
                 return st;
             }
             if Instant::now() > deadline {
