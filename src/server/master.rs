@@ -168,6 +168,7 @@ fn signal_ready_fd(fd: RawFd) {
 /// Binds (or takes from systemd) every listener of every service, checking that
 /// each service got sockets of its kind. Nothing has forked yet.
 fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
+    let activated = !passed.is_empty();
     let mut passed: Vec<Option<PassedFd>> = passed.into_iter().map(Some).collect();
     let mut svcs = Vec::new();
     let mut errors = Vec::new();
@@ -238,6 +239,14 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 ));
             }
         }
+        if listeners.is_empty() && conf.addrs.is_empty() && activated {
+            log::info!(
+                "{}: systemd passed no socket named '{}'; service not started",
+                conf.name,
+                conf.name
+            );
+            continue;
+        }
         if listeners.is_empty() && errors.is_empty() {
             errors.push(format!("{}: no address to listen on", conf.name));
         }
@@ -277,6 +286,9 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
             "systemd passed sockets no service takes: {} (name them after a service with FileDescriptorName=, or use --listen systemd:NAME)",
             unmatched.join(", ")
         ));
+    }
+    if svcs.is_empty() && errors.is_empty() {
+        errors.push("no service has a socket to listen on".to_string());
     }
     if !errors.is_empty() {
         // Remove whatever was created before failing.

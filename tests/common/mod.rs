@@ -209,7 +209,9 @@ impl Forkserve {
                 // every child it had).
                 let closed = &self.log_closed;
                 wait_until("the server's stderr to close", || {
-                    closed.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+                    closed
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        .then_some(())
                 });
                 return st;
             }
