@@ -12,9 +12,10 @@ use crate::peer::Peer;
 use crate::sys;
 
 /// How a service runs its handlers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Model {
     /// One forked child per connection or datagram (ForkingMixIn).
+    #[default]
     Fork,
     /// One server process, one thread per connection or datagram (ThreadingMixIn).
     Thread,
@@ -57,7 +58,7 @@ impl std::fmt::Display for Model {
 }
 
 /// Facts about the service a handler runs in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Context {
     /// The service's name (`echo`, `http`, …).
     pub service: String,
@@ -79,8 +80,7 @@ pub enum Stream {
 impl Stream {
     /// Wraps a connected stream socket, choosing the type from its family.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
-        let kind = sys::socket_kind(fd.as_fd())?;
-        match kind.family {
+        match sys::socket_family(fd.as_fd())? {
             libc::AF_UNIX => Ok(Stream::Unix(UnixStream::from(fd))),
             libc::AF_INET | libc::AF_INET6 => Ok(Stream::Tcp(TcpStream::from(fd))),
             f => Err(io::Error::other(format!("unsupported socket family {f}"))),
@@ -169,6 +169,15 @@ impl Connection {
     /// The service, model and local address.
     pub fn context(&self) -> &Context {
         &self.context
+    }
+
+    /// The UCSPI environment for a program run for this connection (see
+    /// [`Peer::ucspi_env`]).
+    pub fn ucspi_env(&self) -> Vec<(&'static str, String)> {
+        let local = sys::local_addr(self.stream.as_fd())
+            .ok()
+            .and_then(|a| a.to_inet());
+        self.peer.ucspi_env(local)
     }
 
     /// The socket itself, e.g. to clone it for a separate reader.

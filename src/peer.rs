@@ -38,6 +38,40 @@ impl Peer {
         }
     }
 
+    /// The UCSPI environment (tcpserver, s6-ipcserver) describing this peer, for a
+    /// handler that runs a program for the connection: `PROTO`, `TCPREMOTEIP`,
+    /// `TCPREMOTEPORT`, `TCPLOCALIP`, `TCPLOCALPORT`, or for Unix peers
+    /// `UNIXREMOTEEUID`, `UNIXREMOTEEGID`, `UNIXREMOTEPID`. (Workers do not put it
+    /// in their own environment: setting it costs every connection and only a
+    /// program started with `Command::envs(conn.ucspi_env())` reads it.)
+    pub fn ucspi_env(&self, local: Option<SocketAddr>) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        match self {
+            Peer::Ip(a) => {
+                env.push(("PROTO", "TCP".to_string()));
+                env.push(("TCPREMOTEIP", a.ip().to_string()));
+                env.push(("TCPREMOTEPORT", a.port().to_string()));
+                if let Some(l) = local {
+                    env.push(("TCPLOCALIP", l.ip().to_string()));
+                    env.push(("TCPLOCALPORT", l.port().to_string()));
+                }
+            }
+            Peer::Unix { uid, gid, pid, .. } => {
+                env.push(("PROTO", "UNIX".to_string()));
+                if let Some(u) = uid {
+                    env.push(("UNIXREMOTEEUID", u.to_string()));
+                }
+                if let Some(g) = gid {
+                    env.push(("UNIXREMOTEEGID", g.to_string()));
+                }
+                if let Some(p) = pid {
+                    env.push(("UNIXREMOTEPID", p.to_string()));
+                }
+            }
+        }
+        env
+    }
+
     /// The peer's IP address and port, for TCP and UDP peers.
     pub fn ip(&self) -> Option<SocketAddr> {
         match self {

@@ -15,6 +15,8 @@ use crate::sys;
 
 static AREA_START: AtomicUsize = AtomicUsize::new(0);
 static AREA_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Length of the title now in the area; bytes past it are already zero.
+static TITLE_LEN: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 unsafe extern "C" {
     static mut environ: *mut *mut libc::c_char;
@@ -75,12 +77,48 @@ pub fn set_title(title: &str) {
     }
     let bytes = title.as_bytes();
     let n = bytes.len().min(len - 1);
+    // Only the bytes the old title used need clearing (all of them the first
+    // time): a forked worker then dirties one page, not the whole area.
+    let old = TITLE_LEN.swap(n, Ordering::SeqCst).min(len);
     // SAFETY: [start, start+len) is this process's argv+environ area, which `init`
     // detached from every other reference; it is writable stack memory.
     unsafe {
         let dst = start as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
-        std::ptr::write_bytes(dst.add(n), 0, len - n);
+        if old > n {
+            std::ptr::write_bytes(dst.add(n), 0, old - n);
+        }
+    }
+}
+
+/// Sets the title from format arguments without allocating (a worker's title is
+/// formatted on the stack), and the short name.
+pub fn set_fmt(args: std::fmt::Arguments<'_>, comm: &str) {
+    let mut buf = StackBuf {
+        bytes: [0; 256],
+        len: 0,
+    };
+    let _ = std::fmt::write(&mut buf, args);
+    // Cut on a character boundary.
+    let mut end = buf.len;
+    while std::str::from_utf8(&buf.bytes[..end]).is_err() {
+        end -= 1;
+    }
+    set_title(std::str::from_utf8(&buf.bytes[..end]).unwrap_or(""));
+    sys::set_comm(comm);
+}
+
+struct StackBuf {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl std::fmt::Write for StackBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
     }
 }
 

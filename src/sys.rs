@@ -238,6 +238,11 @@ pub fn set_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, val: i32) -> io::Re
     setsockopt(fd, level, opt, &(val as libc::c_int))
 }
 
+/// The address family of a socket (AF_UNIX, AF_INET, AF_INET6).
+pub fn socket_family(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+}
+
 /// Family, type and listening state of a socket descriptor (`Err` if it is no socket).
 pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
     let sock_type = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
@@ -615,8 +620,13 @@ pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> 
 
 /// Sets the name `ps -e`, `top` and `pgrep` show (PR_SET_NAME, at most 15 bytes).
 pub fn set_comm(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-    bytes.push(0);
+    let mut bytes = [0u8; 16];
+    for (dst, b) in bytes
+        .iter_mut()
+        .zip(name.bytes().filter(|&b| b != 0).take(15))
+    {
+        *dst = b;
+    }
     // SAFETY: bytes is NUL-terminated and outlives the call.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);

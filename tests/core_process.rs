@@ -338,7 +338,13 @@ fn ready_fd_gets_a_newline_once_listening() {
     unsafe {
         use std::os::unix::process::CommandExt;
         b.command().pre_exec(move || {
-            if libc::dup2(wfd, 5) == -1 {
+            // dup2 onto itself keeps close-on-exec: clear it by hand then.
+            let rc = if wfd == 5 {
+                libc::fcntl(5, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(wfd, 5)
+            };
+            if rc == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -39,6 +39,13 @@ pub struct Children {
 }
 
 impl Children {
+    /// A table sized so that it never grows while serving `n` at once.
+    pub fn with_capacity(n: usize) -> Children {
+        Children {
+            map: HashMap::with_capacity(n.min(65536) + 16),
+        }
+    }
+
     pub fn insert(&mut self, pid: i32, role: Role) {
         self.map.insert(
             pid,

@@ -14,49 +14,19 @@ use crate::proctitle;
 use crate::sys;
 use crate::systemd::PassedFd;
 
-fn close_all(fds: &[i32]) {
-    for &fd in fds {
-        sys::close_fd(fd);
-    }
-}
-
 /// The short name for `ps -e`: `echo worker`, cut to 15 bytes.
 fn comm(service: &str, what: &str) -> String {
-    let mut s = format!("{service} {what}");
-    s.truncate(15);
-    s
-}
-
-/// The UCSPI variables (tcpserver, s6-ipcserver) that describe a connection.
-fn set_ucspi_env(peer: &Peer, local: Option<std::net::SocketAddr>) {
-    match peer {
-        Peer::Ip(a) => {
-            proctitle::child_setenv("PROTO", "TCP");
-            proctitle::child_setenv("TCPREMOTEIP", &a.ip().to_string());
-            proctitle::child_setenv("TCPREMOTEPORT", &a.port().to_string());
-            if let Some(l) = local {
-                proctitle::child_setenv("TCPLOCALIP", &l.ip().to_string());
-                proctitle::child_setenv("TCPLOCALPORT", &l.port().to_string());
-            }
-        }
-        Peer::Unix { uid, gid, pid, .. } => {
-            proctitle::child_setenv("PROTO", "UNIX");
-            if let Some(u) = uid {
-                proctitle::child_setenv("UNIXREMOTEEUID", &u.to_string());
-            }
-            if let Some(g) = gid {
-                proctitle::child_setenv("UNIXREMOTEEGID", &g.to_string());
-            }
-            if let Some(p) = pid {
-                proctitle::child_setenv("UNIXREMOTEPID", &p.to_string());
-            }
-        }
+    let full = format!("{service} {what}");
+    let mut end = full.len().min(15);
+    while !full.is_char_boundary(end) {
+        end -= 1;
     }
+    full[..end].to_string()
 }
 
 fn worker_title(ctx: &Context, peer: &Peer) {
-    proctitle::set(
-        &format!("forkserve: {} worker {peer}", ctx.service),
+    proctitle::set_fmt(
+        format_args!("forkserve: {} worker {peer}", ctx.service),
         &comm(&ctx.service, "worker"),
     );
 }
@@ -70,15 +40,14 @@ pub(crate) fn run_stream_worker(
     peer: Peer,
 ) -> ! {
     master.signals.reset_in_child();
-    close_all(&master.fds_to_close(None, None));
+    master.close_inherited(None, None);
+    // This child's own copy of the master: take the context instead of cloning it.
+    let ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
     let svc = &master.svcs[s];
-    let ctx = svc.contexts[l].clone();
     let Handler::Stream(handler) = &svc.conf.handler else {
         sys::exit_now(1)
     };
     worker_title(&ctx, &peer);
-    let local = sys::local_addr(fd.as_fd()).ok().and_then(|a| a.to_inet());
-    set_ucspi_env(&peer, local);
     let outcome = worker::serve_connection(handler.as_ref(), fd, peer, ctx);
     sys::exit_now(outcome.exit_code())
 }
@@ -94,22 +63,19 @@ pub(crate) fn run_datagram_worker(
 ) -> ! {
     master.signals.reset_in_child();
     // Keep this service's sockets: the reply goes out on the one that received.
-    let mut close = master.fds_to_close(Some(s), None);
+    master.close_inherited(Some(s), None);
     let svc = &master.svcs[s];
     let keep = svc.listeners[l].as_fd();
-    close.extend(
-        svc.listeners
-            .iter()
-            .map(std::os::fd::AsRawFd::as_raw_fd)
-            .filter(|&fd| fd != std::os::fd::AsRawFd::as_raw_fd(&keep)),
-    );
-    close_all(&close);
+    for (j, other) in svc.listeners.iter().enumerate() {
+        if j != l {
+            sys::close_fd(std::os::fd::AsRawFd::as_raw_fd(other));
+        }
+    }
     let ctx = &svc.contexts[l];
     let Handler::Datagram(handler) = &svc.conf.handler else {
         sys::exit_now(1)
     };
     worker_title(ctx, &peer);
-    set_ucspi_env(&peer, None);
     let data = &master.dgram_buf[..len];
     let outcome = worker::serve_datagram(handler.as_ref(), keep, data, reply_to, peer, ctx);
     sys::exit_now(outcome.exit_code())
@@ -124,7 +90,7 @@ pub(crate) fn run_server_process(master: &mut Master, s: usize, slot: usize) -> 
             sys::exit_now(71)
         }
     };
-    close_all(&master.fds_to_close(Some(s), None));
+    master.close_inherited(Some(s), None);
     sys::die_with_parent(libc::SIGTERM);
     let svc = &master.svcs[s];
     let code = process::serve(&svc.conf, &svc.listeners, &svc.contexts, signals, slot);
@@ -139,7 +105,7 @@ pub(crate) fn run_companion(
     run: Arc<dyn Fn() -> i32 + Send + Sync>,
 ) -> ! {
     master.signals.reset_in_child();
-    close_all(&master.fds_to_close(None, Some((s, c))));
+    master.close_inherited(None, Some((s, c)));
     sys::die_with_parent(libc::SIGTERM);
     let name = master.svcs[s].conf.companions[c].name.clone();
     proctitle::set(&format!("forkserve: {name}"), &name);
@@ -195,7 +161,6 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         local: local_text,
     };
     worker_title(&ctx, &peer);
-    set_ucspi_env(&peer, local.and_then(|a| a.to_inet()));
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);
     match worker::serve_connection(handler.as_ref(), fd, peer, ctx) {
         worker::Outcome::Ok => Ok(()),

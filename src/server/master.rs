@@ -21,6 +21,10 @@ use crate::systemd::{self, Notifier, PassedFd};
 /// before the loop looks at signals and the other listeners again.
 const ACCEPT_BATCH: usize = 64;
 
+/// The title's counts are rewritten at most this often: the rewrite dirties a
+/// page that every fork then has to copy.
+const TITLE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A service as the master runs it.
 pub(crate) struct Svc {
     pub conf: Service,
@@ -32,6 +36,7 @@ pub(crate) struct Svc {
     pub companions: Vec<(Option<i32>, Backoff)>,
     refusals: RateLimitedLog,
     pub served: u64,
+    title_prefix: String,
 }
 
 impl Svc {
@@ -40,18 +45,19 @@ impl Svc {
         self.conf.model == Model::Fork
     }
 
-    fn title_part(&self) -> String {
+    /// The unchanging part of this service's piece of the master's title.
+    fn title_prefix(&self) -> String {
         let addrs: Vec<String> = self
             .listeners
             .iter()
             .map(|l| l.addr().to_string())
             .collect();
-        let count = match self.conf.model {
-            Model::Fork => format!("[{}/{}]", self.active, self.conf.max_children),
-            Model::Prefork => format!("[prefork {}]", self.conf.workers),
-            m => format!("[{m}]"),
+        let model = match self.conf.model {
+            Model::Fork => String::new(),
+            Model::Prefork => format!(" [prefork {}]", self.conf.workers),
+            m => format!(" [{m}]"),
         };
-        format!("{} {} {}", self.conf.name, addrs.join(" "), count)
+        format!("{} {}{model}", self.conf.name, addrs.join(" "))
     }
 }
 
@@ -73,6 +79,8 @@ pub(crate) struct Master {
     drain_timeout: Duration,
     shutdown: Option<Shutdown>,
     title_dirty: bool,
+    title: String,
+    last_title: Instant,
     pollfds: Vec<sys::PollFd>,
     pollmap: Vec<(usize, usize)>,
     pub dgram_buf: Vec<u8>,
@@ -108,12 +116,14 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
 
     let mut master = Master {
         svcs,
-        children: Children::default(),
+        children: Children::with_capacity(server.services.iter().map(|s| s.max_children).sum()),
         signals,
         notifier,
         drain_timeout: server.drain_timeout,
         shutdown: None,
         title_dirty: true,
+        title: String::with_capacity(512),
+        last_title: Instant::now(),
         pollfds: Vec::new(),
         pollmap: Vec::new(),
         dgram_buf: vec![0u8; 65536],
@@ -122,6 +132,10 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         last_watchdog: Instant::now(),
         served_total: 0,
     };
+    for svc in &mut master.svcs {
+        svc.title_prefix = svc.title_prefix();
+    }
+    sys::set_comm("forkserve");
     master.update_title();
     for i in 0..master.svcs.len() {
         for c in 0..master.svcs[i].companions.len() {
@@ -274,6 +288,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
             companions: vec![(None, Backoff::default()); conf.companions.len()],
             refusals: RateLimitedLog::default(),
             served: 0,
+            title_prefix: String::new(),
         });
     }
     let unmatched: Vec<String> = passed
@@ -339,41 +354,60 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
 }
 
 impl Master {
+    /// Rewrites the title with the current counts. The per-service text is built
+    /// once; a connection costs a few digits formatted into a reused buffer.
     fn update_title(&mut self) {
-        let parts: Vec<String> = self.svcs.iter().map(Svc::title_part).collect();
-        proctitle::set(
-            &format!("forkserve: master {}", parts.join("; ")),
-            "forkserve",
-        );
+        use std::fmt::Write as _;
+        self.title.clear();
+        self.title.push_str("forkserve: master ");
+        for (i, svc) in self.svcs.iter().enumerate() {
+            if i > 0 {
+                self.title.push_str("; ");
+            }
+            self.title.push_str(&svc.title_prefix);
+            if svc.conf.model == Model::Fork {
+                let _ = write!(self.title, " [{}/{}]", svc.active, svc.conf.max_children);
+            }
+        }
+        proctitle::set_title(&self.title);
         self.title_dirty = false;
+        self.last_title = Instant::now();
     }
 
-    /// Descriptors a child must close: every listener (except those of
-    /// `keep_service`), the signal pipe, the notify socket, and companion fds (except
-    /// those of companion `keep_companion`).
-    pub fn fds_to_close(
+    /// Closes, in a child, every descriptor of the master it must not keep: every
+    /// listener (except those of `keep_service`), the signal pipe, the notify
+    /// socket, and companion fds (except those of companion `keep_companion`).
+    /// Allocates nothing: a worker should touch as few pages as it can.
+    pub fn close_inherited(
         &self,
         keep_service: Option<usize>,
         keep_companion: Option<(usize, usize)>,
-    ) -> Vec<RawFd> {
-        let mut fds: Vec<RawFd> = self.signals.raw_fds().to_vec();
-        fds.extend(self.notifier.raw_fd());
+    ) {
+        for fd in self.signals.raw_fds() {
+            sys::close_fd(fd);
+        }
+        if let Some(fd) = self.notifier.raw_fd() {
+            sys::close_fd(fd);
+        }
         for (i, svc) in self.svcs.iter().enumerate() {
             if Some(i) != keep_service {
-                fds.extend(super::raw_fds(&svc.listeners));
+                for fd in super::raw_fds(&svc.listeners) {
+                    sys::close_fd(fd);
+                }
             }
             for (c, comp) in svc.conf.companions.iter().enumerate() {
                 if keep_companion != Some((i, c)) {
-                    fds.extend(comp.fds.iter().copied());
+                    for &fd in &comp.fds {
+                        sys::close_fd(fd);
+                    }
                 }
             }
         }
-        fds
     }
 
     fn run_loop(&mut self) {
         loop {
-            if self.title_dirty {
+            if self.title_dirty && self.last_title.elapsed() >= TITLE_INTERVAL {
                 self.update_title();
             }
             self.build_pollfds();
@@ -442,6 +476,9 @@ impl Master {
         }
         if let Some(t) = self.accept_paused_until {
             consider(t);
+        }
+        if self.title_dirty {
+            consider(self.last_title + TITLE_INTERVAL);
         }
         if let Some(sd) = &self.shutdown {
             if sd.term_sent.is_none() {
@@ -539,6 +576,7 @@ impl Master {
             }
             svc.listeners.clear();
         }
+        self.title_dirty = true;
     }
 
     fn cleanup_files(&mut self) {

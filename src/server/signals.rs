@@ -128,8 +128,10 @@ impl Signals {
     /// closed, all signals unblocked.
     pub fn reset_in_child(&self) {
         WAKE_FD.store(-1, Ordering::SeqCst);
-        for &(sig, id) in &self.ids {
-            signal_hook::low_level::unregister(id);
+        // SIG_DFL in the kernel is all it takes: the registry's entries stay in
+        // this process's memory unused (unregistering would clone the registry, an
+        // allocation and copy-on-write faults on every connection).
+        for &(sig, _) in &self.ids {
             sys::default_signal(sig);
         }
         sys::unblock_all_signals();

@@ -63,17 +63,13 @@ fn judge(ctx: &Context, peer: &Peer, what: &str, res: io::Result<()>) -> Outcome
     }
 }
 
-fn catch<T>(ctx: &Context, peer: &Peer, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(_) => {
-            // The panic hook has logged the message and location.
-            Err(io::Error::other(format!(
-                "handler panicked (peer {peer}, service {})",
-                ctx.service
-            )))
-        }
-    }
+/// The error a panicking handler stands for (the panic hook has logged the
+/// message and location).
+fn panicked(ctx: &Context, peer: &Peer) -> io::Error {
+    io::Error::other(format!(
+        "handler panicked (peer {peer}, service {})",
+        ctx.service
+    ))
 }
 
 /// Serves one accepted connection with `handler`, then half-closes it.
@@ -93,16 +89,16 @@ pub fn serve_connection(
             return Outcome::Failed;
         }
     };
-    let context = ctx.clone();
-    let mut conn = Connection::new(stream, peer.clone(), ctx);
-    log::debug!("{}: connection from {peer}", context.service);
-    let res = catch(&context, &peer, || {
+    log::debug!("{}: connection from {peer}", ctx.service);
+    let mut conn = Connection::new(stream, peer, ctx);
+    let res = catch_unwind(AssertUnwindSafe(|| {
         handler.setup(&mut conn)?;
         let handled = handler.handle(&mut conn);
         let finished = handler.finish(&mut conn);
         handled.and(finished)
-    });
-    let outcome = judge(&context, &peer, "handler", res);
+    }));
+    let res = res.unwrap_or_else(|_| Err(panicked(conn.context(), conn.peer())));
+    let outcome = judge(conn.context(), conn.peer(), "handler", res);
     let _ = conn.shutdown_write();
     outcome
 }
@@ -122,7 +118,8 @@ pub fn serve_datagram(
         ctx.service,
         data.len()
     );
-    let res = catch(ctx, &peer, || handler.handle(data, &reply));
+    let res = catch_unwind(AssertUnwindSafe(|| handler.handle(data, &reply)))
+        .unwrap_or_else(|_| Err(panicked(ctx, &peer)));
     judge(ctx, &peer, "handler", res)
 }
 

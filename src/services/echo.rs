@@ -27,7 +27,7 @@ pub fn uppercase_bytes(input: &[u8], out: &mut Vec<u8>) {
 
 impl StreamHandler for Echo {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
-        let mut reader = BufReader::new(conn.stream().try_clone()?);
+        let mut reader = BufReader::with_capacity(4096, conn.stream().try_clone()?);
         let mut line = Vec::with_capacity(256);
         let mut out = Vec::with_capacity(256);
         loop {
