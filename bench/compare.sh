@@ -9,7 +9,7 @@
 #
 # usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--clients "1 8 64"]
 #                         [--out FILE]
-#   default: 3 rounds of 2 s runs (~7 minutes); --quick: 1 round of 1 s (~2 minutes)
+#   default: 3 rounds of 2 s runs (~7 minutes); --quick: 1 round of 1.5 s (~2 minutes)
 set -euo pipefail
 
 ROUNDS=3
@@ -18,7 +18,7 @@ CLIENTS="1 8 64"
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) ROUNDS=1; DURATION=1 ;;
+        --quick) ROUNDS=1; DURATION=1.5 ;;
         --rounds) ROUNDS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --clients) CLIENTS=$2; shift ;;
@@ -107,6 +107,8 @@ for model in fork prefork thread sequential; do
 done
 port; serve "python ForkingTCPServer" tcp "tcp:127.0.0.1:$PORT" python3 bench/pyserver.py tcp "$PORT"
 serve "python ForkingUnixStreamServer" unix "unix:$WORK/py.sock" python3 bench/pyserver.py unix "$WORK/py.sock"
+# The peers get the same limits (100 connections, backlog 1024) and no DNS lookups:
+# tcpserver -H -R -l 0, tcpsvd -l localhost (without -l it resolves per connection).
 port; serve "tcpserver + upper" tcp "tcp:127.0.0.1:$PORT" \
     tcpserver -c 100 -b 1024 -H -R -l 0 127.0.0.1 "$PORT" "$BIN/upper"
 serve "unixserver + upper" unix "unix:$WORK/ucspi.sock" unixserver -c 100 -b 1024 "$WORK/ucspi.sock" "$BIN/upper"
@@ -151,14 +153,14 @@ for round in $(seq "$ROUNDS"); do
     for c in $CLIENTS; do
         for i in "${!ADDRS[@]}"; do
             n=$((n + 1))
-            printf '\r[%d/%d] round %d, %2d clients, %-32s' "$n" "$total" "$round" "$c" "${NAMES[$i]}" >&2
+            [ -t 2 ] && printf '\r[%d/%d] round %d, %2d clients, %-32s' "$n" "$total" "$round" "$c" "${NAMES[$i]}" >&2
             json=$(taskset -c 1 "$FS" bench --connect "${ADDRS[$i]}" -c "$c" -d "$DURATION" --timeout 5 \
                 --expect "$(expect_of "${KINDS[$i]}")" --json 2>/dev/null || true)
             printf '%s\t%s\t%s\t%s\t%s\n' "${NAMES[$i]}" "${KINDS[$i]}" "$c" "$round" "$json" >>"$RESULTS"
         done
     done
 done
-echo >&2
+[ -t 2 ] && echo >&2
 
 # --- table -----------------------------------------------------------------
 table=$(python3 - "$RESULTS" "$CLIENTS" <<'EOF'
