@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod loadgen;
+
 use forkserve::listener::runtime_dir;
 use forkserve::services::{echo, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
@@ -32,6 +34,8 @@ enum Command {
     Echo,
     /// Server time over datagram sockets (default udp:127.0.0.1:8888, unixgram:RUNDIR/time.sock)
     Time,
+    /// Load generator: connections/s, requests/s, latency and errors of a server
+    Bench(loadgen::BenchArgs),
 }
 
 impl Command {
@@ -40,13 +44,17 @@ impl Command {
         match self {
             Command::Echo => Some("echo"),
             Command::Time => Some("time"),
+            Command::Bench(_) => None,
         }
     }
 }
 
 /// Runs the subcommands that are tools rather than services; None for services.
-fn run_tool(_command: &Command) -> Option<ExitCode> {
-    None
+fn run_tool(command: &Command) -> Option<ExitCode> {
+    match command {
+        Command::Bench(args) => Some(loadgen::run(args)),
+        _ => None,
+    }
 }
 
 #[derive(Args)]
