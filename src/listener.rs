@@ -18,6 +18,7 @@ pub struct Listener {
     addr: ListenAddr,
     stream: bool,
     created: Option<PathBuf>,
+    inherited: bool,
 }
 
 impl AsFd for Listener {
@@ -139,6 +140,7 @@ impl Listener {
                     addr,
                     stream,
                     created: None,
+                    inherited: false,
                 })
             }
             ListenAddr::Unix(p) | ListenAddr::UnixGram(p) => {
@@ -178,6 +180,7 @@ impl Listener {
                     addr: addr.clone(),
                     stream,
                     created,
+                    inherited: false,
                 })
             }
             ListenAddr::Systemd(name) => Err(io::Error::other(format!(
@@ -228,7 +231,13 @@ impl Listener {
             addr,
             stream,
             created: None,
+            inherited: true,
         })
+    }
+
+    /// True for a socket inherited from systemd (never shut down or unlinked).
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
     }
 
     /// The address actually bound (the real port when 0 was asked for).

@@ -146,6 +146,58 @@ pub fn default_signal(sig: i32) {
     }
 }
 
+/// A set of blocked signals (a signal mask).
+#[derive(Clone, Copy)]
+pub struct SigMask(libc::sigset_t);
+
+/// Blocks `sigs` in the calling thread; returns the mask that was in force.
+pub fn block_signals(sigs: &[i32]) -> SigMask {
+    // SAFETY: both sets are initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        let mut old: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigemptyset(&mut old);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        SigMask(old)
+    }
+}
+
+/// Like [`poll`], with `mask` in force while waiting (ppoll): signals blocked
+/// elsewhere are delivered only here, never in the middle of a fork.
+pub fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>, mask: &SigMask) -> io::Result<usize> {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: fds is a valid slice; tsp is null or points to a live timespec; the
+    // mask was filled by pthread_sigmask.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tsp, &mask.0) };
+    if n == -1 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}
+
+/// Stops a listening socket for every process that holds it (shutdown SHUT_RD):
+/// a connection made during a drain is refused instead of waiting unserved.
+pub fn shutdown_read(fd: BorrowedFd<'_>) {
+    // SAFETY: shutdown has no memory effects.
+    unsafe {
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD);
+    }
+}
+
 /// Unblocks every signal in the calling thread.
 pub fn unblock_all_signals() {
     // SAFETY: the set is initialised by sigemptyset before use.

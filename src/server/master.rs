@@ -406,13 +406,14 @@ impl Master {
     }
 
     fn run_loop(&mut self) {
+        let wait_mask = self.signals.block();
         loop {
             if self.title_dirty && self.last_title.elapsed() >= TITLE_INTERVAL {
                 self.update_title();
             }
             self.build_pollfds();
             let timeout = self.next_timeout();
-            if let Err(e) = sys::poll(&mut self.pollfds, timeout) {
+            if let Err(e) = sys::ppoll(&mut self.pollfds, timeout, &wait_mask) {
                 log::error!("poll: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -535,9 +536,11 @@ impl Master {
 
     fn begin_shutdown(&mut self, why: &str) {
         log::info!(
-            "{why}: shutting down; draining {} connection(s) for up to {}s",
+            "{why}: shutting down; draining {} worker(s) and {} server process(es) for up to {}s",
             self.children
                 .count_where(|r| matches!(r, Role::Worker { .. })),
+            self.children
+                .count_where(|r| matches!(r, Role::Server { .. })),
             self.drain_timeout.as_secs_f64()
         );
         self.notifier.notify("STOPPING=1\nSTATUS=draining");
@@ -572,6 +575,11 @@ impl Master {
     fn close_listeners(&mut self) {
         for svc in &mut self.svcs {
             for l in &mut svc.listeners {
+                // Server processes hold copies of the listener: shut it down for
+                // all of them, unless systemd owns it (it keeps it to restart us).
+                if l.is_stream() && !l.is_inherited() {
+                    sys::shutdown_read(l.as_fd());
+                }
                 l.remove_file();
             }
             svc.listeners.clear();

@@ -3,13 +3,14 @@
 //! them (see `master.rs`).
 //!
 //! ```no_run
-//! use std::io::{self, BufRead, BufReader, Write};
+//! use std::io::{self, Write};
 //! use forkserve::{Connection, Server, Service, StreamHandler};
 //!
 //! struct Hello;
 //! impl StreamHandler for Hello {
 //!     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
-//!         writeln!(conn, "hello, {}", conn.peer())
+//!         let greeting = format!("hello, {}\n", conn.peer());
+//!         conn.write_all(greeting.as_bytes())
 //!     }
 //! }
 //!

@@ -239,7 +239,12 @@ impl Proc<'_> {
                 let (fd, addr) = match sys::accept(self.listeners[l].as_fd()) {
                     Ok(x) => x,
                     Err(e) => {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                        if e.raw_os_error() == Some(libc::EINVAL) {
+                            // The master shut the listener down: a drain has begun
+                            // and SIGTERM is on its way. Wait for it, not spin.
+                            let mut fds = [sys::pollfd(self.signals.fd(), sys::POLLIN)];
+                            let _ = sys::poll(&mut fds, Some(Duration::from_secs(1)));
+                        } else if e.kind() != std::io::ErrorKind::WouldBlock {
                             log::warn!("{}: accept: {e}", self.conf.name);
                             if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
                                 std::thread::sleep(Duration::from_millis(100));
@@ -288,6 +293,9 @@ impl Proc<'_> {
                 self.served += 1;
                 match &self.threads {
                     None => {
+                        if self.conf.model == Model::Prefork {
+                            self.set_title(Some(&peer));
+                        }
                         let ctx = &self.contexts[l];
                         worker::serve_datagram(
                             h.as_ref(),
@@ -297,6 +305,9 @@ impl Proc<'_> {
                             peer,
                             ctx,
                         );
+                        if self.conf.model == Model::Prefork {
+                            self.set_title(None);
+                        }
                     }
                     Some(ts) => {
                         let key = peer.source_key();

@@ -114,6 +114,13 @@ impl Signals {
         }
     }
 
+    /// Blocks the handled signals outside of `sys::ppoll` (the master): they are
+    /// then delivered only while it waits, so a fork is never interrupted and
+    /// restarted by a SIGCHLD. Returns the mask to wait with.
+    pub fn block(&self) -> sys::SigMask {
+        sys::block_signals(&HANDLED)
+    }
+
     /// True (once) if `sig` arrived since the last call.
     pub fn take(&self, sig: i32) -> bool {
         FLAGS[index_of(sig)].swap(false, Ordering::SeqCst)
@@ -154,6 +161,7 @@ impl Signals {
         for flag in &FLAGS {
             flag.store(false, Ordering::SeqCst);
         }
+        sys::unblock_all_signals();
         EXIT_ON_SECOND_TERM.store(true, Ordering::SeqCst);
         Ok(Signals { read, write, ids })
     }
