@@ -78,26 +78,29 @@ impl Children {
         }
     }
 
-    /// Reaps every child that has exited, without blocking. Children this table does
-    /// not know (none should exist) are reaped too, so no zombie ever stays.
-    pub fn reap(&mut self, mut on_exit: impl FnMut(Reaped)) {
+    /// Reaps one child that has exited, without blocking; `None` when none has.
+    /// Children this table does not know (none should exist) are reaped too and
+    /// skipped, so no zombie ever stays.
+    pub fn reap_one(&mut self) -> Option<Reaped> {
         loop {
             match sys::reap_one() {
                 Ok(Some((pid, status))) => match self.map.remove(&pid) {
-                    Some(child) => on_exit(Reaped {
-                        pid,
-                        role: child.role,
-                        status,
-                        lifetime: child.started.elapsed(),
-                    }),
+                    Some(child) => {
+                        return Some(Reaped {
+                            pid,
+                            role: child.role,
+                            status,
+                            lifetime: child.started.elapsed(),
+                        });
+                    }
                     None => log::debug!("reaped unknown child {pid} ({status})"),
                 },
-                Ok(None) => return,
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return,
+                Ok(None) => return None,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return None,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::error!("waitpid: {e}");
-                    return;
+                    return None;
                 }
             }
         }

@@ -678,9 +678,7 @@ impl Master {
     }
 
     fn reap(&mut self) {
-        let mut reaped = Vec::new();
-        self.children.reap(|r| reaped.push(r));
-        for r in reaped {
+        while let Some(r) = self.children.reap_one() {
             self.on_child_exit(r);
         }
     }
