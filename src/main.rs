@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{echo, time};
+use forkserve::services::{echo, files, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -32,6 +32,14 @@ enum Command {
     Echo,
     /// Server time over datagram sockets (default udp:127.0.0.1:8888, unixgram:RUNDIR/time.sock)
     Time,
+    /// Files of one directory over datagram sockets (default udp:127.0.0.1:6969, unixgram:RUNDIR/files.sock)
+    Files {
+        /// The directory whose regular files are served
+        #[arg(long, value_name = "DIR")]
+        root: std::path::PathBuf,
+    },
+    /// Fetch a file from the file service: files-get ADDR NAME [-o OUT]
+    FilesGet(files::client::GetArgs),
 }
 
 impl Command {
@@ -40,13 +48,22 @@ impl Command {
         match self {
             Command::Echo => Some("echo"),
             Command::Time => Some("time"),
+            Command::Files { .. } => Some("files"),
+            Command::FilesGet(_) => None,
         }
     }
 }
 
 /// Runs the subcommands that are tools rather than services; None for services.
-fn run_tool(_command: &Command) -> Option<ExitCode> {
-    None
+fn run_tool(command: &Command) -> Option<ExitCode> {
+    match command {
+        Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::Files { root } => {
+            files::use_root(root.clone());
+            None
+        }
+        _ => None,
+    }
 }
 
 #[derive(Args)]
@@ -99,6 +116,8 @@ struct ServeOpts {
     /// Less log output (-q warnings, -qq errors)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     quiet: u8,
+    #[command(flatten)]
+    files: files::FilesOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -130,6 +149,16 @@ const BUILTINS: &[Builtin] = &[
         },
         make: |_| Ok(Some(Service::datagram("time", time::Time))),
     },
+    Builtin {
+        name: "files",
+        defaults: |rt| {
+            vec![
+                "udp:127.0.0.1:6969".into(),
+                format!("unixgram:{}/files.sock", rt.display()),
+            ]
+        },
+        make: |o| files::make(&o.files),
+    },
 ];
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -137,19 +166,25 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 fn parse_addr(s: &str) -> Result<ListenAddr, Error> {
-    s.parse().map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
+    s.parse()
+        .map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
 }
 
 fn secs(what: &str, v: f64) -> Result<Duration, Error> {
     if !v.is_finite() || v < 0.0 {
-        return Err(usage(format!("{what}: expected a number of seconds, got {v}")));
+        return Err(usage(format!(
+            "{what}: expected a number of seconds, got {v}"
+        )));
     }
     Ok(Duration::from_secs_f64(v))
 }
 
 /// Applies the shared options to a service.
 fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
-    let idle = opts.idle_timeout.map(|t| secs("--idle-timeout", t)).transpose()?;
+    let idle = opts
+        .idle_timeout
+        .map(|t| secs("--idle-timeout", t))
+        .transpose()?;
     Ok(svc
         .model(opts.model)
         .max_children(opts.max_children)
@@ -177,7 +212,12 @@ fn build(cli: &Cli) -> Result<Server, Error> {
     let mode = u32::from_str_radix(opts.socket_mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| usage(format!("--socket-mode {}: expected an octal mode like 0660", opts.socket_mode)))?;
+        .ok_or_else(|| {
+            usage(format!(
+                "--socket-mode {}: expected an octal mode like 0660",
+                opts.socket_mode
+            ))
+        })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
     let mut server = Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
@@ -226,7 +266,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { Error::USAGE as u8 } else { 0 };
+            let code = if e.use_stderr() {
+                Error::USAGE as u8
+            } else {
+                0
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
