@@ -314,25 +314,59 @@ fn ask<T>(
     ))
 }
 
-/// The missing chunks as ranges, as many as fit one request datagram.
-fn missing_ranges(have: &[bool], name: &str) -> Vec<Range> {
-    let mut out: Vec<Range> = Vec::new();
-    let budget = 1200 - name.len() - 8;
-    let mut len = 0;
+/// Most re-requests sent in one round (each is served at once by its own worker
+/// under the fork model, so more would overrun the client's receive buffer).
+const REQUESTS_PER_ROUND: usize = 4;
+/// Longest request datagram: under every common MTU.
+const MAX_REQUEST: usize = 1200;
+
+/// One request of a round and the last chunk it asks for (when that arrives, the
+/// server has finished sending it).
+struct Ask {
+    text: String,
+    last: u32,
+}
+
+/// `GET NAME RANGES` requests for the missing chunks, each fitting one datagram, at
+/// most [`REQUESTS_PER_ROUND`].
+fn missing_requests(have: &[bool], name: &str) -> (Vec<Ask>, u64) {
+    let mut ranges: Vec<Range> = Vec::new();
     for (i, _) in have.iter().enumerate().filter(|(_, h)| !**h) {
         let i = i as u32;
-        match out.last_mut() {
+        match ranges.last_mut() {
             Some(r) if r.to + 1 == i => r.to = i,
-            _ => {
-                if out.len() == wire::MAX_RANGES || len + 22 > budget {
-                    break;
-                }
-                out.push(Range { from: i, to: i });
-                len += 22;
-            }
+            _ => ranges.push(Range { from: i, to: i }),
         }
     }
-    out
+    let mut asks = Vec::new();
+    let mut chunks = 0;
+    let mut batch: Vec<Range> = Vec::new();
+    let prefix = format!("GET {name} ");
+    let mut len = prefix.len();
+    for r in ranges {
+        let item = wire::format_ranges(&[r]).len() + 1;
+        if !batch.is_empty() && (len + item > MAX_REQUEST || batch.len() == wire::MAX_RANGES) {
+            asks.push(Ask {
+                text: prefix.clone() + &wire::format_ranges(&batch),
+                last: batch.last().unwrap().to,
+            });
+            batch.clear();
+            len = prefix.len();
+            if asks.len() == REQUESTS_PER_ROUND {
+                return (asks, chunks);
+            }
+        }
+        chunks += r.len();
+        len += item;
+        batch.push(r);
+    }
+    if !batch.is_empty() {
+        asks.push(Ask {
+            text: prefix + &wire::format_ranges(&batch),
+            last: batch.last().unwrap().to,
+        });
+    }
+    (asks, chunks)
 }
 
 fn fetch(args: &GetArgs) -> Result<String, Fail> {
@@ -377,13 +411,22 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
     let timeout = Duration::from_secs_f64(args.timeout);
     // After the first chunk of a round, a gap this long ends the round.
     let gap = (timeout / 4).max(Duration::from_millis(20));
-    let mut request = format!("GET {name}");
+    // Once every request of a round has sent its last chunk, stragglers (reordered
+    // datagrams) get this long before the round ends.
+    let grace = gap.min(Duration::from_millis(30));
+    let mut asks = vec![Ask {
+        text: format!("GET {name}"),
+        last: meta.total - 1,
+    }];
     let mut silent_rounds = 0;
-    let mut last_index: Option<u32> = None;
 
     while missing > 0 {
-        sock.send(request.as_bytes())
-            .map_err(|e| refused(&args.addr, e))?;
+        for ask in &asks {
+            sock.send(ask.text.as_bytes())
+                .map_err(|e| refused(&args.addr, e))?;
+        }
+        let mut pending: Vec<u32> = asks.iter().map(|a| a.last).collect();
+        let mut last_index: Option<u32> = None;
         let mut got_any = false;
         let mut wait = timeout;
         while missing > 0 {
@@ -403,7 +446,10 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
                         return Err(changed(name, &meta, &m));
                     }
                     got_any = true;
-                    wait = gap;
+                    if let Some(p) = pending.iter().position(|&l| l == index) {
+                        pending.swap_remove(p);
+                    }
+                    wait = if pending.is_empty() { grace } else { gap };
                     stats.datagrams += 1;
                     if last_index.is_some_and(|l| index < l) {
                         stats.reordered += 1;
@@ -445,11 +491,10 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
                 ),
             ));
         }
-        let ranges = missing_ranges(&have, name);
-        stats.lost += ranges.iter().map(Range::len).sum::<u64>();
-        stats.rerequests += 1;
-        last_index = None;
-        request = format!("GET {name} {}", wire::format_ranges(&ranges));
+        let (next, chunks) = missing_requests(&have, name);
+        stats.lost += chunks;
+        stats.rerequests += next.len() as u64;
+        asks = next;
     }
 
     verify(&out.file, &meta, name)?;
