@@ -492,6 +492,7 @@ fn files_get_completes_through_a_lossy_reordering_relay() {
         let o = files_get(&relay.addr, "big.bin", &out, &[]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{}: {:?} {err}", relay.addr, o.status);
+        eprintln!("{err}");
         assert!(std::fs::read(&out).unwrap() == std::fs::read(root.join("big.bin")).unwrap());
         relay.stop.store(true, Ordering::SeqCst);
         let dropped = relay.thread.take().unwrap().join().unwrap();

@@ -296,10 +296,8 @@ fn ask<T>(
             let Some(n) = sock.recv(buf, left).map_err(|e| refused(&args.addr, e))? else {
                 break;
             };
-            if let Some(reply) = wire::parse_reply(&buf[..n]) {
-                if let Some(r) = accept(reply) {
-                    return r;
-                }
+            if let Some(r) = wire::parse_reply(&buf[..n]).and_then(&mut accept) {
+                return r;
             }
         }
     }

@@ -152,10 +152,14 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
         max_inflight: opts.max_inflight,
     };
     let files = Files::open(root, limits).map_err(|e| {
-        Error::new(
-            66, // EX_NOINPUT
-            format!("files: serving {}: {e}", root.display()),
-        )
+        let why = e.to_string();
+        let why = why
+            .split(" (os error")
+            .next()
+            .unwrap_or(&why)
+            .to_lowercase();
+        // EX_NOINPUT: the directory to serve is missing or unreadable.
+        Error::new(66, format!("files: cannot serve {}: {why}", root.display()))
     })?;
     log::info!("files: serving {}", root.display());
     Ok(Some(Service::datagram("files", files)))

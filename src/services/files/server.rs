@@ -15,10 +15,16 @@ use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
 use super::wire::{self, Failure, FileMeta, HEADER_MAX, Range, Request};
-use crate::handler::{DatagramHandler, Reply};
+use crate::handler::{DatagramHandler, Model, Reply};
 
 /// Pause between two batches of `max_inflight` datagrams of one reply.
 pub const PACE: Duration = Duration::from_millis(1);
+
+/// Longest a forked worker may take over one request. A Unix-datagram client that
+/// stops reading leaves `Reply::send` waiting for queue room for ever (the kernel
+/// cannot poll an unconnected Unix socket for its peer's room); SIGALRM ends such a
+/// worker. A 64 MiB reply normally takes about a second.
+pub const WORKER_DEADLINE_SECS: u32 = 120;
 
 /// The limits of one file service.
 #[derive(Clone, Copy, Debug)]
@@ -293,11 +299,33 @@ impl DatagramHandler for Files {
             );
             return Ok(());
         }
+        if reply.context().model == Model::Fork {
+            // The worker is this request's own process: a watchdog bounds its life.
+            nix::unistd::alarm::set(WORKER_DEADLINE_SECS);
+        }
         let mut out = Pacer {
             reply,
             burst: self.limits.max_inflight.max(1),
             sent: 0,
         };
+        let sent = self.answer(datagram, &mut out);
+        match sent {
+            // The client went away (its Unix socket closed or removed): nothing to do.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => {
+                log::debug!(
+                    "files: {} left before the reply was sent: {e}",
+                    reply.peer()
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+impl Files {
+    fn answer(&self, datagram: &[u8], out: &mut Pacer) -> io::Result<()> {
+        let reply = out.reply;
         match wire::parse_request(datagram) {
             None => {
                 log::debug!(
@@ -307,7 +335,7 @@ impl DatagramHandler for Files {
                 );
                 out.send(&Failure::BadRequest.datagram())
             }
-            Some(Request::List(ranges)) => self.list_reply(ranges, &mut out),
+            Some(Request::List(ranges)) => self.list_reply(ranges, out),
             Some(Request::Stat(name)) => match self.stat(name) {
                 Ok((_, meta)) => out.send(&meta.stat_reply(name)),
                 Err(fail) => out.send(&fail.datagram()),
@@ -318,7 +346,7 @@ impl DatagramHandler for Files {
                     std::ffi::OsStr::from_bytes(name).to_string_lossy(),
                     reply.peer()
                 );
-                self.get(name, ranges, &mut out)
+                self.get(name, ranges, out)
             }
         }
     }
