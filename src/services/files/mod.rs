@@ -143,6 +143,13 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
             wire::MAX_DATAGRAM
         )));
     }
+    let chunk = (opts.max_datagram - wire::HEADER_MAX) as u64;
+    if opts.max_file.div_ceil(chunk) > u64::from(u32::MAX) {
+        return Err(usage(format!(
+            "--max-file {}: more than 2^32 chunks of {chunk} bytes",
+            opts.max_file
+        )));
+    }
     if opts.max_inflight == 0 {
         return Err(usage("--max-inflight: expected at least 1".into()));
     }
