@@ -6,6 +6,7 @@
 //! file, 69 unavailable (no server, timeout, file too large), 73 cannot create the
 //! output, 76 protocol error (a reply this protocol does not send).
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{ToSocketAddrs, UdpSocket};
@@ -83,12 +84,25 @@ impl Drop for PrivateDir {
 
 /// The client's socket, connected to the server (so it receives only the server's
 /// datagrams, and a UDP "port unreachable" shows up as ECONNREFUSED).
-enum Sock {
+struct Sock {
+    kind: Kind,
+    /// The read timeout last set (set again only when it changes).
+    wait: Cell<Duration>,
+}
+
+enum Kind {
     Udp(UdpSocket),
     Unix(UnixDatagram, #[allow(dead_code)] PrivateDir),
 }
 
 impl Sock {
+    fn new(kind: Kind) -> Sock {
+        Sock {
+            kind,
+            wait: Cell::new(Duration::ZERO),
+        }
+    }
+
     fn connect(addr: &str) -> Result<Sock, Fail> {
         let unavailable = |e: io::Error| fail(EX_UNAVAILABLE, format!("{addr}: {e}"));
         if let Some(hp) = addr.strip_prefix("udp:") {
@@ -111,7 +125,7 @@ impl Sock {
             let s = UdpSocket::bind(local).map_err(unavailable)?;
             s.connect(target).map_err(unavailable)?;
             let _ = setsockopt(&s, sockopt::RcvBuf, &(8 << 20));
-            return Ok(Sock::Udp(s));
+            return Ok(Sock::new(Kind::Udp(s)));
         }
         if let Some(path) = addr.strip_prefix("unixgram:") {
             if path.is_empty() {
@@ -129,7 +143,7 @@ impl Sock {
             } else {
                 s.connect(path).map_err(unavailable)?;
             }
-            return Ok(Sock::Unix(s, dir));
+            return Ok(Sock::new(Kind::Unix(s, dir)));
         }
         Err(fail(
             EX_USAGE,
@@ -138,18 +152,25 @@ impl Sock {
     }
 
     fn send(&self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Sock::Udp(s) => s.send(data).map(drop),
-            Sock::Unix(s, _) => s.send(data).map(drop),
+        match &self.kind {
+            Kind::Udp(s) => s.send(data).map(drop),
+            Kind::Unix(s, _) => s.send(data).map(drop),
         }
     }
 
     /// Receives one datagram, or None when nothing came within `wait`.
     fn recv(&self, buf: &mut [u8], wait: Duration) -> io::Result<Option<usize>> {
-        let wait = Some(wait.max(Duration::from_millis(1)));
-        let got = match self {
-            Sock::Udp(s) => s.set_read_timeout(wait).and_then(|_| s.recv(buf)),
-            Sock::Unix(s, _) => s.set_read_timeout(wait).and_then(|_| s.recv(buf)),
+        let wait = wait.max(Duration::from_millis(1));
+        if wait != self.wait.get() {
+            match &self.kind {
+                Kind::Udp(s) => s.set_read_timeout(Some(wait))?,
+                Kind::Unix(s, _) => s.set_read_timeout(Some(wait))?,
+            }
+            self.wait.set(wait);
+        }
+        let got = match &self.kind {
+            Kind::Udp(s) => s.recv(buf),
+            Kind::Unix(s, _) => s.recv(buf),
         };
         match got {
             Ok(n) => Ok(Some(n)),
@@ -495,11 +516,12 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
         asks = next;
     }
 
+    let received = started.elapsed().as_secs_f64();
     verify(&out.file, &meta, name)?;
     out.persist(&target)?;
     let secs = started.elapsed().as_secs_f64();
     Ok(format!(
-        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s); {} datagrams, {} re-requested in {} requests, {} duplicates, {} reordered",
+        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s; received in {received:.3} s, then checked and synced); {} datagrams, {} re-requested in {} requests, {} duplicates, {} reordered",
         meta.size,
         meta.total,
         target.display(),
