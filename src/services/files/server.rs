@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -45,18 +45,40 @@ pub struct Files {
     limits: Limits,
 }
 
-/// Sends the datagrams of one reply, pausing after every `max_inflight` of them so a
-/// client's receive buffer can drain.
+/// Sends the datagrams of one reply in batches of `max_inflight`, one batch per
+/// [`PACE`], so a client's receive buffer can drain between them. Batch k is due at
+/// `start + k × PACE`; a sleep that overshoots (a busy machine) is made up by sending
+/// the next batch at once, but never more than one batch ahead, so bursts stay at
+/// most two batches long.
 struct Pacer<'a, 'r> {
     reply: &'a Reply<'r>,
     burst: usize,
     sent: usize,
+    start: Instant,
 }
 
-impl Pacer<'_, '_> {
+impl<'a, 'r> Pacer<'a, 'r> {
+    fn new(reply: &'a Reply<'r>, burst: usize) -> Pacer<'a, 'r> {
+        Pacer {
+            reply,
+            burst: burst.max(1),
+            sent: 0,
+            start: Instant::now(),
+        }
+    }
+
     fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
         if self.sent > 0 && self.sent.is_multiple_of(self.burst) {
-            std::thread::sleep(PACE);
+            let batches = u32::try_from(self.sent / self.burst).unwrap_or(u32::MAX);
+            let due = self.start + PACE * batches;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            } else if now - due > PACE {
+                // Late by more than a batch: keep one batch of catch-up (the next is
+                // due now), forget the rest.
+                self.start = now.checked_sub(PACE * (batches + 1)).unwrap_or(self.start);
+            }
         }
         self.sent += 1;
         self.reply.send(datagram)
@@ -303,11 +325,7 @@ impl DatagramHandler for Files {
             // The worker is this request's own process: a watchdog bounds its life.
             nix::unistd::alarm::set(WORKER_DEADLINE_SECS);
         }
-        let mut out = Pacer {
-            reply,
-            burst: self.limits.max_inflight.max(1),
-            sent: 0,
-        };
+        let mut out = Pacer::new(reply, self.limits.max_inflight);
         let sent = self.answer(datagram, &mut out);
         match sent {
             // The client went away (its Unix socket closed or removed): nothing to do.
