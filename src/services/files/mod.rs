@@ -72,11 +72,15 @@
 //!
 //! # Pacing
 //!
-//! A reply of more than `--max-inflight` datagrams (default 64) is paced: after every
-//! `--max-inflight` datagrams the sender pauses 1 ms, so a client's socket receive
-//! buffer (about 200 KiB by default on Linux, some 90 datagrams of 1200 bytes) can
-//! drain. Under the fork model each GET is its own child, so pacing one client never
-//! delays another.
+//! A reply of more than `--max-inflight` datagrams (default 64) is paced: it goes
+//! out in batches of `--max-inflight`, batch k at k ms after the first (at most about
+//! 64 × 1136 bytes per ms, some 70 MiB/s), so a client's socket receive buffer
+//! (about 200 KiB by default on Linux, some 90 datagrams of 1200 bytes) can drain
+//! between batches. A batch that is late (the worker slept too long on a busy
+//! machine) may be followed at once by one catch-up batch, never more. Under the fork
+//! model each GET is its own child, so pacing one client never delays another. A
+//! forked worker also has a watchdog: SIGALRM ends it after 120 s (a Unix-datagram
+//! client that stops reading would otherwise keep it waiting for ever).
 
 pub mod client;
 pub mod server;
