@@ -105,7 +105,7 @@ pub struct FilesOpts {
     /// File service: largest file served, in bytes (a K, M or G suffix is allowed)
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, global = true)]
     pub max_file: u64,
-    /// File service: datagrams sent back to back before a 1 ms pause
+    /// File service: a reply goes out in batches of N datagrams, one batch per ms
     #[arg(long, value_name = "N", default_value_t = 64, global = true)]
     pub max_inflight: usize,
 }
