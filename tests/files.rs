@@ -706,3 +706,28 @@ fn files_get_exit_codes() {
         b"just one chunk\n"
     );
 }
+
+#[test]
+fn a_unixgram_client_that_leaves_mid_transfer_is_a_clean_end() {
+    let dir = TempDir::new("files-gone");
+    let root = fixture(&dir);
+    let fs = server(&root, &dir, "fork", &[]);
+    let me = dir.path("leaver.sock");
+    let s = UnixDatagram::bind(&me).unwrap();
+    s.send_to(
+        b"GET big.bin",
+        fs.addr(1).strip_prefix("unixgram:").unwrap(),
+    )
+    .unwrap();
+    // Read one chunk so the transfer is under way, then go.
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = s.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"DATA 0 "));
+    drop(s);
+    std::fs::remove_file(&me).unwrap();
+    fs.wait_children("files", 0);
+    assert!(!fs.has_log("handler failed"), "{}", fs.log_text());
+    assert!(!fs.has_log("exit status"), "{}", fs.log_text());
+    assert!(answers_list(fs.addr(1), &dir.0).starts_with("LIST 0 1\n"));
+}
