@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{echo, time};
+use forkserve::services::{echo, files, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -36,6 +36,14 @@ enum Command {
     Time,
     /// Load generator: connections/s, requests/s, latency and errors of a server
     Bench(loadgen::BenchArgs),
+    /// Files of one directory over datagram sockets (default udp:127.0.0.1:6969, unixgram:RUNDIR/files.sock)
+    Files {
+        /// The directory whose regular files are served
+        #[arg(long, value_name = "DIR")]
+        root: std::path::PathBuf,
+    },
+    /// Fetch a file from the file service: files-get ADDR NAME [-o OUT]
+    FilesGet(files::client::GetArgs),
 }
 
 impl Command {
@@ -45,6 +53,8 @@ impl Command {
             Command::Echo => Some("echo"),
             Command::Time => Some("time"),
             Command::Bench(_) => None,
+            Command::Files { .. } => Some("files"),
+            Command::FilesGet(_) => None,
         }
     }
 }
@@ -53,6 +63,11 @@ impl Command {
 fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
+        Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::Files { root } => {
+            files::use_root(root.clone());
+            None
+        }
         _ => None,
     }
 }
@@ -107,6 +122,8 @@ struct ServeOpts {
     /// Less log output (-q warnings, -qq errors)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     quiet: u8,
+    #[command(flatten)]
+    files: files::FilesOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -137,6 +154,16 @@ const BUILTINS: &[Builtin] = &[
             ]
         },
         make: |_| Ok(Some(Service::datagram("time", time::Time))),
+    },
+    Builtin {
+        name: "files",
+        defaults: |rt| {
+            vec![
+                "udp:127.0.0.1:6969".into(),
+                format!("unixgram:{}/files.sock", rt.display()),
+            ]
+        },
+        make: |o| files::make(&o.files),
     },
 ];
 

@@ -2,4 +2,5 @@
 //! core never names a service.
 
 pub mod echo;
+pub mod files;
 pub mod time;

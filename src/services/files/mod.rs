@@ -1,0 +1,177 @@
+//! A file server over datagrams (exercise 1 of the reference material, done
+//! properly): it lists and serves the regular files of one directory over UDP and
+//! Unix datagram sockets, in chunks that each fit one datagram, and `forkserve
+//! files-get` fetches a file with retries of lost chunks and a checksum check.
+//!
+//! Under the fork model every request datagram is served by its own child, as
+//! Python's `ForkingUDPServer` does; `--model sequential` serves them one at a time
+//! in one server process.
+//!
+//! # Wire format
+//!
+//! One request per datagram, ASCII, fields separated by single spaces, an optional
+//! trailing `\n` or `\r\n`:
+//!
+//! | request | reply |
+//! |---|---|
+//! | `LIST` | every LIST page |
+//! | `LIST RANGES` | the LIST pages RANGES selects |
+//! | `STAT NAME` | `STAT NAME <total> <size> <crc32> <chunk>\n` |
+//! | `GET NAME` | every chunk of NAME, in order, one DATA datagram each |
+//! | `GET NAME RANGES` | the chunks RANGES selects, again |
+//!
+//! `RANGES` is `FROM-TO` (inclusive, counted from 0), or a comma-separated list of
+//! such ranges and single numbers (`0-9,17,40-41`; at most 256 items), so a client
+//! can ask for all the chunks it lost in one datagram. `NAME` is one file name: 1 to
+//! 255 bytes, not `.` or `..`, without `/`, NUL, spaces or control characters.
+//!
+//! Every reply datagram starts with a header line ended by `\n` and fits
+//! `--max-datagram` bytes (default 1200, under the common 1280-byte IPv6 minimum MTU
+//! once IP and UDP headers are added):
+//!
+//! - `DATA <index> <total> <size> <crc32> <chunk>\n<payload>`: chunk `index` (from 0)
+//!   of `total`; `size` is the file's size in bytes, `crc32` the CRC-32 of the whole
+//!   file as 8 lowercase hex digits, `chunk` the payload length of every chunk but the
+//!   last (`--max-datagram` − 64). The payload is the file's bytes from
+//!   `index × chunk`; the rest of the datagram after the header, binary. An empty file
+//!   is one chunk with an empty payload. Because every chunk names its index and the
+//!   whole file, a client detects loss (an index never seen), duplicates (one seen
+//!   twice), reordering (one lower than the last seen) and a file that changed
+//!   between two requests (different size or checksum), and asks again with
+//!   `GET NAME RANGES` for what is missing.
+//! - `LIST <page> <pages>\n` then one `<size> <name>\n` line per regular file,
+//!   sorted by name, as many as fit; pages are counted from 0. An empty directory is
+//!   one page with no lines. Symlinks, directories, devices and names the protocol
+//!   cannot carry are not listed.
+//! - `ERR <reason>\n`, one datagram: `ERR not found`, `ERR not a regular file`,
+//!   `ERR bad request` (anything unparsable, a bad name, a range past the end),
+//!   `ERR too large` (over `--max-file`, default 64 MiB), and `ERR server error` when
+//!   a file that was found could not be read (logged on the server).
+//!
+//! The checksum is CRC-32 (IEEE 802.3, as in gzip, zip and PNG; computed with
+//! `crc32fast`): it catches reassembly mistakes (a chunk at the wrong offset, chunks
+//! of two versions of a file) and any burst error up to 32 bits; it is fast (GB/s)
+//! and every language has it (`zlib.crc32`, `cksum -a crc32b`). It is not a
+//! cryptographic hash: it guards against accidents, not against a forger. Single
+//! datagrams are already guarded by the UDP checksum (Unix datagrams are not
+//! corrupted at all).
+//!
+//! # Path safety
+//!
+//! The served directory is opened once, when the service is built (in the master,
+//! before it forks): workers inherit the descriptor, a missing or unreadable
+//! directory is a start-up error, and the service keeps serving the directory it
+//! started with even after `--user` drops privileges or the path is renamed. Names
+//! are checked against the rules above (so `/`, `..` and absolute paths never reach
+//! the kernel) and then looked up relative to that descriptor with `fstatat`
+//! (`AT_SYMLINK_NOFOLLOW`: only regular files, so no FIFO or device is ever opened)
+//! and `openat` (`O_NOFOLLOW | O_NONBLOCK`): a symlink is never followed, whether it
+//! points inside the directory or out of it, and the opened file is checked again
+//! with `fstat` (still a regular file, the same inode) before anything is read. A
+//! file that cannot be opened for lack of permission reads as `ERR not found`.
+//!
+//! # Pacing
+//!
+//! A reply of more than `--max-inflight` datagrams (default 64) is paced: it goes
+//! out in batches of `--max-inflight`, batch k at k ms after the first (at most about
+//! 64 × 1136 bytes per ms, some 70 MiB/s), so a client's socket receive buffer
+//! (about 200 KiB by default on Linux, some 90 datagrams of 1200 bytes) can drain
+//! between batches. A batch that is late (the worker slept too long on a busy
+//! machine) may be followed at once by one catch-up batch, never more. Under the fork
+//! model each GET is its own child, so pacing one client never delays another. A
+//! forked worker also has a watchdog: SIGALRM ends it after 120 s (a Unix-datagram
+//! client that stops reading would otherwise keep it waiting for ever).
+
+pub mod client;
+pub mod server;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::{Error, Service};
+
+pub use server::{Files, Limits};
+
+/// Options of the file service (flattened into the server's options).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FilesOpts {
+    /// File service: serve the regular files of DIR (without it, plain `forkserve` skips the file service)
+    #[arg(long = "files-root", value_name = "DIR", global = true)]
+    pub root: Option<PathBuf>,
+    /// File service: largest reply datagram in bytes, header included (512-65507)
+    #[arg(long, value_name = "BYTES", default_value_t = 1200, global = true)]
+    pub max_datagram: usize,
+    /// File service: largest file served, in bytes (a K, M or G suffix is allowed)
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, global = true)]
+    pub max_file: u64,
+    /// File service: a reply goes out in batches of N datagrams, one batch per ms
+    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
+    pub max_inflight: usize,
+}
+
+/// Parses `123`, `64K`, `64M`, `1G` (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("expected a size like 1048576, 64K, 64M or 1G, got '{s}'"))
+}
+
+/// The directory `forkserve files --root DIR` names (set before the service is built).
+static SUBCOMMAND_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records the `--root` of the `files` subcommand.
+pub fn use_root(dir: PathBuf) {
+    let _ = SUBCOMMAND_ROOT.set(dir);
+}
+
+/// Builds the file service, or None (logged) when no directory was given.
+pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
+    let Some(root) = SUBCOMMAND_ROOT.get().or(opts.root.as_ref()) else {
+        log::info!("files: skipped: no --files-root DIR given");
+        return Ok(None);
+    };
+    let usage = |m: String| Error::new(Error::USAGE, m);
+    if !(wire::MIN_DATAGRAM..=wire::MAX_DATAGRAM).contains(&opts.max_datagram) {
+        return Err(usage(format!(
+            "--max-datagram {}: expected {} to {} bytes",
+            opts.max_datagram,
+            wire::MIN_DATAGRAM,
+            wire::MAX_DATAGRAM
+        )));
+    }
+    let chunk = (opts.max_datagram - wire::HEADER_MAX) as u64;
+    if opts.max_file.div_ceil(chunk) > u64::from(u32::MAX) {
+        return Err(usage(format!(
+            "--max-file {}: more than 2^32 chunks of {chunk} bytes",
+            opts.max_file
+        )));
+    }
+    if opts.max_inflight == 0 {
+        return Err(usage("--max-inflight: expected at least 1".into()));
+    }
+    let limits = Limits {
+        max_datagram: opts.max_datagram,
+        max_file: opts.max_file,
+        max_inflight: opts.max_inflight,
+    };
+    let files = Files::open(root, limits).map_err(|e| {
+        let why = e.to_string();
+        let why = why
+            .split(" (os error")
+            .next()
+            .unwrap_or(&why)
+            .to_lowercase();
+        // EX_NOINPUT: the directory to serve is missing or unreadable.
+        Error::new(66, format!("files: cannot serve {}: {why}", root.display()))
+    })?;
+    log::info!("files: serving {}", root.display());
+    Ok(Some(Service::datagram("files", files)))
+}
