@@ -238,6 +238,9 @@ pub trait StreamHandler: Send + Sync + 'static {
     }
 }
 
+/// How long [`Reply::send`] waits for a peer that does not take its replies.
+const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Sends replies to the sender of one datagram, on the socket it arrived on.
 pub struct Reply<'a> {
     socket: BorrowedFd<'a>,
@@ -289,13 +292,33 @@ impl<'a> Reply<'a> {
             return Ok(());
         };
         // The shared socket stays non-blocking (its flags are the master's); wait for
-        // room in the send buffer instead of failing on a full one.
+        // room instead of failing on a full buffer. For a Unix-datagram peer the
+        // room is in the receiver's queue, which poll(2) does not report: back off
+        // by sleeping, and give up after REPLY_DEADLINE on a peer that never reads.
+        let deadline = std::time::Instant::now() + REPLY_DEADLINE;
+        let mut pause = Duration::from_micros(100);
         loop {
             match sys::send_to(self.socket, data, to) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "reply to {} not taken within {}s",
+                                self.peer,
+                                REPLY_DEADLINE.as_secs()
+                            ),
+                        ));
+                    }
                     let mut fds = [sys::pollfd(self.socket.as_raw_fd(), sys::POLLOUT)];
-                    sys::poll(&mut fds, Some(Duration::from_secs(1)))?;
+                    sys::poll(&mut fds, Some(pause))?;
+                    if fds[0].revents & sys::POLLOUT != 0 {
+                        // poll said there is room (UDP) but send did not: a Unix
+                        // peer's queue is full. Sleep instead of spinning.
+                        std::thread::sleep(pause);
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

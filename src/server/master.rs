@@ -93,6 +93,9 @@ pub(crate) struct Master {
 /// Entry point of [`Server::run`].
 pub(crate) fn run(server: Server) -> Result<(), Error> {
     install_panic_hook();
+    if server.services.is_empty() {
+        return Err(Error::new(Error::USAGE, "no service to run"));
+    }
     let notifier = Notifier::from_env();
     let passed = systemd::take_listen_fds();
     let signals =

@@ -35,6 +35,7 @@ fn is_client_gone(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::UnexpectedEof
             | io::ErrorKind::NotConnected
+            | io::ErrorKind::ConnectionRefused
     )
 }
 
@@ -120,6 +121,14 @@ pub fn serve_datagram(
     );
     let res = catch_unwind(AssertUnwindSafe(|| handler.handle(data, &reply)))
         .unwrap_or_else(|_| Err(panicked(ctx, &peer)));
+    // A Unix-datagram sender whose socket file is gone has left: not a fault.
+    let res = match res {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && reply.can_reply() => {
+            log::debug!("{}: {peer}: reply address gone ({e})", ctx.service);
+            Ok(())
+        }
+        other => other,
+    };
     judge(ctx, &peer, "handler", res)
 }
 
