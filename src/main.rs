@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{echo, time};
+use forkserve::services::{chat, echo, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -32,6 +32,16 @@ enum Command {
     Echo,
     /// Server time over datagram sockets (default udp:127.0.0.1:8888, unixgram:RUNDIR/time.sock)
     Time,
+    /// Chat with rooms, history and a broker process (default tcp:127.0.0.1:7777, unix:RUNDIR/chat.sock)
+    Chat,
+    /// Read a password on stdin and print its Argon2 hash for a chat --users file
+    ChatPasswd {
+        /// Print a whole users-file line NAME:HASH
+        name: Option<String>,
+        /// With NAME: mark the user as an admin (NAME:HASH:admin)
+        #[arg(long, requires = "name")]
+        admin: bool,
+    },
 }
 
 impl Command {
@@ -40,13 +50,27 @@ impl Command {
         match self {
             Command::Echo => Some("echo"),
             Command::Time => Some("time"),
+            Command::Chat => Some("chat"),
+            Command::ChatPasswd { .. } => None,
         }
     }
 }
 
 /// Runs the subcommands that are tools rather than services; None for services.
-fn run_tool(_command: &Command) -> Option<ExitCode> {
-    None
+fn run_tool(command: &Command) -> Option<ExitCode> {
+    match command {
+        Command::ChatPasswd { name, admin } => Some(match chat::chat_passwd(name.as_deref(), *admin) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("forkserve chat-passwd: {e}");
+                ExitCode::from(Error::USAGE as u8)
+            }
+        }),
+        _ => None,
+    }
 }
 
 #[derive(Args)]
@@ -99,6 +123,8 @@ struct ServeOpts {
     /// Less log output (-q warnings, -qq errors)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     quiet: u8,
+    #[command(flatten)]
+    chat: chat::ChatOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -129,6 +155,16 @@ const BUILTINS: &[Builtin] = &[
             ]
         },
         make: |_| Ok(Some(Service::datagram("time", time::Time))),
+    },
+    Builtin {
+        name: "chat",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:7777".into(),
+                format!("unix:{}/chat.sock", rt.display()),
+            ]
+        },
+        make: |o| chat::service(&o.chat).map(Some),
     },
 ];
 
