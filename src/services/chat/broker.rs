@@ -12,6 +12,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{Event, InBuf, Request};
@@ -108,19 +110,24 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         }
     }
     b.update_title();
-    log::debug!("chat broker {} serving {}", std::process::id(), config.ipc_path.display());
+    log::debug!(
+        "chat broker {} serving {}",
+        std::process::id(),
+        config.ipc_path.display()
+    );
     let code = b.serve(&signals);
     remove_socket(&config.ipc_path);
     code
 }
 
-/// A pipe that becomes readable on SIGTERM or SIGINT.
-fn signal_pipe() -> io::Result<UnixStream> {
-    let (rx, tx) = UnixStream::pair()?;
-    rx.set_nonblocking(true)?;
-    signal_hook::low_level::pipe::register(libc::SIGTERM, tx.try_clone()?)?;
-    signal_hook::low_level::pipe::register(libc::SIGINT, tx)?;
-    Ok(rx)
+/// A descriptor that becomes readable on SIGTERM or SIGINT (both blocked, and
+/// taken through a signalfd: no handler, so nothing the fork left behind matters).
+fn signal_pipe() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
 /// Binds a new listener at `path` (its 0700 directory made again if needed).
@@ -134,7 +141,10 @@ fn bind_again(path: &Path) -> io::Result<UnixListener> {
     }
     let l = UnixListener::bind(path)?;
     l.set_nonblocking(true)?;
-    log::info!("chat broker: socket file was gone; bound {} again", path.display());
+    log::info!(
+        "chat broker: socket file was gone; bound {} again",
+        path.display()
+    );
     Ok(l)
 }
 
@@ -150,7 +160,7 @@ fn text(s: String) -> Event {
 }
 
 impl Broker<'_> {
-    fn serve(&mut self, signals: &UnixStream) -> i32 {
+    fn serve(&mut self, signals: &SignalFd) -> i32 {
         let mut buf = vec![0u8; READ_BUDGET];
         loop {
             // Poll: signals, listeners, then every connection.
@@ -184,7 +194,10 @@ impl Broker<'_> {
                         return 71;
                     }
                 }
-                let r: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+                let r: Vec<PollFlags> = fds
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
                 if !r[0].is_empty() {
                     log::debug!("chat broker: stopping");
                     return 0;
@@ -206,7 +219,9 @@ impl Broker<'_> {
     }
 
     fn accept_all(&mut self) {
-        let listeners: Vec<&UnixListener> = std::iter::once(self.listener).chain(self.own_listener.as_ref()).collect();
+        let listeners: Vec<&UnixListener> = std::iter::once(self.listener)
+            .chain(self.own_listener.as_ref())
+            .collect();
         let mut accepted = Vec::new();
         for l in listeners {
             for _ in 0..64 {
@@ -225,7 +240,11 @@ impl Broker<'_> {
             match getsockopt(&s, PeerCredentials) {
                 Ok(c) if c.uid() == self.uid => {}
                 Ok(c) => {
-                    log::warn!("chat broker: refused IPC connection from uid {} (pid {})", c.uid(), c.pid());
+                    log::warn!(
+                        "chat broker: refused IPC connection from uid {} (pid {})",
+                        c.uid(),
+                        c.pid()
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -253,7 +272,9 @@ impl Broker<'_> {
 
     /// Reads what a worker sent (up to the budget) and handles its requests.
     fn read_from(&mut self, i: usize, buf: &mut [u8]) {
-        let Some(c) = self.conns[i].as_mut() else { return };
+        let Some(c) = self.conns[i].as_mut() else {
+            return;
+        };
         if c.closing {
             // Only hang-ups are polled for: the worker is gone.
             self.end_conn(i, None);
@@ -263,11 +284,17 @@ impl Broker<'_> {
         match c.stream.read(buf) {
             Ok(0) => gone = true,
             Ok(n) => c.input.extend(&buf[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => gone = true,
         }
         loop {
-            let Some(c) = self.conns[i].as_mut() else { return };
+            let Some(c) = self.conns[i].as_mut() else {
+                return;
+            };
             if c.closing {
                 break;
             }
@@ -291,7 +318,9 @@ impl Broker<'_> {
 
     /// Ends a connection; its user (if any) leaves, and the room is told.
     fn end_conn(&mut self, i: usize, notice: Option<String>) {
-        let Some(c) = self.conns[i].take() else { return };
+        let Some(c) = self.conns[i].take() else {
+            return;
+        };
         if let Some(name) = c.user {
             let notice = notice.unwrap_or_else(|| format!("* {name} left the chat\n"));
             self.remove_user(&name, Some(notice));
@@ -301,7 +330,9 @@ impl Broker<'_> {
     /// Writes queued output to every connection that has some, without blocking.
     fn flush_all(&mut self) {
         for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut() else { continue };
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
             let mut failed = false;
             while c.queued() > 0 {
                 match c.stream.write(&c.out[c.sent..]) {
@@ -335,7 +366,9 @@ impl Broker<'_> {
 
     /// Queues an encoded frame for connection `i`.
     fn push_frame(&mut self, i: usize, frame: &[u8]) {
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
         if c.closing {
             return;
         }
@@ -360,7 +393,9 @@ impl Broker<'_> {
 
     /// Sends `line` to everyone in `room` (but `except`).
     fn tell_room(&mut self, room: &str, line: &str, except: Option<&str>) {
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
         let targets: Vec<usize> = r
             .members
             .iter()
@@ -377,7 +412,9 @@ impl Broker<'_> {
     /// Drops the workers that fell too far behind: their queue becomes one `Close`.
     fn drop_overflowed(&mut self) {
         while let Some(i) = self.overflowed.pop() {
-            let Some(c) = self.conns[i].as_mut() else { continue };
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
             if c.closing {
                 continue;
             }
@@ -392,7 +429,10 @@ impl Broker<'_> {
             c.closing = true;
             if let Some(name) = c.user.take() {
                 log::warn!("chat broker: dropped {name}: more than {MAX_QUEUED} bytes queued");
-                self.remove_user(&name, Some(format!("* {name} was dropped (too far behind)\n")));
+                self.remove_user(
+                    &name,
+                    Some(format!("* {name} was dropped (too far behind)\n")),
+                );
             }
         }
     }
@@ -453,12 +493,23 @@ impl Broker<'_> {
                 let line = if all {
                     let mut names: Vec<&String> = self.users.keys().collect();
                     names.sort();
-                    let list: Vec<String> = names.iter().map(|n| format!("{n} ({})", self.users[*n].room)).collect();
+                    let list: Vec<String> = names
+                        .iter()
+                        .map(|n| format!("{n} ({})", self.users[*n].room))
+                        .collect();
                     format!("* online ({}): {}\n", list.len(), list.join(", "))
                 } else {
                     let room = &self.users[&me].room;
-                    let members: Vec<&str> = self.rooms[room].members.iter().map(String::as_str).collect();
-                    format!("* users in {room} ({}): {}\n", members.len(), members.join(", "))
+                    let members: Vec<&str> = self.rooms[room]
+                        .members
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
+                    format!(
+                        "* users in {room} ({}): {}\n",
+                        members.len(),
+                        members.join(", ")
+                    )
                 };
                 self.send(i, &text(line));
             }
@@ -472,7 +523,10 @@ impl Broker<'_> {
                     .filter(|(name, r)| !r.members.is_empty() || name.as_str() == LOBBY)
                     .map(|(name, r)| format!("{name} ({})", r.members.len()))
                     .collect();
-                self.send(i, &text(format!("* rooms ({}): {}\n", list.len(), list.join(", "))));
+                self.send(
+                    i,
+                    &text(format!("* rooms ({}): {}\n", list.len(), list.join(", "))),
+                );
             }
             Request::Kick { user, reason } => {
                 let Some(me) = self.user_of(i) else { return };
@@ -485,7 +539,11 @@ impl Broker<'_> {
                     return;
                 };
                 let (tconn, troom) = (target.conn, target.room.clone());
-                let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                };
                 self.send(
                     tconn,
                     &Event::Close {
@@ -503,12 +561,22 @@ impl Broker<'_> {
                 }
                 log::info!("chat broker: {me} kicked {user}{why}");
             }
+            Request::Echo { text: t } => self.send(i, &text(t)),
             Request::Quit => {
-                let Some(me) = self.user_of(i) else { return };
-                if let Some(c) = self.conns[i].as_mut() {
-                    c.user = None;
+                // The Close tells the worker that everything before it has been sent.
+                self.send(
+                    i,
+                    &Event::Close {
+                        text: String::new(),
+                    },
+                );
+                let Some(c) = self.conns[i].as_mut() else {
+                    return;
+                };
+                c.closing = true;
+                if let Some(me) = c.user.take() {
+                    self.remove_user(&me, Some(format!("* {me} left the chat\n")));
                 }
-                self.remove_user(&me, Some(format!("* {me} left the chat\n")));
             }
         }
     }
@@ -548,7 +616,11 @@ impl Broker<'_> {
                 admin,
             },
         );
-        self.rooms.get_mut(&room).expect("room exists").members.insert(name.clone());
+        self.rooms
+            .get_mut(&room)
+            .expect("room exists")
+            .members
+            .insert(name.clone());
         if let Some(c) = self.conns[i].as_mut() {
             c.user = Some(name.clone());
         }
@@ -562,7 +634,11 @@ impl Broker<'_> {
     }
 
     fn send_history(&mut self, i: usize, room: &str) {
-        let lines: Vec<String> = self.rooms.get(room).map(|r| r.history.iter().cloned().collect()).unwrap_or_default();
+        let lines: Vec<String> = self
+            .rooms
+            .get(room)
+            .map(|r| r.history.iter().cloned().collect())
+            .unwrap_or_default();
         for l in lines {
             self.send(i, &text(l));
         }
@@ -599,7 +675,10 @@ impl Broker<'_> {
         }
         if room != LOBBY
             && let Some(limit) = self.config.room_limit
-            && self.rooms.get(&room).is_some_and(|r| r.members.len() >= limit)
+            && self
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.members.len() >= limit)
         {
             self.send(i, &text(format!("error: room {room} is full ({limit})\n")));
             return;
@@ -610,7 +689,11 @@ impl Broker<'_> {
         }
         self.leave_room(me, &old);
         self.tell_room(&old, &format!("* {me} left {old}\n"), None);
-        self.rooms.get_mut(&room).expect("room exists").members.insert(me.to_string());
+        self.rooms
+            .get_mut(&room)
+            .expect("room exists")
+            .members
+            .insert(me.to_string());
         if let Some(u) = self.users.get_mut(me) {
             u.room = room.clone();
         }
@@ -632,7 +715,9 @@ impl Broker<'_> {
 
     /// Logs a user out; `notice` goes to the room they were in.
     fn remove_user(&mut self, name: &str, notice: Option<String>) {
-        let Some(u) = self.users.remove(name) else { return };
+        let Some(u) = self.users.remove(name) else {
+            return;
+        };
         self.leave_room(name, &u.room);
         if let Some(n) = notice {
             self.tell_room(&u.room, &n, None);
@@ -666,7 +751,11 @@ fn frame_bounds(out: &[u8], pos: usize) -> (usize, usize) {
         let len = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
         let next = at + 4 + len;
         if next > pos {
-            return if at == pos { (at, at) } else { (at, next.min(out.len())) };
+            return if at == pos {
+                (at, at)
+            } else {
+                (at, next.min(out.len()))
+            };
         }
         at = next;
     }

@@ -32,8 +32,11 @@
 //!
 //! A worker polls its client and its IPC connection. It enforces the input rules
 //! (line length, UTF-8, control characters, rate), runs the login (name rules,
-//! password against the `--users` file), answers `/help` itself, and turns every
-//! other command into one request. The broker formats everything the users see.
+//! password against the `--users` file), answers `/help` and usage errors itself,
+//! and turns every other command into one request. Once logged in, its own
+//! answers go out as `Echo` requests that the broker sends straight back, so a
+//! client sees the answers to its lines in the order it sent them. The broker
+//! formats everything else the users see.
 //!
 //! # IPC protocol (version 1)
 //!
@@ -52,7 +55,8 @@
 //! | 0x06 | worker → broker | List | all | users in my room, or everyone |
 //! | 0x07 | worker → broker | Rooms | | rooms with counts |
 //! | 0x08 | worker → broker | Kick | user, reason | disconnect USER (admins) |
-//! | 0x09 | worker → broker | Quit | | the client leaves |
+//! | 0x09 | worker → broker | Quit | | the client leaves; answered by Close |
+//! | 0x0a | worker → broker | Echo | text | send TEXT back to me as Text |
 //! | 0x81 | broker → worker | Accepted | room | registered, in ROOM |
 //! | 0x82 | broker → worker | Refused | reason | not registered (name taken) |
 //! | 0x83 | broker → worker | Text | text | complete lines for the client |
@@ -176,7 +180,10 @@ pub fn service(opts: &ChatOpts) -> Result<Service, Error> {
         Some(p) => {
             let u = Users::load(p).map_err(|e| Error::new(Error::CONFIG, e))?;
             if u.is_empty() {
-                log::warn!("chat: --users {} lists nobody; no one can log in", p.display());
+                log::warn!(
+                    "chat: --users {} lists nobody; no one can log in",
+                    p.display()
+                );
             }
             Some(u)
         }
@@ -184,11 +191,17 @@ pub fn service(opts: &ChatOpts) -> Result<Service, Error> {
     };
     for a in &opts.admins {
         if !valid_name(a) {
-            return Err(Error::new(Error::USAGE, format!("--admins: invalid name '{a}'")));
+            return Err(Error::new(
+                Error::USAGE,
+                format!("--admins: invalid name '{a}'"),
+            ));
         }
     }
     if opts.rate == 0 {
-        return Err(Error::new(Error::USAGE, "--rate: expected at least 1 line a second"));
+        return Err(Error::new(
+            Error::USAGE,
+            "--rate: expected at least 1 line a second",
+        ));
     }
     let rt = crate::listener::runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
     let (ipc_path, listener) = bind_ipc(&rt)?;
@@ -210,7 +223,9 @@ pub fn service(opts: &ChatOpts) -> Result<Service, Error> {
 fn bind_ipc(rt: &Path) -> Result<(PathBuf, UnixListener), Error> {
     remove_stale_ipc_dirs(rt);
     let dir = rt.join(format!("chat-ipc.{}", std::process::id()));
-    let oserr = |what: &str, e: io::Error| Error::new(Error::OSERR, format!("chat: {what} {}: {e}", dir.display()));
+    let oserr = |what: &str, e: io::Error| {
+        Error::new(Error::OSERR, format!("chat: {what} {}: {e}", dir.display()))
+    };
     // Left by an earlier process that had our pid.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new()
@@ -218,7 +233,8 @@ fn bind_ipc(rt: &Path) -> Result<(PathBuf, UnixListener), Error> {
         .create(&dir)
         .map_err(|e| oserr("creating", e))?;
     let path = dir.join("broker.sock");
-    let listener = UnixListener::bind(&path).map_err(|e| oserr("binding the broker socket in", e))?;
+    let listener =
+        UnixListener::bind(&path).map_err(|e| oserr("binding the broker socket in", e))?;
     Ok((path, listener))
 }
 

@@ -39,8 +39,11 @@ pub enum Request {
     Rooms,
     /// Disconnect a user (admins only).
     Kick { user: String, reason: String },
-    /// The client is leaving.
+    /// The client is leaving; the broker answers with `Close`.
     Quit,
+    /// Send `text` back to me: the worker's own answers (errors, /help) pass through
+    /// the broker so they reach the client in order with the broker's.
+    Echo { text: String },
 }
 
 /// What the broker tells a worker.
@@ -68,6 +71,7 @@ mod tag {
     pub const ROOMS: u8 = 0x07;
     pub const KICK: u8 = 0x08;
     pub const QUIT: u8 = 0x09;
+    pub const ECHO: u8 = 0x0a;
     pub const ACCEPTED: u8 = 0x81;
     pub const REFUSED: u8 = 0x82;
     pub const TEXT: u8 = 0x83;
@@ -157,13 +161,18 @@ impl Request {
                 .flag(*restore)
                 .finish(),
             Request::Say { text } => FrameWriter::new(out, SAY).str(text).finish(),
-            Request::Whisper { to, text } => FrameWriter::new(out, WHISPER).str(to).str(text).finish(),
+            Request::Whisper { to, text } => {
+                FrameWriter::new(out, WHISPER).str(to).str(text).finish()
+            }
             Request::Join { room } => FrameWriter::new(out, JOIN).str(room).finish(),
             Request::Leave => FrameWriter::new(out, LEAVE).finish(),
             Request::List { all } => FrameWriter::new(out, LIST).flag(*all).finish(),
             Request::Rooms => FrameWriter::new(out, ROOMS).finish(),
-            Request::Kick { user, reason } => FrameWriter::new(out, KICK).str(user).str(reason).finish(),
+            Request::Kick { user, reason } => {
+                FrameWriter::new(out, KICK).str(user).str(reason).finish()
+            }
             Request::Quit => FrameWriter::new(out, QUIT).finish(),
+            Request::Echo { text } => FrameWriter::new(out, ECHO).str(text).finish(),
         }
     }
 
@@ -191,6 +200,7 @@ impl Request {
                 reason: f.str()?,
             },
             QUIT => Request::Quit,
+            ECHO => Request::Echo { text: f.str()? },
             t => return Err(bad(&format!("unknown request type {t:#04x}"))),
         })
     }
@@ -257,7 +267,9 @@ impl InBuf {
         }
         let version = buf[4];
         if version != VERSION {
-            return Err(bad(&format!("protocol version {version}, expected {VERSION}")));
+            return Err(bad(&format!(
+                "protocol version {version}, expected {VERSION}"
+            )));
         }
         let msg = decode(buf[5], &buf[6..4 + len])?;
         self.pos += 4 + len;
@@ -288,12 +300,16 @@ mod tests {
                 admin: true,
                 restore: false,
             },
-            Request::Say { text: "héllo".into() },
+            Request::Say {
+                text: "héllo".into(),
+            },
             Request::Whisper {
                 to: "bob".into(),
                 text: "psst".into(),
             },
-            Request::Join { room: "#dev".into() },
+            Request::Join {
+                room: "#dev".into(),
+            },
             Request::Leave,
             Request::List { all: true },
             Request::Rooms,
@@ -302,6 +318,9 @@ mod tests {
                 reason: "".into(),
             },
             Request::Quit,
+            Request::Echo {
+                text: "error: x\n".into(),
+            },
         ];
         let mut wire = Vec::new();
         for r in &reqs {
@@ -319,11 +338,19 @@ mod tests {
         assert_eq!(got, reqs);
 
         let evs = vec![
-            Event::Accepted { room: "#lobby".into() },
-            Event::Refused { reason: "taken".into() },
-            Event::Text { text: "a\nb\n".into() },
+            Event::Accepted {
+                room: "#lobby".into(),
+            },
+            Event::Refused {
+                reason: "taken".into(),
+            },
+            Event::Text {
+                text: "a\nb\n".into(),
+            },
             Event::Moved { room: "#x".into() },
-            Event::Close { text: "bye\n".into() },
+            Event::Close {
+                text: "bye\n".into(),
+            },
         ];
         let mut wire = Vec::new();
         for e in &evs {
@@ -344,7 +371,11 @@ mod tests {
         let mut wire = Vec::new();
         Request::Leave.encode(&mut wire);
         wire[4] = 9;
-        for bytes in [wire, vec![0xff, 0xff, 0xff, 0xff, 1, 1], vec![0, 0, 0, 2, VERSION, 0x7f]] {
+        for bytes in [
+            wire,
+            vec![0xff, 0xff, 0xff, 0xff, 1, 1],
+            vec![0, 0, 0, 2, VERSION, 0x7f],
+        ] {
             let mut buf = InBuf::default();
             buf.extend(&bytes);
             assert!(buf.next_request().is_err(), "{bytes:?}");

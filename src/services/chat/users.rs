@@ -36,7 +36,8 @@ pub struct Users {
 impl Users {
     /// Reads and checks a users file.
     pub fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("--users {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--users {}: {e}", path.display()))?;
         Users::parse(&text).map_err(|e| format!("--users {}: {e}", path.display()))
     }
 
@@ -55,13 +56,19 @@ impl Users {
             let admin = match parts.next() {
                 None => false,
                 Some("admin") => true,
-                Some(other) => return Err(format!("line {n}: unknown flag '{other}' (expected 'admin')")),
+                Some(other) => {
+                    return Err(format!(
+                        "line {n}: unknown flag '{other}' (expected 'admin')"
+                    ));
+                }
             };
             if parts.next().is_some() {
                 return Err(format!("line {n}: expected NAME:HASH or NAME:HASH:admin"));
             }
             if !super::valid_name(name) {
-                return Err(format!("line {n}: invalid name '{name}' (1-32 letters, digits, _ or -)"));
+                return Err(format!(
+                    "line {n}: invalid name '{name}' (1-32 letters, digits, _ or -)"
+                ));
             }
             if PasswordHash::new(hash).is_err() {
                 return Err(format!(
@@ -112,7 +119,9 @@ impl Users {
 
 fn verify(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Ok(h) => Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -144,7 +153,15 @@ mod tests {
     #[test]
     fn bad_lines_are_named() {
         assert!(Users::parse("ann\n").unwrap_err().contains("line 1"));
-        assert!(Users::parse("a b:$x\n").unwrap_err().contains("invalid name"));
-        assert!(Users::parse("ann:notahash\n").unwrap_err().contains("chat-passwd"));
+        assert!(
+            Users::parse("a b:$x\n")
+                .unwrap_err()
+                .contains("invalid name")
+        );
+        assert!(
+            Users::parse("ann:notahash\n")
+                .unwrap_err()
+                .contains("chat-passwd")
+        );
     }
 }

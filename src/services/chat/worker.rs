@@ -158,7 +158,10 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
     match connect_broker(config) {
         Ok(s) => w.ipc = Some(s),
         Err(e) => {
-            log::error!("chat: cannot reach the broker at {}: {e}", config.ipc_path.display());
+            log::error!(
+                "chat: cannot reach the broker at {}: {e}",
+                config.ipc_path.display()
+            );
             w.say("error: the chat service is unavailable, try again later\n");
             w.finish();
         }
@@ -219,7 +222,10 @@ impl Worker<'_> {
                     Err(e) => return Err(e.into()),
                 }
                 let rev = |f: &PollFd| f.revents().unwrap_or(PollFlags::empty());
-                (rev(&fds[0]), fds.get(1).map(rev).unwrap_or(PollFlags::empty()))
+                (
+                    rev(&fds[0]),
+                    fds.get(1).map(rev).unwrap_or(PollFlags::empty()),
+                )
             };
             if self.idle_expired() {
                 self.say("error: idle timeout, disconnecting\n");
@@ -250,7 +256,11 @@ impl Worker<'_> {
         match until {
             None => PollTimeout::NONE,
             Some(t) => {
-                let ms = t.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32 + 1;
+                let ms = t
+                    .saturating_duration_since(now)
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32
+                    + 1;
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         }
@@ -263,7 +273,9 @@ impl Worker<'_> {
     fn idle_expired(&self) -> bool {
         self.done.is_none()
             && self.state.takes_input()
-            && self.config_idle().is_some_and(|idle| self.last_input.elapsed() >= idle)
+            && self
+                .config_idle()
+                .is_some_and(|idle| self.last_input.elapsed() >= idle)
     }
 
     /// Queues text for the client and tries to write it now.
@@ -271,14 +283,22 @@ impl Worker<'_> {
         self.client_out.extend_from_slice(s.as_bytes());
         self.flush_client();
         if self.client_out.len() > MAX_CLIENT_BACKLOG && self.done.is_none() {
-            log::info!("chat: {}: client is not reading ({} bytes unread); disconnecting", self.who(), self.client_out.len());
+            log::info!(
+                "chat: {}: client is not reading ({} bytes unread); disconnecting",
+                self.who(),
+                self.client_out.len()
+            );
             self.client_out.clear();
             self.done = Some(Instant::now());
         }
     }
 
     fn who(&self) -> String {
-        if self.name.is_empty() { self.client.peer().to_string() } else { self.name.clone() }
+        if self.name.is_empty() {
+            self.client.peer().to_string()
+        } else {
+            self.name.clone()
+        }
     }
 
     /// Closes the connection once what is queued has been written.
@@ -335,7 +355,11 @@ impl Worker<'_> {
                 self.last_input = Instant::now();
                 self.take_client_bytes(n, buf);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => {
                 self.client_eof = true;
                 self.client_out.clear();
@@ -389,7 +413,11 @@ impl Worker<'_> {
             };
             self.handle_line(input);
         }
-        if self.client_eof && self.lines.is_empty() && self.state.takes_input() && self.done.is_none() {
+        if self.client_eof
+            && self.lines.is_empty()
+            && self.state.takes_input()
+            && self.done.is_none()
+        {
             if !self.client_in.is_empty() && !self.discarding {
                 let line = std::mem::take(&mut self.client_in);
                 self.handle_line(line_or_too_long(line));
@@ -413,32 +441,44 @@ impl Worker<'_> {
 
     fn handle_line(&mut self, input: Input) {
         let Input::Line(raw) = input else {
-            self.say(&format!("error: line too long (max {MAX_LINE} bytes), ignored\n"));
+            self.reply(&format!(
+                "error: line too long (max {MAX_LINE} bytes), ignored\n"
+            ));
             self.reprompt();
             return;
         };
         match self.rate.check(Instant::now()) {
             Verdict::Ok => {}
             Verdict::Warn => {
-                self.say(&format!(
+                self.reply(&format!(
                     "warning: more than {} lines a second; slow down or you will be disconnected\n",
                     self.config.rate
                 ));
                 return;
             }
             Verdict::Disconnect => {
-                log::info!("chat: {}: over --rate {} again; disconnecting", self.who(), self.config.rate);
-                self.say(&format!("error: more than {} lines a second, disconnecting\n", self.config.rate));
-                self.finish();
+                log::info!(
+                    "chat: {}: over --rate {} again; disconnecting",
+                    self.who(),
+                    self.config.rate
+                );
+                self.reply(&format!(
+                    "error: more than {} lines a second, disconnecting\n",
+                    self.config.rate
+                ));
+                self.leave();
                 return;
             }
         }
         let Ok(text) = std::str::from_utf8(&raw) else {
-            self.say("error: invalid UTF-8, line ignored\n");
+            self.reply("error: invalid UTF-8, line ignored\n");
             self.reprompt();
             return;
         };
-        let clean: String = text.chars().filter(|&c| c == '\t' || !c.is_control()).collect();
+        let clean: String = text
+            .chars()
+            .filter(|&c| c == '\t' || !c.is_control())
+            .collect();
         match self.state {
             State::Name => self.take_name(clean.trim()),
             State::Password => self.take_password(&clean),
@@ -481,7 +521,9 @@ impl Worker<'_> {
     }
 
     fn take_password(&mut self, password: &str) {
-        let Some(users) = &self.config.users else { return };
+        let Some(users) = &self.config.users else {
+            return;
+        };
         match users.check(&self.name, password) {
             Some(admin) => {
                 self.admin = admin;
@@ -508,7 +550,11 @@ impl Worker<'_> {
     }
 
     fn register(&mut self, restore: bool) {
-        self.state = if restore { State::Restoring } else { State::Registering };
+        self.state = if restore {
+            State::Restoring
+        } else {
+            State::Registering
+        };
         let req = Request::Register {
             name: self.name.clone(),
             room: self.room.clone(),
@@ -528,33 +574,39 @@ impl Worker<'_> {
             return;
         }
         if !t.starts_with('/') {
-            self.send(Request::Say { text: line.to_string() });
+            self.send(Request::Say {
+                text: line.to_string(),
+            });
             return;
         }
         let (cmd, rest) = t.split_once([' ', '\t']).unwrap_or((t, ""));
         let rest = rest.trim();
         match cmd {
             "/quit" => self.quit(),
-            "/help" => self.say(HELP),
+            "/help" => self.reply(HELP),
             "/list" => match rest {
                 "" => self.send(Request::List { all: false }),
                 "all" => self.send(Request::List { all: true }),
-                _ => self.say("error: usage: /list [all]\n"),
+                _ => self.reply("error: usage: /list [all]\n"),
             },
             "/whisper" | "/w" => match rest.split_once([' ', '\t']) {
                 Some((to, msg)) if !msg.trim().is_empty() => self.send(Request::Whisper {
                     to: to.to_string(),
                     text: msg.trim().to_string(),
                 }),
-                _ => self.say("error: usage: /whisper USER TEXT\n"),
+                _ => self.reply("error: usage: /whisper USER TEXT\n"),
             },
             "/join" => {
                 if rest.is_empty() || rest.contains([' ', '\t']) {
-                    self.say("error: usage: /join ROOM\n");
+                    self.reply("error: usage: /join ROOM\n");
                 } else if room_name(rest).is_none() {
-                    self.say(&format!("error: invalid room name {rest} (1-32 letters, digits, _ or -)\n"));
+                    self.reply(&format!(
+                        "error: invalid room name {rest} (1-32 letters, digits, _ or -)\n"
+                    ));
                 } else {
-                    self.send(Request::Join { room: rest.to_string() });
+                    self.send(Request::Join {
+                        room: rest.to_string(),
+                    });
                 }
             }
             "/leave" => self.send(Request::Leave),
@@ -562,7 +614,7 @@ impl Worker<'_> {
             "/kick" => {
                 let (user, reason) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
                 if user.is_empty() {
-                    self.say("error: usage: /kick USER [REASON]\n");
+                    self.reply("error: usage: /kick USER [REASON]\n");
                 } else {
                     self.send(Request::Kick {
                         user: user.to_string(),
@@ -570,13 +622,25 @@ impl Worker<'_> {
                     });
                 }
             }
-            _ => self.say(&format!("error: unknown command {cmd} (try /help)\n")),
+            _ => self.reply(&format!("error: unknown command {cmd} (try /help)\n")),
         }
     }
 
     fn quit(&mut self) {
-        self.say("Bye.\n");
+        self.reply("Bye.\n");
         self.leave();
+    }
+
+    /// Answers a line of a logged-in client in order with the broker's output (see
+    /// `Request::Echo`); before login, directly.
+    fn reply(&mut self, s: &str) {
+        if self.state == State::Chatting && self.ipc.is_some() {
+            self.send(Request::Echo {
+                text: s.to_string(),
+            });
+        } else {
+            self.say(s);
+        }
     }
 
     fn read_ipc(&mut self, buf: &mut [u8]) {
@@ -587,7 +651,14 @@ impl Worker<'_> {
                 self.ipc_in.extend(&buf[..n]);
                 false
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                false
+            }
             Err(_) => true,
         };
         loop {
@@ -614,15 +685,23 @@ impl Worker<'_> {
                 let was = self.state;
                 self.state = State::Chatting;
                 if was == State::Restoring {
-                    self.say(&format!("* chat service is back; you are in {}\n", self.room));
+                    self.say(&format!(
+                        "* chat service is back; you are in {}\n",
+                        self.room
+                    ));
                 } else {
                     log::debug!("chat: {} logged in from {}", self.name, self.client.peer());
-                    self.say(&format!("Welcome, {}! Type /help for commands, quit to leave.\n", self.name));
+                    self.say(&format!(
+                        "Welcome, {}! Type /help for commands, quit to leave.\n",
+                        self.name
+                    ));
                 }
             }
             Event::Refused { reason } => {
                 if self.state == State::Restoring {
-                    self.say(&format!("error: could not rejoin after the restart: {reason}\n"));
+                    self.say(&format!(
+                        "error: could not rejoin after the restart: {reason}\n"
+                    ));
                     self.finish();
                 } else {
                     self.name.clear();
@@ -658,7 +737,10 @@ impl Worker<'_> {
         match connect_broker(self.config) {
             Ok(s) => self.ipc = Some(s),
             Err(e) => {
-                log::error!("chat: {}: broker unreachable after a restart: {e}", self.who());
+                log::error!(
+                    "chat: {}: broker unreachable after a restart: {e}",
+                    self.who()
+                );
                 self.say("error: the chat service is unavailable, disconnecting\n");
                 self.finish();
                 return;
@@ -672,11 +754,14 @@ impl Worker<'_> {
     }
 }
 
-
 /// A complete line, or TooLong when it exceeds [`MAX_LINE`] (a final CR not counted).
 fn line_or_too_long(mut line: Vec<u8>) -> Input {
     if line.ends_with(b"\r") {
         line.pop();
     }
-    if line.len() > MAX_LINE { Input::TooLong } else { Input::Line(line) }
+    if line.len() > MAX_LINE {
+        Input::TooLong
+    } else {
+        Input::Line(line)
+    }
 }
