@@ -181,26 +181,14 @@ mod tests {
             assert_eq!(a.to_string(), s);
         }
         assert_eq!(
-            "tcp:localhost:80"
-                .parse::<ListenAddr>()
-                .unwrap()
-                .to_string(),
+            "tcp:localhost:80".parse::<ListenAddr>().unwrap().to_string(),
             "tcp:127.0.0.1:80"
         );
     }
 
     #[test]
     fn rejects_malformed() {
-        for s in [
-            "",
-            "tcp",
-            "tcp:1.2.3.4",
-            "tcp:1.2.3.4:99999",
-            "tcp:[::1:80",
-            "ftp:x:1",
-            "unix:",
-            "unix:@",
-        ] {
+        for s in ["", "tcp", "tcp:1.2.3.4", "tcp:1.2.3.4:99999", "tcp:[::1:80", "ftp:x:1", "unix:", "unix:@"] {
             let e = s.parse::<ListenAddr>().unwrap_err().to_string();
             assert!(e.contains("bad address"), "{s}: {e}");
         }

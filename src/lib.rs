@@ -37,8 +37,8 @@ pub mod peer;
 pub mod proctitle;
 pub mod server;
 pub mod services;
-mod sys;
 pub mod systemd;
+mod sys;
 
 pub use addr::ListenAddr;
 pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler};

@@ -280,12 +280,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn runtime_dir() -> Result<PathBuf, String> {
     if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
         // systemd may pass several, separated by ':'; the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let first = d.to_string_lossy().split(':').next().unwrap_or("").to_string();
         if !first.is_empty() {
             return Ok(PathBuf::from(first));
         }

@@ -175,25 +175,19 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 fn parse_addr(s: &str) -> Result<ListenAddr, Error> {
-    s.parse()
-        .map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
+    s.parse().map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
 }
 
 fn secs(what: &str, v: f64) -> Result<Duration, Error> {
     if !v.is_finite() || v < 0.0 {
-        return Err(usage(format!(
-            "{what}: expected a number of seconds, got {v}"
-        )));
+        return Err(usage(format!("{what}: expected a number of seconds, got {v}")));
     }
     Ok(Duration::from_secs_f64(v))
 }
 
 /// Applies the shared options to a service.
 fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
-    let idle = opts
-        .idle_timeout
-        .map(|t| secs("--idle-timeout", t))
-        .transpose()?;
+    let idle = opts.idle_timeout.map(|t| secs("--idle-timeout", t)).transpose()?;
     Ok(svc
         .model(opts.model)
         .max_children(opts.max_children)
@@ -221,12 +215,7 @@ fn build(cli: &Cli) -> Result<Server, Error> {
     let mode = u32::from_str_radix(opts.socket_mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| {
-            usage(format!(
-                "--socket-mode {}: expected an octal mode like 0660",
-                opts.socket_mode
-            ))
-        })?;
+        .ok_or_else(|| usage(format!("--socket-mode {}: expected an octal mode like 0660", opts.socket_mode)))?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
     let mut server = Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
@@ -275,11 +264,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                Error::USAGE as u8
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { Error::USAGE as u8 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }

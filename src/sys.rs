@@ -316,7 +316,8 @@ impl RawAddr {
             }
             SocketAddr::V6(a) => {
                 // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
-                let sin6 = unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in6) };
+                let sin6 =
+                    unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in6) };
                 sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 sin6.sin6_port = a.port().to_be();
                 sin6.sin6_addr.s6_addr = a.ip().octets();
@@ -478,10 +479,7 @@ pub fn accept(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, RawAddr)> {
 /// Receives one datagram without blocking (MSG_DONTWAIT, so the shared socket's file
 /// flags are never touched), with the sender's address and, on Unix sockets with
 /// SO_PASSCRED, the sender's credentials.
-pub fn recv_from(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> io::Result<(usize, RawAddr, Option<Ucred>)> {
+pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, RawAddr, Option<Ucred>)> {
     let mut raw = RawAddr::empty();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -594,9 +592,7 @@ pub fn pollfd(fd: RawFd, events: i16) -> PollFd {
 pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
     let ms = match timeout {
         None => -1,
-        Some(d) => {
-            d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_micros() % 1000 != 0)
-        }
+        Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_micros() % 1000 != 0),
     };
     // SAFETY: fds is a valid slice of pollfd.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -646,13 +642,7 @@ pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
     unsafe {
         let mut pwd: libc::passwd = zeroed();
         let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
+        let rc = libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -682,13 +672,7 @@ pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
     unsafe {
         let mut grp: libc::group = zeroed();
         let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
+        let rc = libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -702,8 +686,7 @@ pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
 /// Drops root: supplementary groups of `user`, then the gid, then the uid; then checks
 /// that neither can be regained.
 pub fn drop_privileges(user: &User, gid: u32) -> io::Result<()> {
-    let cname = CString::new(user.name.as_str())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let cname = CString::new(user.name.as_str()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: plain system calls with integer or C-string arguments.
     unsafe {
         if libc::initgroups(cname.as_ptr(), gid as libc::gid_t) != 0 {
@@ -725,8 +708,7 @@ pub fn drop_privileges(user: &User, gid: u32) -> io::Result<()> {
 
 /// Changes the owner of a path (socket files created before a privilege drop).
 pub fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: c is a valid C string.
     unsafe { cvt(libc::chown(c.as_ptr(), uid, gid))? };
     Ok(())

@@ -8,8 +8,7 @@ use common::*;
 
 fn echo_roundtrip(addr: &str) {
     let mut c = Conn::connect(addr);
-    c.write_all("hello straße\nsecond line\n".as_bytes())
-        .unwrap();
+    c.write_all("hello straße\nsecond line\n".as_bytes()).unwrap();
     assert_eq!(c.read_line().unwrap(), "HELLO STRASSE");
     assert_eq!(c.read_line().unwrap(), "SECOND LINE");
     c.shutdown_write();

@@ -62,13 +62,7 @@ fn worker_title(ctx: &Context, peer: &Peer) {
 }
 
 /// Child side of a fork-model connection.
-pub(crate) fn run_stream_worker(
-    master: &mut Master,
-    s: usize,
-    l: usize,
-    fd: OwnedFd,
-    peer: Peer,
-) -> ! {
+pub(crate) fn run_stream_worker(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Peer) -> ! {
     master.signals.reset_in_child();
     close_all(&master.fds_to_close(None, None));
     let svc = &master.svcs[s];
@@ -176,14 +170,14 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         None => {
             let fd = sys::adopt_fd(0)
                 .ok_or_else(|| Error::new(Error::USAGE, "--inetd: stdin is not open"))?;
-            sys::socket_kind(fd.as_fd())
-                .map_err(|_| Error::new(Error::USAGE, "--inetd: stdin is not a socket"))?;
+            sys::socket_kind(fd.as_fd()).map_err(|_| {
+                Error::new(Error::USAGE, "--inetd: stdin is not a socket")
+            })?;
             // stdout is the same socket; the handler writes through fd 0's copy.
             fd
         }
     };
-    let addr = sys::peer_addr(fd.as_fd())
-        .map_err(|e| Error::new(Error::OSERR, format!("getpeername: {e}")))?;
+    let addr = sys::peer_addr(fd.as_fd()).map_err(|e| Error::new(Error::OSERR, format!("getpeername: {e}")))?;
     let peer = worker::stream_peer(fd.as_fd(), &addr);
     let local = sys::local_addr(fd.as_fd()).ok();
     let local_text = local

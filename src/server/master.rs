@@ -41,11 +41,7 @@ impl Svc {
     }
 
     fn title_part(&self) -> String {
-        let addrs: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.addr().to_string())
-            .collect();
+        let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr().to_string()).collect();
         let count = match self.conf.model {
             Model::Fork => format!("[{}/{}]", self.active, self.conf.max_children),
             Model::Prefork => format!("[prefork {}]", self.conf.workers),
@@ -199,12 +195,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                     }
                 }
             }
-            if !found
-                && conf
-                    .addrs
-                    .iter()
-                    .any(|a| a == &ListenAddr::Systemd(name.to_string()))
-            {
+            if !found && conf.addrs.iter().any(|a| a == &ListenAddr::Systemd(name.to_string())) {
                 errors.push(format!(
                     "systemd:{name}: no socket named '{name}' was passed by systemd"
                 ));
@@ -230,11 +221,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                     l.addr(),
                     if l.is_stream() { "stream" } else { "datagram" },
                     conf.name,
-                    if conf.is_stream() {
-                        "stream"
-                    } else {
-                        "datagram"
-                    }
+                    if conf.is_stream() { "stream" } else { "datagram" }
                 ));
             }
         }
@@ -316,10 +303,7 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
     sys::drop_privileges(&user, gid).map_err(|e| {
         Error::new(
             Error::OSERR,
-            format!(
-                "dropping privileges to {name} (uid {}, gid {gid}): {e}; refusing to serve",
-                user.uid
-            ),
+            format!("dropping privileges to {name} (uid {}, gid {gid}): {e}; refusing to serve", user.uid),
         )
     })?;
     log::info!("running as {name} (uid {}, gid {gid})", user.uid);
@@ -329,21 +313,14 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
 impl Master {
     fn update_title(&mut self) {
         let parts: Vec<String> = self.svcs.iter().map(Svc::title_part).collect();
-        proctitle::set(
-            &format!("forkserve: master {}", parts.join("; ")),
-            "forkserve",
-        );
+        proctitle::set(&format!("forkserve: master {}", parts.join("; ")), "forkserve");
         self.title_dirty = false;
     }
 
     /// Descriptors a child must close: every listener (except those of
     /// `keep_service`), the signal pipe, the notify socket, and companion fds (except
     /// those of companion `keep_companion`).
-    pub fn fds_to_close(
-        &self,
-        keep_service: Option<usize>,
-        keep_companion: Option<(usize, usize)>,
-    ) -> Vec<RawFd> {
+    pub fn fds_to_close(&self, keep_service: Option<usize>, keep_companion: Option<(usize, usize)>) -> Vec<RawFd> {
         let mut fds: Vec<RawFd> = self.signals.raw_fds().to_vec();
         fds.extend(self.notifier.raw_fd());
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -391,8 +368,7 @@ impl Master {
     fn build_pollfds(&mut self) {
         self.pollfds.clear();
         self.pollmap.clear();
-        self.pollfds
-            .push(sys::pollfd(self.signals.fd(), sys::POLLIN));
+        self.pollfds.push(sys::pollfd(self.signals.fd(), sys::POLLIN));
         if self.shutdown.is_some() {
             return;
         }
@@ -473,11 +449,7 @@ impl Master {
             );
         }
         if quit || ((term || int) && self.shutdown.is_some()) {
-            let why = if quit {
-                "SIGQUIT"
-            } else {
-                "second stop signal"
-            };
+            let why = if quit { "SIGQUIT" } else { "second stop signal" };
             self.stop_now(why);
         } else if term || int {
             self.begin_shutdown(if term { "SIGTERM" } else { "SIGINT" });
@@ -487,8 +459,7 @@ impl Master {
     fn begin_shutdown(&mut self, why: &str) {
         log::info!(
             "{why}: shutting down; draining {} connection(s) for up to {}s",
-            self.children
-                .count_where(|r| matches!(r, Role::Worker { .. })),
+            self.children.count_where(|r| matches!(r, Role::Worker { .. })),
             self.drain_timeout.as_secs_f64()
         );
         self.notifier.notify("STOPPING=1\nSTATUS=draining");
@@ -552,21 +523,12 @@ impl Master {
             }
         }
         if self.notifier.enabled() {
-            if self
-                .last_status
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
+            if self.last_status.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
                 self.last_status = Some(now);
-                let live = self
-                    .children
-                    .count_where(|r| matches!(r, Role::Worker { .. }));
+                let live = self.children.count_where(|r| matches!(r, Role::Worker { .. }));
                 let mut msg = format!(
                     "STATUS={} {live} connection(s) live, {} served",
-                    if self.shutdown.is_some() {
-                        "draining:"
-                    } else {
-                        "serving:"
-                    },
+                    if self.shutdown.is_some() { "draining:" } else { "serving:" },
                     self.served_total
                 );
                 if self.shutdown.is_some() {
@@ -636,8 +598,7 @@ impl Master {
             Role::Worker { service, peer } => {
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
-                svc.sources
-                    .remove(peer.source_key(), svc.conf.max_per_source);
+                svc.sources.remove(peer.source_key(), svc.conf.max_per_source);
                 self.title_dirty = true;
                 if abnormal {
                     log::warn!(
@@ -653,10 +614,7 @@ impl Master {
             Role::Server { service, slot } => {
                 let svc = &mut self.svcs[service];
                 svc.slots[slot].0 = None;
-                let what = format!(
-                    "{} server process {} ({})",
-                    svc.conf.name, r.pid, svc.conf.model
-                );
+                let what = format!("{} server process {} ({})", svc.conf.name, r.pid, svc.conf.model);
                 if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
                 } else {
@@ -679,12 +637,7 @@ impl Master {
                 svc.companions[index].0 = None;
                 let name = &svc.conf.companions[index].name;
                 if stopping {
-                    log::info!(
-                        "{} {name} {} {} after {life:.1}s",
-                        svc.conf.name,
-                        r.pid,
-                        r.status
-                    );
+                    log::info!("{} {name} {} {} after {life:.1}s", svc.conf.name, r.pid, r.status);
                 } else {
                     let delay = svc.companions[index].1.schedule(r.lifetime);
                     log::warn!(
@@ -709,11 +662,7 @@ impl Master {
     fn refuse(&mut self, s: usize, peer: &crate::peer::Peer) {
         let svc = &mut self.svcs[s];
         let key = peer.source_key();
-        let (name, limit, n) = (
-            &svc.conf.name,
-            svc.conf.max_per_source,
-            svc.sources.get(key),
-        );
+        let (name, limit, n) = (&svc.conf.name, svc.conf.max_per_source, svc.sources.get(key));
         svc.refusals.log(|suppressed| {
             let more = if suppressed > 0 {
                 format!(" ({suppressed} more refused since the last report)")
@@ -760,10 +709,7 @@ impl Master {
                 }
                 Err(e) => {
                     self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping {peer}",
-                        self.svcs[s].conf.name
-                    );
+                    log::error!("{}: fork failed: {e}; dropping {peer}", self.svcs[s].conf.name);
                     self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
@@ -825,10 +771,7 @@ impl Master {
                 }
                 Err(e) => {
                     self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping a datagram from {peer}",
-                        self.svcs[s].conf.name
-                    );
+                    log::error!("{}: fork failed: {e}; dropping a datagram from {peer}", self.svcs[s].conf.name);
                     self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
@@ -843,19 +786,11 @@ impl Master {
             Ok(Forked::Parent(pid)) => {
                 self.svcs[s].slots[slot].0 = Some(pid);
                 self.children.insert(pid, Role::Server { service: s, slot });
-                log::debug!(
-                    "{}: server process {pid} started ({})",
-                    self.svcs[s].conf.name,
-                    self.svcs[s].conf.model
-                );
+                log::debug!("{}: server process {pid} started ({})", self.svcs[s].conf.name, self.svcs[s].conf.model);
             }
             Err(e) => {
                 let d = self.svcs[s].slots[slot].1.schedule(Duration::ZERO);
-                log::error!(
-                    "{}: fork of server process failed: {e}; retrying in {:.1}s",
-                    self.svcs[s].conf.name,
-                    d.as_secs_f64()
-                );
+                log::error!("{}: fork of server process failed: {e}; retrying in {:.1}s", self.svcs[s].conf.name, d.as_secs_f64());
             }
         }
     }
@@ -867,13 +802,7 @@ impl Master {
             Ok(Forked::Child) => fork::run_companion(self, s, c, run),
             Ok(Forked::Parent(pid)) => {
                 self.svcs[s].companions[c].0 = Some(pid);
-                self.children.insert(
-                    pid,
-                    Role::Companion {
-                        service: s,
-                        index: c,
-                    },
-                );
+                self.children.insert(pid, Role::Companion { service: s, index: c });
                 log::info!(
                     "{}: {} started as pid {pid}",
                     self.svcs[s].conf.name,
@@ -882,11 +811,7 @@ impl Master {
             }
             Err(e) => {
                 let d = self.svcs[s].companions[c].1.schedule(Duration::ZERO);
-                log::error!(
-                    "{}: fork of companion failed: {e}; retrying in {:.1}s",
-                    self.svcs[s].conf.name,
-                    d.as_secs_f64()
-                );
+                log::error!("{}: fork of companion failed: {e}; retrying in {:.1}s", self.svcs[s].conf.name, d.as_secs_f64());
             }
         }
     }

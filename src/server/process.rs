@@ -94,36 +94,20 @@ pub(crate) fn serve(
 
 impl Proc<'_> {
     fn stopping(&self) -> bool {
-        self.signals.peek(libc::SIGTERM)
-            || self.signals.peek(libc::SIGINT)
-            || self.signals.peek(libc::SIGQUIT)
+        self.signals.peek(libc::SIGTERM) || self.signals.peek(libc::SIGINT) || self.signals.peek(libc::SIGQUIT)
     }
 
     fn active(&self) -> usize {
-        self.threads
-            .as_ref()
-            .map_or(0, |t| t.active.load(Ordering::SeqCst))
+        self.threads.as_ref().map_or(0, |t| t.active.load(Ordering::SeqCst))
     }
 
     fn set_title(&self, busy: Option<&Peer>) {
         let name = &self.conf.name;
-        let addrs: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.addr().to_string())
-            .collect();
+        let addrs: Vec<String> = self.listeners.iter().map(|l| l.addr().to_string()).collect();
         let title = match self.conf.model {
             Model::Prefork => match busy {
-                Some(peer) => format!(
-                    "forkserve: {name} worker #{} busy {peer} [{} served]",
-                    self.slot + 1,
-                    self.served
-                ),
-                None => format!(
-                    "forkserve: {name} worker #{} idle [{} served]",
-                    self.slot + 1,
-                    self.served
-                ),
+                Some(peer) => format!("forkserve: {name} worker #{} busy {peer} [{} served]", self.slot + 1, self.served),
+                None => format!("forkserve: {name} worker #{} idle [{} served]", self.slot + 1, self.served),
             },
             Model::Thread => format!(
                 "forkserve: {name} server (thread) {} [{}/{}]",
@@ -138,11 +122,7 @@ impl Proc<'_> {
                 self.served
             ),
         };
-        let what = if self.conf.model == Model::Prefork {
-            "worker"
-        } else {
-            "server"
-        };
+        let what = if self.conf.model == Model::Prefork { "worker" } else { "server" };
         let mut comm = format!("{name} {what}");
         comm.truncate(15);
         proctitle::set(&title, &comm);
@@ -211,10 +191,7 @@ impl Proc<'_> {
     fn drain(&mut self) -> i32 {
         let n = self.active();
         if n > 0 {
-            log::info!(
-                "{}: stopping; waiting for {n} connection(s)",
-                self.conf.name
-            );
+            log::info!("{}: stopping; waiting for {n} connection(s)", self.conf.name);
         }
         while self.active() > 0 {
             let mut fds = vec![sys::pollfd(self.signals.fd(), sys::POLLIN)];
@@ -259,11 +236,7 @@ impl Proc<'_> {
                         let key = peer.source_key();
                         let limit = self.conf.max_per_source;
                         if !ts.sources.lock().unwrap().try_add(key, limit) {
-                            log::info!(
-                                "{}: refused {peer}: too many from {key} (max-per-source {})",
-                                self.conf.name,
-                                limit.unwrap_or(0)
-                            );
+                            log::info!("{}: refused {peer}: too many from {key} (max-per-source {})", self.conf.name, limit.unwrap_or(0));
                             return;
                         }
                         let ts = Arc::clone(ts);
@@ -275,8 +248,7 @@ impl Proc<'_> {
             }
             Handler::Datagram(h) => {
                 let h = Arc::clone(h);
-                let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf)
-                {
+                let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
                     Ok(x) => x,
                     Err(_) => return,
                 };
@@ -285,24 +257,13 @@ impl Proc<'_> {
                 match &self.threads {
                     None => {
                         let ctx = &self.contexts[l];
-                        worker::serve_datagram(
-                            h.as_ref(),
-                            self.listeners[l].as_fd(),
-                            &self.buf[..n],
-                            reply_to,
-                            peer,
-                            ctx,
-                        );
+                        worker::serve_datagram(h.as_ref(), self.listeners[l].as_fd(), &self.buf[..n], reply_to, peer, ctx);
                     }
                     Some(ts) => {
                         let key = peer.source_key();
                         let limit = self.conf.max_per_source;
                         if !ts.sources.lock().unwrap().try_add(key, limit) {
-                            log::info!(
-                                "{}: refused a datagram from {peer} (max-per-source {})",
-                                self.conf.name,
-                                limit.unwrap_or(0)
-                            );
+                            log::info!("{}: refused a datagram from {peer} (max-per-source {})", self.conf.name, limit.unwrap_or(0));
                             return;
                         }
                         let data = self.buf[..n].to_vec();
@@ -310,14 +271,7 @@ impl Proc<'_> {
                         let ctx = self.contexts[l].clone();
                         let ts = Arc::clone(ts);
                         self.spawn(ts, key, move || {
-                            worker::serve_datagram(
-                                h.as_ref(),
-                                sock.as_fd(),
-                                &data,
-                                reply_to,
-                                peer,
-                                &ctx,
-                            );
+                            worker::serve_datagram(h.as_ref(), sock.as_fd(), &data, reply_to, peer, &ctx);
                         });
                     }
                 }
@@ -325,12 +279,7 @@ impl Proc<'_> {
         }
     }
 
-    fn spawn(
-        &mut self,
-        ts: Arc<ThreadState>,
-        key: crate::peer::SourceKey,
-        f: impl FnOnce() + Send + 'static,
-    ) {
+    fn spawn(&mut self, ts: Arc<ThreadState>, key: crate::peer::SourceKey, f: impl FnOnce() + Send + 'static) {
         ts.active.fetch_add(1, Ordering::SeqCst);
         let limit = self.conf.max_per_source;
         let ts2 = Arc::clone(&ts);
@@ -351,3 +300,4 @@ impl Proc<'_> {
         self.set_title(None);
     }
 }
+

@@ -117,11 +117,7 @@ pub fn serve_datagram(
     ctx: &Context,
 ) -> Outcome {
     let reply = Reply::new(socket, reply_to, peer.clone(), ctx);
-    log::debug!(
-        "{}: datagram of {} bytes from {peer}",
-        ctx.service,
-        data.len()
-    );
+    log::debug!("{}: datagram of {} bytes from {peer}", ctx.service, data.len());
     let res = catch(ctx, &peer, || handler.handle(data, &reply));
     judge(ctx, &peer, "handler", res)
 }
@@ -149,7 +145,10 @@ pub fn stream_peer(fd: BorrowedFd<'_>, addr: &sys::RawAddr) -> Peer {
 
 /// The sender of a datagram and the address to reply to (`None` for an unbound
 /// Unix-datagram sender).
-pub fn datagram_peer(addr: sys::RawAddr, cred: Option<sys::Ucred>) -> (Peer, Option<sys::RawAddr>) {
+pub fn datagram_peer(
+    addr: sys::RawAddr,
+    cred: Option<sys::Ucred>,
+) -> (Peer, Option<sys::RawAddr>) {
     if let Some(a) = addr.to_inet() {
         return (Peer::Ip(a), Some(addr));
     }

@@ -88,10 +88,7 @@ impl Builder {
     }
     /// Starts without waiting.
     pub fn spawn(mut self) -> Forkserve {
-        self.cmd
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        self.cmd.stderr(Stdio::piped()).stdin(Stdio::null()).stdout(Stdio::null());
         let mut child = self.cmd.spawn().expect("start forkserve");
         let pid = child.id() as i32;
         let stderr = child.stderr.take().unwrap();
@@ -372,13 +369,7 @@ impl Conn {
         let mut b = [0u8; 1];
         loop {
             match self.read(&mut b) {
-                Ok(0) => {
-                    return if buf.is_empty() {
-                        None
-                    } else {
-                        Some(String::from_utf8_lossy(&buf).into_owned())
-                    };
-                }
+                Ok(0) => return if buf.is_empty() { None } else { Some(String::from_utf8_lossy(&buf).into_owned()) },
                 Ok(_) => {
                     if b[0] == b'\n' {
                         return Some(String::from_utf8_lossy(&buf).into_owned());
@@ -422,22 +413,14 @@ impl Write for Conn {
 pub fn datagram_roundtrip(addr: &str, msg: &[u8], dir: &Path) -> Vec<u8> {
     let mut buf = vec![0u8; 65536];
     if let Some(a) = addr.strip_prefix("udp:") {
-        let sock = UdpSocket::bind(if a.starts_with('[') {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        })
-        .unwrap();
+        let sock = UdpSocket::bind(if a.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
         sock.send_to(msg, a).unwrap();
         let (n, _) = sock.recv_from(&mut buf).unwrap();
         buf.truncate(n);
     } else if let Some(p) = addr.strip_prefix("unixgram:") {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let me = dir.join(format!(
-            "client-{}.sock",
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
+        let me = dir.join(format!("client-{}.sock", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
         let _ = std::fs::remove_file(&me);
         let sock = UnixDatagram::bind(&me).unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
