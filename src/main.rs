@@ -166,7 +166,7 @@ const BUILTINS: &[Builtin] = &[
                 format!("unix:{}/chat.sock", rt.display()),
             ]
         },
-        make: |o| chat::service(&o.chat).map(Some),
+        make: |o| chat::service(&o.chat, o.user.as_deref()).map(Some),
     },
 ];
 

@@ -539,6 +539,29 @@ fn sigkill_on_the_broker_brings_a_new_one_and_chat_resumes() {
 }
 
 #[test]
+fn sigterm_on_the_broker_alone_also_recovers() {
+    // SIGTERM makes the broker remove its socket file; the next one binds it again.
+    let chat = Chat::start(&[]);
+    let mut ann = Client::login(&chat.tcp(), "ann");
+    let mut bob = Client::login(&chat.unix(), "bob");
+    ann.line();
+    let old = chat.broker();
+    // SAFETY: kill(2) on the broker this test's server started.
+    unsafe {
+        libc::kill(old, libc::SIGTERM);
+    }
+    for c in [&mut ann, &mut bob] {
+        assert_eq!(c.line(), "* chat service restarting");
+        assert_eq!(c.line(), "* chat service is back; you are in #lobby");
+    }
+    assert_ne!(chat.broker(), old);
+    bob.send("still there?");
+    assert_eq!(ann.line(), "[bob]: still there?");
+    assert_eq!(bob.line(), "[bob]: still there?");
+    chat.fs.wait_log("socket file was gone; bound");
+}
+
+#[test]
 fn a_worker_killed_mid_chat_leaves_the_list_and_its_room_is_told() {
     let chat = Chat::start(&[]);
     let mut ann = Client::login(&chat.tcp(), "ann");

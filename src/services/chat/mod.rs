@@ -175,7 +175,9 @@ impl StreamHandler for Chat {
 
 /// Builds the chat service: loads the users file, binds the broker's IPC socket and
 /// attaches the broker. Call in the master, before [`Server::run`](crate::Server::run).
-pub fn service(opts: &ChatOpts) -> Result<Service, Error> {
+/// `run_as`: the user the server will drop privileges to (`--user`), who must own
+/// the IPC directory.
+pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> {
     let users = match &opts.users {
         Some(p) => {
             let u = Users::load(p).map_err(|e| Error::new(Error::CONFIG, e))?;
@@ -205,6 +207,9 @@ pub fn service(opts: &ChatOpts) -> Result<Service, Error> {
     }
     let rt = crate::listener::runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
     let (ipc_path, listener) = bind_ipc(&rt)?;
+    if let Some(name) = run_as {
+        hand_ipc_to(&ipc_path, name)?;
+    }
     let config = Arc::new(Config {
         users,
         admins: opts.admins.clone(),
@@ -236,6 +241,22 @@ fn bind_ipc(rt: &Path) -> Result<(PathBuf, UnixListener), Error> {
     let listener =
         UnixListener::bind(&path).map_err(|e| oserr("binding the broker socket in", e))?;
     Ok((path, listener))
+}
+
+/// Makes the IPC directory and socket belong to `user`, whom the server will run as.
+fn hand_ipc_to(path: &Path, user: &str) -> Result<(), Error> {
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| Error::new(Error::OSERR, format!("--user {user}: {e}")))?
+        .ok_or_else(|| Error::new(Error::CONFIG, format!("--user {user}: no such user")))?;
+    for p in [path, path.parent().unwrap_or(path)] {
+        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).map_err(|e| {
+            Error::new(
+                Error::OSERR,
+                format!("chat: chown {} to {user}: {e}", p.display()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Removes `chat-ipc.PID` directories whose process is gone.

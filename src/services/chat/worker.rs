@@ -13,7 +13,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, HELP, LOBBY, MAX_LINE, room_name, valid_name};
-use crate::handler::{Connection, Stream};
+use crate::handler::{Connection, Model, Stream};
+use crate::proctitle;
 
 /// How long a worker keeps trying to reach the broker before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -278,10 +279,10 @@ impl Worker<'_> {
                 .is_some_and(|idle| self.last_input.elapsed() >= idle)
     }
 
-    /// Queues text for the client and tries to write it now.
+    /// Queues text for the client (written at the top of the loop, in one go with
+    /// whatever else arrived).
     fn say(&mut self, s: &str) {
         self.client_out.extend_from_slice(s.as_bytes());
-        self.flush_client();
         if self.client_out.len() > MAX_CLIENT_BACKLOG && self.done.is_none() {
             log::info!(
                 "chat: {}: client is not reading ({} bytes unread); disconnecting",
@@ -684,6 +685,7 @@ impl Worker<'_> {
                 self.room = room;
                 let was = self.state;
                 self.state = State::Chatting;
+                self.set_title();
                 if was == State::Restoring {
                     self.say(&format!(
                         "* chat service is back; you are in {}\n",
@@ -710,12 +712,30 @@ impl Worker<'_> {
                 }
             }
             Event::Text { text } => self.say(&text),
-            Event::Moved { room } => self.room = room,
+            Event::Moved { room } => {
+                self.room = room;
+                self.set_title();
+            }
             Event::Close { text } => {
                 self.say(&text);
                 self.ipc = None;
                 self.finish();
             }
+        }
+    }
+
+    /// `forkserve: chat worker PEER [NAME in ROOM]` for ps, in a forked worker (under
+    /// the thread model the title belongs to the whole server process).
+    fn set_title(&self) {
+        let ctx = self.client.context();
+        if ctx.model == Model::Fork {
+            proctitle::set_title(&format!(
+                "forkserve: {} worker {} [{} in {}]",
+                ctx.service,
+                self.client.peer(),
+                self.name,
+                self.room
+            ));
         }
     }
 
