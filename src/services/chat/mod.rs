@@ -77,6 +77,11 @@
 //! `Password: ` (three failures close the connection), then `Welcome, NAME! …`,
 //! the history of #lobby, and `* NAME joined #lobby` for the others. Commands:
 //! see [`HELP`]. `--room-limit` applies to rooms joined with `/join`, not to #lobby.
+//! Admins are the users marked `admin` in the users file and those named by
+//! `--admins` (without a users file, by name only: anyone may claim a name).
+//!
+//! The chat needs its broker, so it does not run in `--inetd` mode or under
+//! systemd `Accept=yes` (one process per connection, no companion).
 
 mod broker;
 mod protocol;
@@ -122,7 +127,7 @@ pub struct ChatOpts {
     /// Chat: users file (lines NAME:HASH[:admin], hashes from `forkserve chat-passwd`); a password is then required
     #[arg(long, value_name = "FILE", global = true)]
     pub users: Option<PathBuf>,
-    /// Chat: admins (who may /kick) when there is no users file
+    /// Chat: admins (who may /kick), besides those marked in the users file
     #[arg(long, value_name = "A,B", value_delimiter = ',', global = true)]
     pub admins: Vec<String>,
     /// Chat: at most N users in a room joined with /join
