@@ -25,6 +25,9 @@ const MAX_CLIENT_BACKLOG: usize = 1024 * 1024;
 /// How long the last words (kick notice, `Bye.`) may take to reach the client.
 const LINGER: Duration = Duration::from_secs(5);
 
+/// How long a worker waits for the broker to answer a registration.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Failed logins before the connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
 
@@ -117,6 +120,8 @@ struct Worker<'a> {
     rate: Rate,
     /// Close once the client has its output (or after LINGER).
     done: Option<Instant>,
+    /// When the pending registration was sent.
+    registering_since: Option<Instant>,
     last_input: Instant,
 }
 
@@ -154,6 +159,7 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
             warned: None,
         },
         done: None,
+        registering_since: None,
         last_input: now,
     };
     match connect_broker(config) {
@@ -228,6 +234,19 @@ impl Worker<'_> {
                     fds.get(1).map(rev).unwrap_or(PollFlags::empty()),
                 )
             };
+            if self
+                .registering_since
+                .is_some_and(|t| t.elapsed() >= REGISTER_PATIENCE)
+            {
+                log::error!(
+                    "chat: {}: the broker did not answer a registration",
+                    self.who()
+                );
+                self.registering_since = None;
+                self.say("error: the chat service is not answering, disconnecting\n");
+                self.finish();
+                continue;
+            }
             if self.idle_expired() {
                 self.say("error: idle timeout, disconnecting\n");
                 self.finish();
@@ -251,6 +270,8 @@ impl Worker<'_> {
         let now = Instant::now();
         let until = if let Some(t) = self.done {
             Some(t + LINGER)
+        } else if let Some(t) = self.registering_since {
+            Some(t + REGISTER_PATIENCE)
         } else {
             self.config_idle().map(|idle| self.last_input + idle)
         };
@@ -682,6 +703,7 @@ impl Worker<'_> {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Accepted { room } => {
+                self.registering_since = None;
                 self.room = room;
                 let was = self.state;
                 self.state = State::Chatting;
@@ -700,6 +722,7 @@ impl Worker<'_> {
                 }
             }
             Event::Refused { reason } => {
+                self.registering_since = None;
                 if self.state == State::Restoring {
                     self.say(&format!(
                         "error: could not rejoin after the restart: {reason}\n"
