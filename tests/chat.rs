@@ -125,6 +125,40 @@ impl Client {
     }
 }
 
+/// Inodes of the sockets a process holds.
+fn socket_inodes(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            let t = target.to_string_lossy().into_owned();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+                out.push(inode.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Inodes of every TCP socket on the machine.
+fn tcp_inodes() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                out.push(inode.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -158,7 +192,16 @@ fn broadcast_whisper_lists_and_processes_over_tcp_and_unix() {
     }
     assert_eq!(parent_of(broker), Some(chat.fs.pid));
     assert_eq!(comm(broker), "chat broker");
-    chat.wait_broker_title("forkserve: chat broker [3 users, 1 room]");
+    chat.wait_broker_title("forkserve: chat broker [3 users, 1 rooms]");
+    // The broker holds its IPC listener and one IPC connection per worker: no
+    // client socket (none of its sockets is TCP).
+    let socks = socket_inodes(broker);
+    assert_eq!(socks.len(), 1 + 3, "{socks:?}");
+    let tcp = tcp_inodes();
+    assert!(
+        socks.iter().all(|s| !tcp.contains(s)),
+        "the broker holds a TCP socket"
+    );
     // Each worker's peer is in its title: two TCP clients, one Unix client.
     let titles: Vec<String> = ws.iter().map(|&w| cmdline(w)).collect();
     assert_eq!(
@@ -212,10 +255,48 @@ fn broadcast_whisper_lists_and_processes_over_tcp_and_unix() {
     assert_eq!(ann.line(), "* cat left the chat");
     assert_eq!(bob.line(), "* cat left the chat");
     workers(&chat, 2);
-    chat.wait_broker_title("forkserve: chat broker [2 users, 1 room]");
+    chat.wait_broker_title("forkserve: chat broker [2 users, 1 rooms]");
     bob.send("/quit");
     assert_eq!(bob.line(), "Bye.");
     assert_eq!(ann.line(), "* bob left the chat");
+}
+
+#[test]
+fn socat_as_a_client() {
+    // No history, so the second login does not replay the first one's line.
+    let chat = Chat::start(&["--history", "0"]);
+    let mut ann = Client::login(&chat.tcp(), "ann");
+    for target in [
+        format!("TCP:{}", chat.tcp().strip_prefix("tcp:").unwrap()),
+        format!(
+            "UNIX-CONNECT:{}",
+            chat.unix().strip_prefix("unix:").unwrap()
+        ),
+    ] {
+        let mut child = std::process::Command::new("socat")
+            .args(["-t", "10", "-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("socat (apt install socat)");
+        // Everything at once, then end of input: the worker still answers it all.
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"zed\r\nhi from socat\r\n/list\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "Username: Welcome, zed! Type /help for commands, quit to leave.\n\
+             [zed]: hi from socat\n\
+             * users in #lobby (2): ann, zed\n"
+        );
+        assert_eq!(ann.line(), "* zed joined #lobby");
+        assert_eq!(ann.line(), "[zed]: hi from socat");
+        assert_eq!(ann.line(), "* zed left the chat");
+    }
 }
 
 #[test]
@@ -604,7 +685,7 @@ fn a_stopped_worker_is_dropped_and_told_why() {
         .fs
         .children()
         .iter()
-        .any(|&p| cmdline(p) == "forkserve: chat broker [1 user, 1 room]")
+        .any(|&p| cmdline(p) == "forkserve: chat broker [1 users, 1 rooms]")
     {
         assert!(sent < 2000, "bob was never dropped");
         ann.send(&big);
@@ -651,7 +732,9 @@ fn two_hundred_clients_in_one_room_get_every_message_in_order() {
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|i| Client::login(if i % 2 == 0 { &tcp } else { &unix }, &format!("c{i}")))
         .collect();
-    chat.wait_broker_title(&format!("forkserve: chat broker [{CLIENTS} users, 1 room]"));
+    chat.wait_broker_title(&format!(
+        "forkserve: chat broker [{CLIENTS} users, 1 rooms]"
+    ));
     let handles: Vec<_> = clients
         .drain(..)
         .enumerate()
@@ -737,7 +820,7 @@ fn fanout_figures() {
     let broker = chat.broker();
     let rss101 = status(broker).get("VmRSS").cloned().unwrap_or_default();
     clients.extend((RECEIVERS + 1..200).map(|i| Client::login(&tcp, &format!("r{i}"))));
-    chat.wait_broker_title("forkserve: chat broker [200 users, 1 room]");
+    chat.wait_broker_title("forkserve: chat broker [200 users, 1 rooms]");
     // Some traffic, so the queues have been used.
     sender.send("to all 200");
     for c in clients.iter_mut() {

@@ -730,11 +730,10 @@ impl Broker<'_> {
             .iter()
             .filter(|(n, r)| !r.members.is_empty() || n.as_str() == LOBBY)
             .count();
-        let users = self.users.len();
+        // The format is fixed (`[1 users, 1 rooms]` too), for whoever parses it.
         let title = format!(
-            "forkserve: chat broker [{users} user{}, {rooms} room{}]",
-            if users == 1 { "" } else { "s" },
-            if rooms == 1 { "" } else { "s" }
+            "forkserve: chat broker [{} users, {rooms} rooms]",
+            self.users.len()
         );
         if title != self.title {
             proctitle::set(&title, "chat broker");
