@@ -214,7 +214,13 @@ impl Worker<'_> {
                 if !self.client_out.is_empty() {
                     cev |= PollFlags::POLLOUT;
                 }
-                let mut fds = vec![PollFd::new(self.client.as_fd(), cev)];
+                let mut fds = Vec::with_capacity(2);
+                // A client that has ended its input and has nothing to be sent is left
+                // out: poll would report its hang-up again and again.
+                let watch_client = !(self.client_eof && self.client_out.is_empty());
+                if watch_client {
+                    fds.push(PollFd::new(self.client.as_fd(), cev));
+                }
                 if let Some(ipc) = &self.ipc {
                     let mut iev = PollFlags::POLLIN;
                     if !self.ipc_out.is_empty() {
@@ -228,11 +234,20 @@ impl Worker<'_> {
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
                 }
-                let rev = |f: &PollFd| f.revents().unwrap_or(PollFlags::empty());
-                (
-                    rev(&fds[0]),
-                    fds.get(1).map(rev).unwrap_or(PollFlags::empty()),
-                )
+                let mut rev = fds
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()));
+                let client_ev = if watch_client {
+                    rev.next().unwrap_or(PollFlags::empty())
+                } else {
+                    PollFlags::empty()
+                };
+                let ipc_ev = if self.ipc.is_some() {
+                    rev.next().unwrap_or(PollFlags::empty())
+                } else {
+                    PollFlags::empty()
+                };
+                (client_ev, ipc_ev)
             };
             if self
                 .registering_since
@@ -256,7 +271,7 @@ impl Worker<'_> {
                 // Reset: nothing more can reach the client; the broker sees us go.
                 return Ok(());
             }
-            if client_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            if client_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) && !self.client_eof {
                 self.read_client(&mut buf)?;
             }
             if ipc_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
@@ -281,7 +296,7 @@ impl Worker<'_> {
                 let ms = t
                     .saturating_duration_since(now)
                     .as_millis()
-                    .min(i32::MAX as u128) as i32
+                    .min(i32::MAX as u128 - 1) as i32
                     + 1;
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
