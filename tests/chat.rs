@@ -262,6 +262,27 @@ fn broadcast_whisper_lists_and_processes_over_tcp_and_unix() {
 }
 
 #[test]
+fn chat_works_under_the_thread_and_prefork_models_too() {
+    for model in ["thread", "prefork"] {
+        let chat = Chat::start(&["--model", model]);
+        let mut ann = Client::login(&chat.tcp(), "ann");
+        let mut bob = Client::login(&chat.unix(), "bob");
+        assert_eq!(ann.line(), "* bob joined #lobby", "{model}");
+        bob.send("hi");
+        assert_eq!(ann.line(), "[bob]: hi", "{model}");
+        assert_eq!(bob.line(), "[bob]: hi", "{model}");
+        chat.broker();
+    }
+}
+
+#[test]
+fn a_silent_client_is_closed_after_the_idle_timeout() {
+    let chat = Chat::start(&["--idle-timeout", "0.3"]);
+    let mut ann = Client::login(&chat.tcp(), "ann");
+    assert_eq!(ann.rest(), "error: idle timeout, disconnecting\n");
+}
+
+#[test]
 fn socat_as_a_client() {
     // No history, so the second login does not replay the first one's line.
     let chat = Chat::start(&["--history", "0"]);

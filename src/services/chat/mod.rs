@@ -24,7 +24,7 @@
 //! binds a fresh one at the same path.
 //!
 //! The broker is single-threaded and never blocks on one worker: every connection is
-//! non-blocking with a bounded outbound queue ([`broker::MAX_QUEUED`] bytes). A
+//! non-blocking with a bounded outbound queue ([`MAX_QUEUED`] bytes). A
 //! worker whose queue overflows (it stopped reading) is dropped: its queue is
 //! replaced by a `Close` event telling the client why, its room is told, and the
 //! connection ends once that event is written. The broker holds no client socket.
