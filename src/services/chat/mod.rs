@@ -14,7 +14,7 @@
 //! IPC listener is bound at `RUNDIR/chat-ipc.MASTERPID/broker.sock`, in a directory of
 //! mode 0700 (directories of masters that no longer exist are removed then). The
 //! master holds the listener and hands it to the broker, a
-//! [`Companion`](crate::Companion) that it forks before accepting and respawns
+//! [`Companion`] that it forks before accepting and respawns
 //! (100 ms back-off, doubling) if it dies; workers close their copy. The broker
 //! accepts only peers whose `SO_PEERCRED` uid is its own. Because the listener
 //! outlives any one broker, a worker can connect while the broker is being respawned:
@@ -124,7 +124,7 @@ commands:
 /// Options of the chat service.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ChatOpts {
-    /// Chat: users file (lines NAME:HASH[:admin], hashes from `forkserve chat-passwd`); a password is then required
+    /// Chat: users file (lines NAME:HASH or NAME:HASH:admin, from `forkserve chat-passwd`); a password is then required
     #[arg(long, value_name = "FILE", global = true)]
     pub users: Option<PathBuf>,
     /// Chat: admins (who may /kick), besides those marked in the users file
@@ -167,7 +167,7 @@ pub fn room_name(arg: &str) -> Option<String> {
     valid_name(bare).then(|| format!("#{bare}"))
 }
 
-/// The chat handler: each connection is served by [`worker::serve`].
+/// The chat handler: each connection is served by the worker loop (`worker.rs`).
 pub struct Chat {
     config: Arc<Config>,
 }
