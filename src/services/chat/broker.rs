@@ -213,7 +213,10 @@ impl Broker<'_> {
                     self.read_from(i, &mut buf);
                 }
             }
+            // Departures noticed while reading or writing may have overflowed queues.
+            self.drop_overflowed();
             self.flush_all();
+            self.drop_overflowed();
             self.update_title();
         }
     }
