@@ -225,7 +225,7 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
-    let broker = Companion::new("chat broker", move || broker::run(&listener, &bconf)).owns_fd(fd);
+    let broker = Companion::new("broker", move || broker::run(&listener, &bconf)).owns_fd(fd);
     Ok(Service::stream("chat", Chat { config }).companion(broker))
 }
 
