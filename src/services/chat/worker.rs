@@ -563,7 +563,7 @@ impl Worker<'_> {
         };
         match users.check(&self.name, password) {
             Some(admin) => {
-                self.admin = admin || self.config.admins.iter().any(|a| *a == self.name);
+                self.admin = admin || self.config.admins.contains(&self.name);
                 self.register(false);
             }
             None => {
