@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{echo, files, time};
+use forkserve::services::{chat, echo, files, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -44,6 +44,16 @@ enum Command {
     },
     /// Fetch a file from the file service: files-get ADDR NAME [-o OUT]
     FilesGet(files::client::GetArgs),
+    /// Chat with rooms, history and a broker process (default tcp:127.0.0.1:7777, unix:RUNDIR/chat.sock)
+    Chat,
+    /// Read a password on stdin and print its Argon2 hash for a chat --users file
+    ChatPasswd {
+        /// Print a whole users-file line NAME:HASH
+        name: Option<String>,
+        /// With NAME: mark the user as an admin (NAME:HASH:admin)
+        #[arg(long, requires = "name")]
+        admin: bool,
+    },
 }
 
 impl Command {
@@ -55,6 +65,8 @@ impl Command {
             Command::Bench(_) => None,
             Command::Files { .. } => Some("files"),
             Command::FilesGet(_) => None,
+            Command::Chat => Some("chat"),
+            Command::ChatPasswd { .. } => None,
         }
     }
 }
@@ -67,6 +79,18 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
         Command::Files { root } => {
             files::use_root(root.clone());
             None
+        }
+        Command::ChatPasswd { name, admin } => {
+            Some(match chat::chat_passwd(name.as_deref(), *admin) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("forkserve chat-passwd: {e}");
+                    ExitCode::from(Error::USAGE as u8)
+                }
+            })
         }
         _ => None,
     }
@@ -124,6 +148,8 @@ struct ServeOpts {
     quiet: u8,
     #[command(flatten)]
     files: files::FilesOpts,
+    #[command(flatten)]
+    chat: chat::ChatOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -164,6 +190,16 @@ const BUILTINS: &[Builtin] = &[
             ]
         },
         make: |o| files::make(&o.files),
+    },
+    Builtin {
+        name: "chat",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:7777".into(),
+                format!("unix:{}/chat.sock", rt.display()),
+            ]
+        },
+        make: |o| chat::service(&o.chat, o.user.as_deref()).map(Some),
     },
 ];
 

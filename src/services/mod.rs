@@ -1,6 +1,7 @@
 //! The built-in services of the reference material. Each depends on the core; the
 //! core never names a service.
 
+pub mod chat;
 pub mod echo;
 pub mod files;
 pub mod time;
