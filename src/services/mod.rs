@@ -2,4 +2,6 @@
 //! core never names a service.
 
 pub mod echo;
+pub mod http;
+pub mod models;
 pub mod time;
