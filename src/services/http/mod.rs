@@ -107,12 +107,9 @@ fn timed_out(conn: &mut Connection, idle: Option<Duration>, line: &str) -> io::R
         conn.context().service,
         conn.peer()
     );
-    let e = HttpError {
-        status: 408,
-        detail: format!("The request did not arrive within {secs} seconds."),
-        line: line.to_string(),
-    };
-    refuse(conn, &e)
+    let resp = Response::error(408, &format!("The request did not arrive within {secs} seconds."));
+    // Everything the client sent has been read: nothing to linger for.
+    send(conn, line, &resp, false, false)
 }
 
 impl StreamHandler for Http {
