@@ -149,7 +149,9 @@ const BUILTINS: &[Builtin] = &[
         },
         make: |o| {
             let h = http::Http::new(o.http.max_requests_per_connection);
-            Ok(Some(Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT))))
+            Ok(Some(
+                Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
+            ))
         },
     },
     Builtin {
@@ -189,7 +191,11 @@ fn secs(what: &str, v: f64) -> Result<Duration, Error> {
 fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
     let idle = opts.idle_timeout.map(|t| secs("--idle-timeout", t)).transpose()?;
     let model = models::fixed_model(svc.name()).unwrap_or(opts.model);
-    let svc = if idle.is_some() { svc.idle_timeout(idle) } else { svc };
+    let svc = if idle.is_some() {
+        svc.idle_timeout(idle)
+    } else {
+        svc
+    };
     Ok(svc
         .model(model)
         .max_children(opts.max_children)
@@ -228,7 +234,12 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).
         Some(name) => BUILTINS
             .iter()
-            .filter(|b| b.name == name || b.name.strip_prefix(name).is_some_and(|r| r.starts_with('-')))
+            .filter(|b| {
+                b.name == name
+                    || b.name
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.starts_with('-'))
+            })
             .collect(),
         None => BUILTINS.iter().collect(),
     };

@@ -52,8 +52,16 @@ fn parse_all(raw: &[u8], heads: &[bool]) -> Vec<Resp> {
             headers,
             body: String::new(),
         };
-        let len: usize = r.header("content-length").expect("Content-Length").parse().unwrap();
-        let body_len = if heads.get(i).copied().unwrap_or(false) { 0 } else { len };
+        let len: usize = r
+            .header("content-length")
+            .expect("Content-Length")
+            .parse()
+            .unwrap();
+        let body_len = if heads.get(i).copied().unwrap_or(false) {
+            0
+        } else {
+            len
+        };
         let body = &rest[end + 4..end + 4 + body_len];
         r.body = String::from_utf8(body.to_vec()).unwrap();
         rest = &rest[end + 4 + body_len..];
@@ -97,10 +105,16 @@ fn start(extra: &[&str]) -> Forkserve {
 /// Every response carries Date (IMF-fixdate), Server, Content-Length, Content-Type.
 fn assert_standard_headers(r: &Resp) {
     let date = r.header("date").expect("Date");
-    assert!(date.ends_with(" GMT") && date.len() == 29 && &date[3..5] == ", ", "{date}");
+    assert!(
+        date.ends_with(" GMT") && date.len() == 29 && &date[3..5] == ", ",
+        "{date}"
+    );
     assert!(r.header("server").unwrap().starts_with("forkserve/"));
     assert!(r.header("content-length").is_some());
-    assert!(r.header("content-type").unwrap().contains("charset=utf-8"), "{r:?}");
+    assert!(
+        r.header("content-type").unwrap().contains("charset=utf-8"),
+        "{r:?}"
+    );
 }
 
 fn assert_error_page(r: &Resp, status: u16) {
@@ -127,16 +141,33 @@ fn routes_over_tcp_and_unix() {
         }
 
         let time = get(addr, "/time");
-        assert_eq!(time.header("content-type"), Some("application/json; charset=utf-8"));
+        assert_eq!(
+            time.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
         let v: serde_json::Value = serde_json::from_str(&time.body).unwrap();
         let stamp = v["timestamp"].as_str().unwrap();
-        assert_eq!((stamp.len(), &stamp[4..5], &stamp[10..11], &stamp[13..14]), (19, "-", " ", ":"));
+        assert_eq!(
+            (stamp.len(), &stamp[4..5], &stamp[10..11], &stamp[13..14]),
+            (19, "-", " ", ":")
+        );
 
         let info = get(addr, "/info");
-        assert!(info.header("content-type").unwrap().starts_with("text/html"));
-        assert!(info.body.contains("forkserve/") && info.body.contains("fork"), "{}", info.body);
+        assert!(
+            info.header("content-type")
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(
+            info.body.contains("forkserve/") && info.body.contains("fork"),
+            "{}",
+            info.body
+        );
 
-        let json = one(addr, "GET /info HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\n\r\n");
+        let json = one(
+            addr,
+            "GET /info HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\n\r\n",
+        );
         let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
         assert_eq!(v["server"], "forkserve");
         assert_eq!(v["model"], "fork");
@@ -144,15 +175,26 @@ fn routes_over_tcp_and_unix() {
         let pid = v["pid"].as_i64().unwrap() as i32;
         assert_ne!(pid, fs.pid, "a worker, not the master, answers");
         if addr.starts_with("tcp:") {
-            assert!(v["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+            assert!(
+                v["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{v}"
+            );
         } else {
             assert!(v["client"].as_str().unwrap().contains("uid="), "{v}");
         }
 
-        let echo = get(addr, "/echo/%3Cscript%3Ealert(1)%3C%2Fscript%3E%20%C3%A9t%C3%A9");
+        let echo = get(
+            addr,
+            "/echo/%3Cscript%3Ealert(1)%3C%2Fscript%3E%20%C3%A9t%C3%A9",
+        );
         assert_eq!(echo.status, 200);
         assert!(!echo.body.contains("<script>"), "{}", echo.body);
-        assert!(echo.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; été"), "{}", echo.body);
+        assert!(
+            echo.body
+                .contains("&lt;script&gt;alert(1)&lt;/script&gt; été"),
+            "{}",
+            echo.body
+        );
         assert!(echo.body.contains("Length: 29 characters"), "{}", echo.body);
     }
 }
@@ -162,11 +204,18 @@ fn head_has_the_get_headers_and_no_body() {
     let fs = start(&[]);
     let addr = fs.addr(0);
     let got = get(addr, "/");
-    let head = exchange_heads(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /time HTTP/1.1\r\nHost: t\r\n\r\n", &[true, false]);
+    let head = exchange_heads(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /time HTTP/1.1\r\nHost: t\r\n\r\n",
+        &[true, false],
+    );
     assert_eq!(head.len(), 2, "{head:?}");
     assert_eq!(head[0].status, 200);
     assert_eq!(head[0].body, "");
-    assert_eq!(head[0].header("content-length"), got.header("content-length"));
+    assert_eq!(
+        head[0].header("content-length"),
+        got.header("content-length")
+    );
     assert_eq!(head[0].header("content-type"), got.header("content-type"));
     // The next response starts right after the head: no body was sent.
     assert!(head[1].body.contains("timestamp"));
@@ -178,18 +227,21 @@ fn errors_are_html_pages_with_the_right_status() {
     let addr = fs.addr(0);
     assert_error_page(&get(addr, "/nothing/here"), 404);
 
-    let r = one(addr, "POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = one(
+        addr,
+        "POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_error_page(&r, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
     assert_error_page(&one(addr, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n"), 405);
 
     for bad in [
         "GARBAGE\r\n\r\n",
-        "GET / HTTP/1.1\r\n\r\n",                         // HTTP/1.1 without Host
+        "GET / HTTP/1.1\r\n\r\n", // HTTP/1.1 without Host
         "GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", // malformed field
-        "GET /\r\n\r\n",                                  // no version
-        "GET /echo/%zz HTTP/1.1\r\nHost: a\r\n\r\n",      // bad percent-encoding
-        "GET /echo/%C3 HTTP/1.1\r\nHost: a\r\n\r\n",      // not UTF-8
+        "GET /\r\n\r\n",          // no version
+        "GET /echo/%zz HTTP/1.1\r\nHost: a\r\n\r\n", // bad percent-encoding
+        "GET /echo/%C3 HTTP/1.1\r\nHost: a\r\n\r\n", // not UTF-8
         "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
     ] {
         assert_error_page(&one(addr, bad), 400);
@@ -205,7 +257,13 @@ fn errors_are_html_pages_with_the_right_status() {
     assert_error_page(&one(addr, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
     assert_error_page(&one(addr, "GET / HTTP/3.0\r\nHost: a\r\n\r\n"), 505);
 
-    assert_error_page(&one(addr, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"), 413);
+    assert_error_page(
+        &one(
+            addr,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n",
+        ),
+        413,
+    );
     // A chunked body that grows past 1 MiB is refused as it arrives.
     let mut chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
@@ -223,7 +281,10 @@ fn bodies_are_read_and_discarded_between_requests() {
     let fs = start(&[]);
     let req = b"POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello worldPOST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /echo/ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let r = exchange(fs.addr(0), req);
-    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), [405, 405, 200]);
+    assert_eq!(
+        r.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [405, 405, 200]
+    );
     assert!(r[2].body.contains("You said: <strong>ok</strong>"));
 }
 
@@ -233,7 +294,10 @@ fn keep_alive_pipelining_and_connection_close() {
     let addr = fs.addr(0);
     let mut c = Conn::connect(addr);
     // Two pipelined requests in one write: answered in order, connection kept.
-    c.write_all(b"GET /echo/first HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    c.write_all(
+        b"GET /echo/first HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     while parse_complete(&raw) < 2 {
@@ -242,10 +306,16 @@ fn keep_alive_pipelining_and_connection_close() {
         raw.extend_from_slice(&buf[..n]);
     }
     let r = parse_all(&raw, &[]);
-    assert!(r[0].body.contains("first") && r[1].body.contains("second"), "{r:?}");
+    assert!(
+        r[0].body.contains("first") && r[1].body.contains("second"),
+        "{r:?}"
+    );
     assert_eq!(r[0].header("connection"), Some("keep-alive"));
     // A third request on the same connection, with Connection: close.
-    c.write_all(b"GET /info HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(
+        b"GET /info HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let rest = c.read_to_end_string();
     let r3 = parse_all(rest.as_bytes(), &[]);
     assert_eq!(r3.len(), 1);
@@ -253,7 +323,8 @@ fn keep_alive_pipelining_and_connection_close() {
 
     // HTTP/1.0: closes after one response unless keep-alive is asked for.
     let mut c = Conn::connect(addr);
-    c.write_all(b"GET /time HTTP/1.0\r\n\r\nGET /time HTTP/1.0\r\n\r\n").unwrap();
+    c.write_all(b"GET /time HTTP/1.0\r\n\r\nGET /time HTTP/1.0\r\n\r\n")
+        .unwrap();
     let r = parse_all(c.read_to_end_string().as_bytes(), &[]);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].header("connection"), Some("close"));
@@ -261,7 +332,11 @@ fn keep_alive_pipelining_and_connection_close() {
         addr,
         b"GET /time HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /time HTTP/1.0\r\n\r\nGET /time HTTP/1.0\r\n\r\n",
     );
-    assert_eq!(r.len(), 2, "keep-alive, then a plain 1.0 request that closes");
+    assert_eq!(
+        r.len(),
+        2,
+        "keep-alive, then a plain 1.0 request that closes"
+    );
     assert_eq!(r[0].header("connection"), Some("keep-alive"));
 }
 
@@ -318,12 +393,16 @@ fn stalled_half_request_is_cut_at_idle_timeout_while_others_are_served() {
 fn idle_keep_alive_connection_closes_after_the_default_5s() {
     let fs = start(&[]);
     let mut c = Conn::connect(fs.addr(0));
-    c.write_all(b"GET /time HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    c.write_all(b"GET /time HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let started = Instant::now();
     let rest = c.read_to_end_string();
     assert_eq!(parse_all(rest.as_bytes(), &[]).len(), 1);
     let waited = started.elapsed().as_secs_f64();
-    assert!(waited > 4.0, "closed after {waited}s, before the 5 s default");
+    assert!(
+        waited > 4.0,
+        "closed after {waited}s, before the 5 s default"
+    );
 }
 
 #[test]
@@ -344,7 +423,11 @@ fn curl(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run curl (apt-get install curl)");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -363,11 +446,17 @@ fn curl_sees_every_route_head_errors_and_reuse() {
     assert_eq!(v["model"], "fork");
 
     let echo = curl(&[&format!("{base}/echo/%3Cscript%3Ex%3C%2Fscript%3E")]);
-    assert!(echo.contains("&lt;script&gt;x&lt;/script&gt;") && !echo.contains("<script>"), "{echo}");
+    assert!(
+        echo.contains("&lt;script&gt;x&lt;/script&gt;") && !echo.contains("<script>"),
+        "{echo}"
+    );
 
     let head = curl(&["-I", &format!("{base}/info")]);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("Content-Type: text/html; charset=utf-8"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8"),
+        "{head}"
+    );
 
     let codes = curl(&[
         "-o",
@@ -387,6 +476,17 @@ fn curl_sees_every_route_head_errors_and_reuse() {
     assert!(ten.contains("Connection: close"), "{ten}");
 
     // Two URLs in one curl: the second reuses the connection.
-    let verbose = curl(&["-v", "-o", "/dev/null", &format!("{base}/time"), "-o", "/dev/null", &format!("{base}/")]);
-    assert!(verbose.contains("Re-using existing connection"), "{verbose}");
+    let verbose = curl(&[
+        "-v",
+        "-o",
+        "/dev/null",
+        &format!("{base}/time"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/"),
+    ]);
+    assert!(
+        verbose.contains("Re-using existing connection"),
+        "{verbose}"
+    );
 }

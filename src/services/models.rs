@@ -95,7 +95,10 @@ fn answer(conn: &Connection) -> String {
     let thread = std::thread::current();
     let client = conn.peer().to_string().replace(' ', ",");
     let live = match ctx.model {
-        Model::Thread => format!("threads={}", own_threads().map_or("?".into(), |n| n.to_string())),
+        Model::Thread => format!(
+            "threads={}",
+            own_threads().map_or("?".into(), |n| n.to_string())
+        ),
         Model::Sequential => "workers=1".to_string(),
         Model::Fork | Model::Prefork => format!(
             "workers={}",
@@ -114,7 +117,10 @@ fn answer(conn: &Connection) -> String {
 /// Threads of this process, from /proc/self/status.
 fn own_threads() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Worker processes of `service` alive now: the parent's children whose title is
@@ -126,8 +132,11 @@ fn sibling_workers(service: &str) -> Option<usize> {
     Some(
         pids.into_iter()
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").starts_with(&prefix))
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .starts_with(&prefix)
+                })
             })
             .count(),
     )
@@ -137,7 +146,11 @@ fn sibling_workers(service: &str) -> Option<usize> {
 /// it, else by scanning every process's parent.
 fn children_of(parent: i32) -> Option<Vec<i32>> {
     if let Ok(list) = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
-        return Some(list.split_whitespace().filter_map(|p| p.parse().ok()).collect());
+        return Some(
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        );
     }
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -148,7 +161,9 @@ fn children_of(parent: i32) -> Option<Vec<i32>> {
             continue;
         };
         // Fields after the parenthesised comm: state, ppid, …
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
         if ppid == Some(parent) {
             out.push(pid);
         }

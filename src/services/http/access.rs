@@ -7,7 +7,16 @@ use crate::peer::Peer;
 /// Logs one request. `line` is the request line (empty when none could be read),
 /// `bytes` the body bytes sent.
 pub fn log_request(service: &str, peer: &Peer, line: &str, status: u16, bytes: usize) {
-    log::info!("{service}: {}", format_line(peer, line, status, bytes, &clf_date(crate::http_date(now()))));
+    log::info!(
+        "{service}: {}",
+        format_line(
+            peer,
+            line,
+            status,
+            bytes,
+            &clf_date(crate::http_date(now()))
+        )
+    );
 }
 
 fn now() -> i64 {
@@ -20,10 +29,21 @@ fn now() -> i64 {
 fn format_line(peer: &Peer, line: &str, status: u16, bytes: usize, date: &str) -> String {
     let (host, ident) = match peer {
         Peer::Ip(a) => (a.ip().to_string(), "-".to_string()),
-        Peer::Unix { uid, .. } => ("unix".to_string(), uid.map_or("-".to_string(), |u| u.to_string())),
+        Peer::Unix { uid, .. } => (
+            "unix".to_string(),
+            uid.map_or("-".to_string(), |u| u.to_string()),
+        ),
     };
-    let request = if line.is_empty() { "-".to_string() } else { quote(line) };
-    let size = if bytes == 0 { "-".to_string() } else { bytes.to_string() };
+    let request = if line.is_empty() {
+        "-".to_string()
+    } else {
+        quote(line)
+    };
+    let size = if bytes == 0 {
+        "-".to_string()
+    } else {
+        bytes.to_string()
+    };
     format!("{host} {ident} - [{date}] \"{request}\" {status} {size}")
 }
 
@@ -62,7 +82,15 @@ mod tests {
             format_line(&peer, "GET /a\"b HTTP/1.1", 200, 12, &date),
             "127.0.0.1 - - [06/Nov/1994:08:49:37 +0000] \"GET /a\\\"b HTTP/1.1\" 200 12"
         );
-        let unix = Peer::Unix { uid: Some(1000), gid: None, pid: None, addr: None };
-        assert_eq!(format_line(&unix, "", 400, 0, "D"), "unix 1000 - [D] \"-\" 400 -");
+        let unix = Peer::Unix {
+            uid: Some(1000),
+            gid: None,
+            pid: None,
+            addr: None,
+        };
+        assert_eq!(
+            format_line(&unix, "", 400, 0, "D"),
+            "unix 1000 - [D] \"-\" 400 -"
+        );
     }
 }

@@ -61,11 +61,23 @@ fn now_secs() -> i64 {
 }
 
 /// Writes `resp` whole and logs the request.
-fn send(conn: &mut Connection, line: &str, resp: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
+fn send(
+    conn: &mut Connection,
+    line: &str,
+    resp: &Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
     let bytes = resp.to_bytes(&crate::http_date(now_secs()), keep_alive, head_only);
     conn.write_all(&bytes)?;
     let sent = if head_only { 0 } else { resp.body.len() };
-    access::log_request(&conn.context().service, conn.peer(), line, resp.status, sent);
+    access::log_request(
+        &conn.context().service,
+        conn.peer(),
+        line,
+        resp.status,
+        sent,
+    );
     Ok(())
 }
 
@@ -75,7 +87,11 @@ fn send(conn: &mut Connection, line: &str, resp: &Response, keep_alive: bool, he
 /// unread request bytes.
 fn refuse(conn: &mut Connection, e: &HttpError) -> io::Result<()> {
     let resp = Response::error(e.status, &e.detail);
-    let resp = if e.status == 405 { resp.header("Allow", "GET, HEAD") } else { resp };
+    let resp = if e.status == 405 {
+        resp.header("Allow", "GET, HEAD")
+    } else {
+        resp
+    };
     send(conn, &e.line, &resp, false, false)?;
     linger(conn);
     Ok(())
@@ -87,7 +103,10 @@ fn linger(conn: &mut Connection) {
     let mut scratch = [0u8; 16 * 1024];
     let mut total = 0usize;
     while total < 4 << 20 {
-        let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+        let Some(left) = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
             return;
         };
         if conn.stream().set_read_timeout(Some(left)).is_err() {
@@ -107,7 +126,10 @@ fn timed_out(conn: &mut Connection, idle: Option<Duration>, line: &str) -> io::R
         conn.context().service,
         conn.peer()
     );
-    let resp = Response::error(408, &format!("The request did not arrive within {secs} seconds."));
+    let resp = Response::error(
+        408,
+        &format!("The request did not arrive within {secs} seconds."),
+    );
     // Everything the client sent has been read: nothing to linger for.
     send(conn, line, &resp, false, false)
 }
@@ -145,10 +167,14 @@ impl StreamHandler for Http {
                 context: conn.context(),
                 peer: conn.peer(),
             };
-            let (resp, failed) = match catch_unwind(AssertUnwindSafe(|| routes::respond(&req, &env))) {
-                Ok(resp) => (resp, false),
-                Err(_) => (Response::error(500, "The server failed to handle this request."), true),
-            };
+            let (resp, failed) =
+                match catch_unwind(AssertUnwindSafe(|| routes::respond(&req, &env))) {
+                    Ok(resp) => (resp, false),
+                    Err(_) => (
+                        Response::error(500, "The server failed to handle this request."),
+                        true,
+                    ),
+                };
             let keep = req.keep_alive() && served < self.max_requests && !failed;
             send(conn, &line, &resp, keep, req.method == "HEAD")?;
             if !keep {

@@ -62,7 +62,9 @@ impl Request {
 
     /// The first value of header `name`, if it is text.
     pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        self.all(name).next().and_then(|v| std::str::from_utf8(v).ok())
+        self.all(name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// True when `token` is one of the comma-separated Connection options.
@@ -126,7 +128,10 @@ fn bad(detail: impl Into<String>) -> Failure {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// The bytes received and not yet consumed.
@@ -156,11 +161,19 @@ impl Input {
     /// Reads the next request head. The wait for its first byte may last `idle`;
     /// once it has begun, the whole head must arrive within `idle` of that byte
     /// (so a client trickling bytes cannot hold the worker for ever).
-    pub fn read_head(&mut self, src: &mut impl Source, idle: Option<Duration>) -> Result<Request, Failure> {
+    pub fn read_head(
+        &mut self,
+        src: &mut impl Source,
+        idle: Option<Duration>,
+    ) -> Result<Request, Failure> {
         let mut started: Option<Instant> = None;
         loop {
             // RFC 9112 2.2: ignore empty lines received before a request line.
-            let blank = self.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let blank = self
+                .buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
             self.buf.drain(..blank);
             if !self.buf.is_empty() {
                 started.get_or_insert_with(Instant::now);
@@ -178,7 +191,11 @@ impl Input {
             };
             match self.fill(src, timeout) {
                 Ok(0) if started.is_none() => return Err(Failure::Closed),
-                Ok(0) => return Err(bad("the connection closed in the middle of the request head")),
+                Ok(0) => {
+                    return Err(bad(
+                        "the connection closed in the middle of the request head",
+                    ));
+                }
                 Ok(_) => {}
                 Err(Failure::TimedOut) if started.is_none() => return Err(Failure::Closed),
                 Err(e) => return Err(e),
@@ -199,17 +216,31 @@ impl Input {
         let n = match status {
             Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
             Ok(httparse::Status::Complete(_)) => {
-                return Err(with_line(HttpError::new(431, "The request header section is larger than 8 KiB.")));
+                return Err(with_line(HttpError::new(
+                    431,
+                    "The request header section is larger than 8 KiB.",
+                )));
             }
             Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
-                return Err(with_line(HttpError::new(431, "The request header section is larger than 8 KiB.")));
+                return Err(with_line(HttpError::new(
+                    431,
+                    "The request header section is larger than 8 KiB.",
+                )));
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(with_line(HttpError::new(431, format!("More than {MAX_HEADERS} header fields."))));
+                return Err(with_line(HttpError::new(
+                    431,
+                    format!("More than {MAX_HEADERS} header fields."),
+                )));
             }
             Err(httparse::Error::Version) => return Err(with_line(version_error(&line))),
-            Err(e) => return Err(with_line(HttpError::new(400, format!("Malformed request: {e}.")))),
+            Err(e) => {
+                return Err(with_line(HttpError::new(
+                    400,
+                    format!("Malformed request: {e}."),
+                )));
+            }
         };
         let method = parsed.method.unwrap_or_default().to_string();
         let target = parsed.path.unwrap_or_default().to_string();
@@ -237,7 +268,12 @@ impl Input {
     }
 
     /// Reads and discards the body of `req`.
-    pub fn discard_body(&mut self, src: &mut impl Source, body: Body, idle: Option<Duration>) -> Result<(), Failure> {
+    pub fn discard_body(
+        &mut self,
+        src: &mut impl Source,
+        body: Body,
+        idle: Option<Duration>,
+    ) -> Result<(), Failure> {
         match body {
             Body::None => Ok(()),
             Body::Length(n) => self.skip(src, n, idle),
@@ -245,7 +281,12 @@ impl Input {
         }
     }
 
-    fn skip(&mut self, src: &mut impl Source, mut n: u64, idle: Option<Duration>) -> Result<(), Failure> {
+    fn skip(
+        &mut self,
+        src: &mut impl Source,
+        mut n: u64,
+        idle: Option<Duration>,
+    ) -> Result<(), Failure> {
         loop {
             let take = (self.buf.len() as u64).min(n) as usize;
             self.buf.drain(..take);
@@ -260,7 +301,12 @@ impl Input {
     }
 
     /// Takes one line (up to LF) off the buffer, without its CRLF.
-    fn line(&mut self, src: &mut impl Source, limit: usize, idle: Option<Duration>) -> Result<Vec<u8>, Failure> {
+    fn line(
+        &mut self,
+        src: &mut impl Source,
+        limit: usize,
+        idle: Option<Duration>,
+    ) -> Result<Vec<u8>, Failure> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=i).collect();
@@ -279,14 +325,22 @@ impl Input {
         }
     }
 
-    fn skip_chunked(&mut self, src: &mut impl Source, idle: Option<Duration>) -> Result<(), Failure> {
+    fn skip_chunked(
+        &mut self,
+        src: &mut impl Source,
+        idle: Option<Duration>,
+    ) -> Result<(), Failure> {
         let mut total: u64 = 0;
         loop {
             let line = self.line(src, MAX_CHUNK_LINE, idle)?;
-            let size = chunk_size(&line).ok_or_else(|| bad("Malformed chunk size in the chunked body."))?;
+            let size = chunk_size(&line)
+                .ok_or_else(|| bad("Malformed chunk size in the chunked body."))?;
             total = total.saturating_add(size);
             if total > MAX_BODY {
-                return Err(Failure::Http(HttpError::new(413, "The request body is larger than 1 MiB.")));
+                return Err(Failure::Http(HttpError::new(
+                    413,
+                    "The request body is larger than 1 MiB.",
+                )));
             }
             if size == 0 {
                 break;
@@ -305,7 +359,10 @@ impl Input {
             }
             trailers += line.len() + 2;
             if trailers > MAX_HEAD {
-                return Err(Failure::Http(HttpError::new(431, "The trailer section is larger than 8 KiB.")));
+                return Err(Failure::Http(HttpError::new(
+                    431,
+                    "The trailer section is larger than 8 KiB.",
+                )));
             }
         }
     }
@@ -323,10 +380,19 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// The first line of what was received, for logs (printable ASCII, at most 200 bytes).
 fn first_line(buf: &[u8]) -> String {
-    let end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
     buf[..end.min(200)]
         .iter()
-        .map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '?' })
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -338,7 +404,10 @@ fn version_error(line: &str) -> HttpError {
         .strip_prefix("HTTP/")
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
     if named && line.split(' ').count() == 3 {
-        HttpError::new(505, format!("{version} is not supported; this server speaks HTTP/1.1 and HTTP/1.0."))
+        HttpError::new(
+            505,
+            format!("{version} is not supported; this server speaks HTTP/1.1 and HTTP/1.0."),
+        )
     } else {
         HttpError::new(400, "Malformed request line.")
     }
@@ -347,24 +416,47 @@ fn version_error(line: &str) -> HttpError {
 /// Checks a parsed head against RFC 9112 and fills in its path and body framing.
 fn check(req: &mut Request) -> Result<(), HttpError> {
     req.path = target_path(&req.target)
-        .ok_or_else(|| HttpError::new(400, "The request target must be an absolute path or an absolute URI."))?
+        .ok_or_else(|| {
+            HttpError::new(
+                400,
+                "The request target must be an absolute path or an absolute URI.",
+            )
+        })?
         .to_string();
     let hosts = req.all("host").count();
     if req.minor >= 1 && hosts == 0 {
-        return Err(HttpError::new(400, "An HTTP/1.1 request must have a Host header."));
+        return Err(HttpError::new(
+            400,
+            "An HTTP/1.1 request must have a Host header.",
+        ));
     }
     if hosts > 1 {
         return Err(HttpError::new(400, "More than one Host header."));
     }
-    let te: Vec<String> = req.all("transfer-encoding").map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let te: Vec<String> = req
+        .all("transfer-encoding")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
     let lengths: Vec<Vec<u8>> = req.all("content-length").map(<[u8]>::to_vec).collect();
     if !te.is_empty() {
         if req.minor == 0 {
-            return Err(HttpError::new(400, "Transfer-Encoding in an HTTP/1.0 request."));
+            return Err(HttpError::new(
+                400,
+                "Transfer-Encoding in an HTTP/1.0 request.",
+            ));
         }
-        let last = te.join(",").rsplit(',').next().unwrap_or("").trim().to_ascii_lowercase();
+        let last = te
+            .join(",")
+            .rsplit(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if last != "chunked" {
-            return Err(HttpError::new(400, "The final transfer coding of a request must be chunked."));
+            return Err(HttpError::new(
+                400,
+                "The final transfer coding of a request must be chunked.",
+            ));
         }
         req.body = Body::Chunked;
         // RFC 9112 6.3: with both Transfer-Encoding and Content-Length, close after.
@@ -372,7 +464,10 @@ fn check(req: &mut Request) -> Result<(), HttpError> {
         return Ok(());
     }
     if let Some(first) = lengths.first() {
-        let mut values = lengths.iter().flat_map(|v| v.split(|&b| b == b',')).map(|v| v.trim_ascii());
+        let mut values = lengths
+            .iter()
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(|v| v.trim_ascii());
         let value = values.next().unwrap_or(first.as_slice());
         if values.any(|v| v != value) {
             return Err(HttpError::new(400, "Conflicting Content-Length values."));
@@ -380,9 +475,15 @@ fn check(req: &mut Request) -> Result<(), HttpError> {
         if value.is_empty() || value.len() > 19 || !value.iter().all(|b| b.is_ascii_digit()) {
             return Err(HttpError::new(400, "Content-Length is not a number."));
         }
-        let n: u64 = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let n: u64 = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
         if n > MAX_BODY {
-            return Err(HttpError::new(413, "The request body is larger than 1 MiB."));
+            return Err(HttpError::new(
+                413,
+                "The request body is larger than 1 MiB.",
+            ));
         }
         req.body = if n == 0 { Body::None } else { Body::Length(n) };
     }
@@ -447,25 +548,40 @@ mod tests {
         let b = input.read_head(&mut src, None).unwrap();
         assert_eq!((a.path.as_str(), a.keep_alive()), ("/a", true));
         assert_eq!((b.path.as_str(), b.keep_alive(), b.minor), ("/b", false, 0));
-        assert!(matches!(input.read_head(&mut src, None), Err(Failure::Closed)));
+        assert!(matches!(
+            input.read_head(&mut src, None),
+            Err(Failure::Closed)
+        ));
     }
 
     #[test]
     fn refuses_what_rfc_9112_refuses() {
         assert_eq!(status_of(b"GET / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400
+        );
         assert_eq!(status_of(b"GET /\r\n\r\n"), 400);
         assert_eq!(status_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
         assert_eq!(status_of(b"GET nopath HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
         assert_eq!(status_of(b"GET / HTTP/3\r\n\r\n"), 505);
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"), 413);
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n"), 400);
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n"),
+            400
+        );
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 9000));
         big.extend_from_slice(b"\r\n\r\n");
         assert_eq!(status_of(&big), 431);
-        assert_eq!(status_of(b"GET http://h:1/x?y HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
+        assert_eq!(
+            status_of(b"GET http://h:1/x?y HTTP/1.1\r\nHost: h\r\n\r\n"),
+            200
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub struct Env<'a> {
 /// The response to `req`: a page, or 404 / 405 / 400.
 pub fn respond(req: &Request, env: &Env<'_>) -> Response {
     if percent_decode(&req.path).is_none() {
-        return Response::error(400, "Bad percent-encoding in the path: % must be followed by two hex digits.");
+        return Response::error(
+            400,
+            "Bad percent-encoding in the path: % must be followed by two hex digits.",
+        );
     }
     let route = match req.path.as_str() {
         "/" => Route::Home,
@@ -26,12 +29,18 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
         p if p.starts_with("/echo/") => Route::Echo(&p["/echo/".len()..]),
         p => {
             let shown = percent_decode(p).map(|b| String::from_utf8_lossy(&b).into_owned());
-            return Response::error(404, &format!("Nothing is at {}.", shown.as_deref().unwrap_or(p)));
+            return Response::error(
+                404,
+                &format!("Nothing is at {}.", shown.as_deref().unwrap_or(p)),
+            );
         }
     };
     if req.method != "GET" && req.method != "HEAD" {
-        return Response::error(405, &format!("{} is not allowed here; use GET or HEAD.", req.method))
-            .header("Allow", "GET, HEAD");
+        return Response::error(
+            405,
+            &format!("{} is not allowed here; use GET or HEAD.", req.method),
+        )
+        .header("Allow", "GET, HEAD");
     }
     match route {
         Route::Home => home(),
@@ -85,7 +94,10 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
     ];
     let mut table = String::new();
     for (k, v) in rows {
-        table.push_str(&format!("<tr><th>{k}</th><td>{}</td></tr>\n", escape_html(&v)));
+        table.push_str(&format!(
+            "<tr><th>{k}</th><td>{}</td></tr>\n",
+            escape_html(&v)
+        ));
     }
     Response::html(format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: info</title></head>\n<body>\n\
@@ -96,7 +108,10 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
 
 fn echo(raw: &str) -> Response {
     let Some(bytes) = percent_decode(raw) else {
-        return Response::error(400, "Bad percent-encoding in the path: % must be followed by two hex digits.");
+        return Response::error(
+            400,
+            "Bad percent-encoding in the path: % must be followed by two hex digits.",
+        );
     };
     let Ok(text) = String::from_utf8(bytes) else {
         return Response::error(400, "The decoded text is not UTF-8.");
@@ -118,7 +133,9 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3)?;
-            let v = std::str::from_utf8(hex).ok().filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
+            let v = std::str::from_utf8(hex)
+                .ok()
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(v, 16).ok()?);
             i += 3;
         } else {
@@ -141,7 +158,9 @@ fn quality(accept: &str, ty: &str, sub: &str) -> f32 {
     for range in accept.split(',') {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let Some((t, s)) = media.split_once('/') else { continue };
+        let Some((t, s)) = media.split_once('/') else {
+            continue;
+        };
         let specificity = match (t, s) {
             (t, s) if t == ty && s == sub => 3,
             (t, "*") if t == ty => 2,
@@ -149,7 +168,11 @@ fn quality(accept: &str, ty: &str, sub: &str) -> f32 {
             _ => continue,
         };
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
             .find_map(|v| v.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         if best.is_none_or(|(sp, _)| specificity > sp) {
@@ -176,7 +199,9 @@ mod tests {
         assert!(prefers_json(Some("application/json")));
         assert!(prefers_json(Some("text/html;q=0.5, application/json")));
         assert!(!prefers_json(Some("*/*")));
-        assert!(!prefers_json(Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")));
+        assert!(!prefers_json(Some(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        )));
         assert!(!prefers_json(Some("application/json;q=0, */*")));
         assert!(!prefers_json(None));
     }
