@@ -289,6 +289,20 @@ fn bodies_are_read_and_discarded_between_requests() {
 }
 
 #[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let fs = start(&[]);
+    let mut c = Conn::connect(fs.addr(0));
+    c.write_all(b"POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_line().unwrap(), "HTTP/1.1 100 Continue\r");
+    assert_eq!(c.read_line().unwrap(), "\r");
+    c.write_all(b"hello").unwrap();
+    c.shutdown_write();
+    let r = parse_all(c.read_to_end_string().as_bytes(), &[]);
+    assert_error_page(&r[0], 405);
+}
+
+#[test]
 fn keep_alive_pipelining_and_connection_close() {
     let fs = start(&[]);
     let addr = fs.addr(0);
@@ -471,6 +485,20 @@ fn curl_sees_every_route_head_errors_and_reuse() {
         &format!("{base}/time"),
     ]);
     assert_eq!(codes.lines().collect::<Vec<_>>(), ["404", "405"]);
+
+    let dir = TempDir::new("http-curl");
+    let big = dir.path("big");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{base}/"),
+    ]);
+    assert_eq!(code, "413");
 
     let ten = curl(&["--http1.0", "-i", &format!("{base}/time")]);
     assert!(ten.contains("Connection: close"), "{ten}");

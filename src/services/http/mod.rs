@@ -153,6 +153,9 @@ impl StreamHandler for Http {
             };
             served += 1;
             let line = req.line();
+            if req.expects_continue() {
+                conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            }
             match input.discard_body(conn, req.body, idle) {
                 Ok(()) => {}
                 Err(Failure::Closed) => return Ok(()),

@@ -85,6 +85,15 @@ impl Request {
         self.minor >= 1 || self.connection_has("keep-alive")
     }
 
+    /// True when an HTTP/1.1 client waits for `100 Continue` before sending its body.
+    pub fn expects_continue(&self) -> bool {
+        self.minor >= 1
+            && self.body != Body::None
+            && self
+                .header("expect")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+    }
+
     /// The request line as the access log shows it.
     pub fn line(&self) -> String {
         format!("{} {} HTTP/1.{}", self.method, self.target, self.minor)
