@@ -292,8 +292,10 @@ fn bodies_are_read_and_discarded_between_requests() {
 fn expect_100_continue_is_answered_before_the_body() {
     let fs = start(&[]);
     let mut c = Conn::connect(fs.addr(0));
-    c.write_all(b"POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        .unwrap();
+    c.write_all(
+        b"POST /time HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(c.read_line().unwrap(), "HTTP/1.1 100 Continue\r");
     assert_eq!(c.read_line().unwrap(), "\r");
     c.write_all(b"hello").unwrap();
@@ -517,4 +519,19 @@ fn curl_sees_every_route_head_errors_and_reuse() {
         verbose.contains("Re-using existing connection"),
         "{verbose}"
     );
+}
+
+#[test]
+fn serves_under_every_model() {
+    for model in ["fork", "thread", "sequential", "prefork"] {
+        let fs = start(&["--model", model]);
+        let r = exchange(
+            fs.addr(0),
+            b"GET /info HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\n\r\nGET /echo/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.len(), 2, "{model}");
+        let v: serde_json::Value = serde_json::from_str(&r[0].body).unwrap();
+        assert_eq!(v["model"], model);
+        assert!(r[1].body.contains("<strong>x</strong>"), "{model}");
+    }
 }
