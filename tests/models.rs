@@ -116,3 +116,14 @@ fn only_the_fork_service_forks_a_process_per_connection() {
     drop(held);
     fs.wait_children("forkserve: models-fork worker", 0);
 }
+
+#[test]
+fn a_bare_listen_address_is_refused_for_the_three_services() {
+    let out = std::process::Command::new(bin())
+        .args(["models", "-l", "tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SERVICE=ADDR"), "{err}");
+}

@@ -87,11 +87,6 @@ fn send(
 /// unread request bytes.
 fn refuse(conn: &mut Connection, e: &HttpError) -> io::Result<()> {
     let resp = Response::error(e.status, &e.detail);
-    let resp = if e.status == 405 {
-        resp.header("Allow", "GET, HEAD")
-    } else {
-        resp
-    };
     send(conn, &e.line, &resp, false, false)?;
     linger(conn);
     Ok(())
