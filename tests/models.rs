@@ -82,7 +82,11 @@ fn three_models_answer_each_with_its_own_model() {
 #[test]
 fn only_the_fork_service_forks_a_process_per_connection() {
     let fs = start();
+    // The sequential and thread services run in long-lived server processes.
+    let seq = fs.wait_children("forkserve: models-sequential server", 1);
+    let thr = fs.wait_children("forkserve: models-thread server", 1);
     let before = fs.children();
+    assert!(before.contains(&seq[0]) && before.contains(&thr[0]));
     // A silent connection to each: the fork service gets a worker process for it.
     let held: Vec<Conn> = SERVICES
         .iter()
@@ -102,14 +106,6 @@ fn only_the_fork_service_forks_a_process_per_connection() {
         new.iter().map(|&p| cmdline(p)).collect::<Vec<_>>()
     );
     assert!(cmdline(new[0]).starts_with("forkserve: models-fork worker"));
-    // The other two run in their long-lived server processes, present from the start.
-    for s in ["models-sequential server", "models-thread server"] {
-        assert_eq!(
-            before.iter().filter(|&&p| cmdline(p).contains(s)).count(),
-            1,
-            "{s}"
-        );
-    }
     // Two fork connections at once: the reply counts both workers.
     let second = ask(&fs.addr_of("models-fork", "tcp"));
     assert_eq!(field(&second, "workers"), "2", "{second}");
