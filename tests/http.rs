@@ -535,3 +535,29 @@ fn serves_under_every_model() {
         assert!(r[1].body.contains("<strong>x</strong>"), "{model}");
     }
 }
+
+#[test]
+fn a_request_trickled_byte_by_byte_is_cut_at_the_idle_timeout() {
+    let fs = start(&["--idle-timeout", "1"]);
+    let c = Conn::connect(fs.addr(0));
+    let Conn::Tcp(stream) = c else { unreachable!() };
+    let mut writer = stream.try_clone().unwrap();
+    // One byte every 200 ms: each read succeeds well within the idle timeout, but
+    // the request as a whole never completes.
+    let trickle = std::thread::spawn(move || {
+        for b in b"GET /time HTTP/1.1\r\nHost: t\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 100].iter())
+        {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let mut reader = Conn::Tcp(stream);
+    let r = parse_all(reader.read_to_end_string().as_bytes(), &[]);
+    assert_error_page(&r[0], 408);
+    drop(reader);
+    trickle.join().unwrap();
+}
