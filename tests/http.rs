@@ -234,6 +234,9 @@ fn errors_are_html_pages_with_the_right_status() {
     assert_error_page(&r, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
     assert_error_page(&one(addr, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n"), 405);
+    let r = one(addr, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_error_page(&r, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
 
     for bad in [
         "GARBAGE\r\n\r\n",

@@ -424,14 +424,20 @@ fn version_error(line: &str) -> HttpError {
 
 /// Checks a parsed head against RFC 9112 and fills in its path and body framing.
 fn check(req: &mut Request) -> Result<(), HttpError> {
-    req.path = target_path(&req.target)
-        .ok_or_else(|| {
-            HttpError::new(
-                400,
-                "The request target must be an absolute path or an absolute URI.",
-            )
-        })?
-        .to_string();
+    // The asterisk-form (`OPTIONS * HTTP/1.1`) names the server itself.
+    let asterisk = req.target == "*" && req.method == "OPTIONS";
+    req.path = (if asterisk {
+        Some("*")
+    } else {
+        target_path(&req.target)
+    })
+    .ok_or_else(|| {
+        HttpError::new(
+            400,
+            "The request target must be an absolute path or an absolute URI.",
+        )
+    })?
+    .to_string();
     let hosts = req.all("host").count();
     if req.minor >= 1 && hosts == 0 {
         return Err(HttpError::new(
@@ -573,6 +579,8 @@ mod tests {
         assert_eq!(status_of(b"GET /\r\n\r\n"), 400);
         assert_eq!(status_of(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
         assert_eq!(status_of(b"GET nopath HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status_of(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status_of(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
         assert_eq!(status_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
         assert_eq!(status_of(b"GET / HTTP/3\r\n\r\n"), 505);
         assert_eq!(

@@ -24,6 +24,8 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
     }
     let route = match req.path.as_str() {
         "/" => Route::Home,
+        // OPTIONS * (the only request with this target): 405 below.
+        "*" => Route::Server,
         "/time" => Route::Time,
         "/info" => Route::Info,
         p if p.starts_with("/echo/") => Route::Echo(&p["/echo/".len()..]),
@@ -43,7 +45,7 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
         .header("Allow", "GET, HEAD");
     }
     match route {
-        Route::Home => home(),
+        Route::Home | Route::Server => home(),
         Route::Time => Response::json(&json!({ "timestamp": crate::local_datetime() })),
         Route::Info => info(req, env),
         Route::Echo(raw) => echo(raw),
@@ -51,6 +53,7 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
 }
 
 enum Route<'a> {
+    Server,
     Home,
     Time,
     Info,
