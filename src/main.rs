@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{chat, echo, files, time};
+use forkserve::services::{chat, echo, files, http, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, requires = "name")]
         admin: bool,
     },
+    /// HTTP/1.1: /, /time, /info, /echo/TEXT (default tcp:127.0.0.1:8080, unix:RUNDIR/http.sock)
+    Http,
+    /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
+    /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
+    Models,
 }
 
 impl Command {
@@ -67,6 +72,8 @@ impl Command {
             Command::FilesGet(_) => None,
             Command::Chat => Some("chat"),
             Command::ChatPasswd { .. } => None,
+            Command::Http => Some("http"),
+            Command::Models => Some("models"),
         }
     }
 }
@@ -150,6 +157,8 @@ struct ServeOpts {
     files: files::FilesOpts,
     #[command(flatten)]
     chat: chat::ChatOpts,
+    #[command(flatten)]
+    http: http::HttpOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -201,6 +210,36 @@ const BUILTINS: &[Builtin] = &[
         },
         make: |o| chat::service(&o.chat, o.user.as_deref()).map(Some),
     },
+    Builtin {
+        name: "http",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:8080".into(),
+                format!("unix:{}/http.sock", rt.display()),
+            ]
+        },
+        make: |o| {
+            let h = http::Http::new(o.http.max_requests_per_connection);
+            Ok(Some(
+                Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
+            ))
+        },
+    },
+    Builtin {
+        name: "models-sequential",
+        defaults: |rt| models::defaults("models-sequential", rt),
+        make: |_| Ok(Some(models::service("models-sequential"))),
+    },
+    Builtin {
+        name: "models-thread",
+        defaults: |rt| models::defaults("models-thread", rt),
+        make: |_| Ok(Some(models::service("models-thread"))),
+    },
+    Builtin {
+        name: "models-fork",
+        defaults: |rt| models::defaults("models-fork", rt),
+        make: |_| Ok(Some(models::service("models-fork"))),
+    },
 ];
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -221,17 +260,23 @@ fn secs(what: &str, v: f64) -> Result<Duration, Error> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Applies the shared options to a service.
+/// Applies the shared options to a service. A service's own idle timeout stays
+/// unless --idle-timeout is given; the models services keep their fixed model.
 fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
     let idle = opts
         .idle_timeout
         .map(|t| secs("--idle-timeout", t))
         .transpose()?;
+    let model = models::fixed_model(svc.name()).unwrap_or(opts.model);
+    let svc = if idle.is_some() {
+        svc.idle_timeout(idle)
+    } else {
+        svc
+    };
     Ok(svc
-        .model(opts.model)
+        .model(model)
         .max_children(opts.max_children)
         .max_per_source(opts.max_per_source)
-        .idle_timeout(idle)
         .workers(opts.workers)
         .max_requests(opts.max_requests))
 }
@@ -268,7 +313,16 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         .user(opts.user.clone(), opts.group.clone())
         .inetd(opts.inetd);
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
-        Some(name) => BUILTINS.iter().filter(|b| b.name == name).collect(),
+        // A subcommand runs the built-in of its name, or its group NAME-* (models).
+        Some(name) => BUILTINS
+            .iter()
+            .filter(|b| {
+                b.name == name
+                    || b.name
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.starts_with('-'))
+            })
+            .collect(),
         None => BUILTINS.iter().collect(),
     };
     // --listen: ADDR for a single service; SERVICE=ADDR in any case.

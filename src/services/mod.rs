@@ -4,4 +4,6 @@
 pub mod chat;
 pub mod echo;
 pub mod files;
+pub mod http;
+pub mod models;
 pub mod time;

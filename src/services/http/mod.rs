@@ -1,0 +1,186 @@
+//! HTTP/1.1 (reference example 4.4, done properly): routes `/`, `/time`, `/info` and
+//! `/echo/<text>`; GET and HEAD; requests parsed with `httparse` and checked per
+//! RFC 9112 (400, 405, 404, 413, 431, 505, 500, each a small HTML page);
+//! keep-alive with pipelined requests answered in order, until `Connection: close`,
+//! HTTP/1.0 without keep-alive, the idle timeout, or `--max-requests-per-connection`.
+//! Every response carries Date, Server, Content-Length and Content-Type (with a
+//! charset); every request gets one Common Log Format line at info level.
+
+mod access;
+mod request;
+mod response;
+mod routes;
+
+use std::io::{self, Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use crate::handler::{Connection, Stream, StreamHandler};
+use request::{Failure, HttpError, Input};
+use response::Response;
+
+pub use response::escape_html;
+pub use routes::percent_decode;
+
+/// The idle timeout of the http service when `--idle-timeout` is not given.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of the http service.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpOpts {
+    /// http: close a keep-alive connection after it served N requests
+    #[arg(long, value_name = "N", default_value_t = 1000, global = true)]
+    pub max_requests_per_connection: u64,
+}
+
+/// The HTTP handler.
+pub struct Http {
+    max_requests: u64,
+}
+
+impl Http {
+    /// A handler that closes a connection after `max_requests_per_connection`.
+    pub fn new(max_requests_per_connection: u64) -> Http {
+        Http {
+            max_requests: max_requests_per_connection.max(1),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http::new(1000)
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `resp` whole and logs the request.
+fn send(
+    conn: &mut Connection,
+    line: &str,
+    resp: &Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let bytes = resp.to_bytes(&crate::http_date(now_secs()), keep_alive, head_only);
+    conn.write_all(&bytes)?;
+    let sent = if head_only { 0 } else { resp.body.len() };
+    access::log_request(
+        &conn.context().service,
+        conn.peer(),
+        line,
+        resp.status,
+        sent,
+    );
+    Ok(())
+}
+
+/// Answers a request that cannot be served with its error page, then closes the
+/// connection gently: half-close, and read what the client still sends for a
+/// moment, so the kernel does not reset the connection (and lose the page) over
+/// unread request bytes.
+fn refuse(conn: &mut Connection, e: &HttpError) -> io::Result<()> {
+    let resp = Response::error(e.status, &e.detail);
+    send(conn, &e.line, &resp, false, false)?;
+    linger(conn);
+    Ok(())
+}
+
+fn linger(conn: &mut Connection) {
+    let _ = conn.shutdown_write();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut scratch = [0u8; 16 * 1024];
+    let mut total = 0usize;
+    while total < 4 << 20 {
+        let Some(left) = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return;
+        };
+        if conn.stream().set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+fn timed_out(conn: &mut Connection, idle: Option<Duration>, line: &str) -> io::Result<()> {
+    let secs = idle.map_or(0.0, |d| d.as_secs_f64());
+    log::info!(
+        "{}: {}: request not complete within the idle timeout ({secs}s); closing",
+        conn.context().service,
+        conn.peer()
+    );
+    let resp = Response::error(
+        408,
+        &format!("The request did not arrive within {secs} seconds."),
+    );
+    // Everything the client sent has been read: nothing to linger for.
+    send(conn, line, &resp, false, false)
+}
+
+impl StreamHandler for Http {
+    fn handle(&self, conn: &mut Connection) -> io::Result<()> {
+        if let Stream::Tcp(s) = conn.stream() {
+            // Responses go out whole; pipelined ones must not wait for an ACK.
+            let _ = s.set_nodelay(true);
+        }
+        let idle = conn.context().idle_timeout.filter(|t| !t.is_zero());
+        let mut input = Input::default();
+        let mut served: u64 = 0;
+        loop {
+            let req = match input.read_head(conn, idle) {
+                Ok(r) => r,
+                Err(Failure::Closed) => return Ok(()),
+                Err(Failure::TimedOut) => return timed_out(conn, idle, ""),
+                Err(Failure::Http(e)) => return refuse(conn, &e),
+                Err(Failure::Io(e)) => return Err(e),
+            };
+            served += 1;
+            let line = req.line();
+            if req.expects_continue() {
+                conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            }
+            match input.discard_body(conn, req.body, idle) {
+                Ok(()) => {}
+                Err(Failure::Closed) => return Ok(()),
+                Err(Failure::TimedOut) => return timed_out(conn, idle, &line),
+                Err(Failure::Http(mut e)) => {
+                    e.line = line;
+                    return refuse(conn, &e);
+                }
+                Err(Failure::Io(e)) => return Err(e),
+            }
+            let env = routes::Env {
+                context: conn.context(),
+                peer: conn.peer(),
+            };
+            let (resp, failed) =
+                match catch_unwind(AssertUnwindSafe(|| routes::respond(&req, &env))) {
+                    Ok(resp) => (resp, false),
+                    Err(_) => (
+                        Response::error(500, "The server failed to handle this request."),
+                        true,
+                    ),
+                };
+            let keep = req.keep_alive() && served < self.max_requests && !failed;
+            send(conn, &line, &resp, keep, req.method == "HEAD")?;
+            if !keep {
+                if failed || req.must_close {
+                    linger(conn);
+                }
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The routes: `/` (home page), `/time` (JSON), `/info` (HTML or JSON by Accept),
+//! `/echo/<text>` (the text percent-decoded, HTML-escaped, and its length).
+
+use serde_json::json;
+
+use super::request::Request;
+use super::response::{Response, SERVER, escape_html};
+use crate::handler::Context;
+use crate::peer::Peer;
+
+/// What a route needs to know beyond the request.
+pub struct Env<'a> {
+    pub context: &'a Context,
+    pub peer: &'a Peer,
+}
+
+/// The response to `req`: a page, or 404 / 405 / 400.
+pub fn respond(req: &Request, env: &Env<'_>) -> Response {
+    if percent_decode(&req.path).is_none() {
+        return Response::error(
+            400,
+            "Bad percent-encoding in the path: % must be followed by two hex digits.",
+        );
+    }
+    let route = match req.path.as_str() {
+        "/" => Route::Home,
+        // OPTIONS * (the only request with this target): 405 below.
+        "*" => Route::Server,
+        "/time" => Route::Time,
+        "/info" => Route::Info,
+        p if p.starts_with("/echo/") => Route::Echo(&p["/echo/".len()..]),
+        p => {
+            let shown = percent_decode(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+            return Response::error(
+                404,
+                &format!("Nothing is at {}.", shown.as_deref().unwrap_or(p)),
+            );
+        }
+    };
+    if req.method != "GET" && req.method != "HEAD" {
+        return Response::error(
+            405,
+            &format!("{} is not allowed here; use GET or HEAD.", req.method),
+        )
+        .header("Allow", "GET, HEAD");
+    }
+    match route {
+        Route::Home | Route::Server => home(),
+        Route::Time => Response::json(&json!({ "timestamp": crate::local_datetime() })),
+        Route::Info => info(req, env),
+        Route::Echo(raw) => echo(raw),
+    }
+}
+
+enum Route<'a> {
+    Server,
+    Home,
+    Time,
+    Info,
+    Echo(&'a str),
+}
+
+fn home() -> Response {
+    Response::html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve</title></head>\n<body>\n\
+         <h1>forkserve</h1>\n<p>A process-per-connection server. Try:</p>\n<ul>\n\
+         <li><a href=\"/time\">/time</a>: the server time, as JSON</li>\n\
+         <li><a href=\"/info\">/info</a>: this server, this worker and you (JSON with <code>Accept: application/json</code>)</li>\n\
+         <li><a href=\"/echo/hello%20world\">/echo/hello world</a>: your text back</li>\n\
+         </ul>\n<hr><address>{SERVER}</address>\n</body></html>\n"
+    ))
+}
+
+fn info(req: &Request, env: &Env<'_>) -> Response {
+    let pid = std::process::id();
+    let model = env.context.model.name();
+    let client = env.peer.to_string();
+    if prefers_json(req.header("accept")) {
+        return Response::json(&json!({
+            "server": "forkserve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "service": env.context.service,
+            "pid": pid,
+            "model": model,
+            "client": client,
+            "local": env.context.local,
+        }))
+        .header("Vary", "Accept");
+    }
+    let rows = [
+        ("Server", SERVER.to_string()),
+        ("Service", env.context.service.clone()),
+        ("Worker pid", pid.to_string()),
+        ("Model", model.to_string()),
+        ("Client", client),
+        ("Local address", env.context.local.clone()),
+    ];
+    let mut table = String::new();
+    for (k, v) in rows {
+        table.push_str(&format!(
+            "<tr><th>{k}</th><td>{}</td></tr>\n",
+            escape_html(&v)
+        ));
+    }
+    Response::html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: info</title></head>\n<body>\n\
+         <h1>Server info</h1>\n<table>\n{table}</table>\n<p><a href=\"/\">home</a></p>\n</body></html>\n"
+    ))
+    .header("Vary", "Accept")
+}
+
+fn echo(raw: &str) -> Response {
+    let Some(bytes) = percent_decode(raw) else {
+        return Response::error(
+            400,
+            "Bad percent-encoding in the path: % must be followed by two hex digits.",
+        );
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Response::error(400, "The decoded text is not UTF-8.");
+    };
+    let n = text.chars().count();
+    Response::html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: echo</title></head>\n<body>\n\
+         <h1>Echo</h1>\n<p>You said: <strong>{}</strong></p>\n<p>Length: {n} characters</p>\n\
+         <p><a href=\"/\">home</a></p>\n</body></html>\n",
+        escape_html(&text)
+    ))
+}
+
+/// Decodes `%XX` escapes; None when a `%` is not followed by two hex digits.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let v = std::str::from_utf8(hex)
+                .ok()
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
+            out.push(u8::from_str_radix(v, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// True when the Accept header ranks `application/json` above `text/html`.
+fn prefers_json(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    quality(accept, "application", "json") > quality(accept, "text", "html")
+}
+
+/// The q-value `accept` gives `type/sub`: that of the most specific matching range.
+fn quality(accept: &str, ty: &str, sub: &str) -> f32 {
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let Some((t, s)) = media.split_once('/') else {
+            continue;
+        };
+        let specificity = match (t, s) {
+            (t, s) if t == ty && s == sub => 3,
+            (t, "*") if t == ty => 2,
+            ("*", "*") => 1,
+            _ => continue,
+        };
+        let q = parts
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(sp, _)| specificity > sp) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%20b%2Fc+").unwrap(), b"a b/c+");
+        assert_eq!(percent_decode("%e2%82%ac").unwrap(), "€".as_bytes());
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    #[test]
+    fn negotiates_json_by_accept() {
+        assert!(prefers_json(Some("application/json")));
+        assert!(prefers_json(Some("text/html;q=0.5, application/json")));
+        assert!(!prefers_json(Some("*/*")));
+        assert!(!prefers_json(Some(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        )));
+        assert!(!prefers_json(Some("application/json;q=0, */*")));
+        assert!(!prefers_json(None));
+    }
+}

@@ -1,0 +1,125 @@
+//! `forkserve models`: the reference handler under sequential, thread and fork at
+//! once; each answers with its own model, and only the fork one forks per connection.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+const SERVICES: [&str; 3] = ["models-sequential", "models-thread", "models-fork"];
+
+fn start() -> Forkserve {
+    let mut b = forkserve().arg("models");
+    for s in SERVICES {
+        b = b.args(["-l", &format!("{s}=tcp:127.0.0.1:0")]);
+    }
+    // --model is ignored by the models services: each keeps its own.
+    b.args(["--model", "thread"]).listeners(3).start()
+}
+
+/// `key=value` fields of a reply line.
+fn field<'a>(reply: &'a str, key: &str) -> &'a str {
+    reply
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {reply:?}"))
+}
+
+fn ask(addr: &str) -> String {
+    let mut c = Conn::connect(addr);
+    c.write_all(b"go\n").unwrap();
+    let line = c.read_line().expect("a reply");
+    c.shutdown_write();
+    assert_eq!(c.read_line(), None);
+    line
+}
+
+#[test]
+fn three_models_answer_each_with_its_own_model() {
+    let fs = start();
+    for (svc, model) in SERVICES.iter().zip(["sequential", "thread", "fork"]) {
+        let addr = fs.addr_of(svc, "tcp");
+        let a = ask(&addr);
+        let b = ask(&addr);
+        for r in [&a, &b] {
+            assert_eq!(field(r, "model"), model, "{r}");
+            assert_eq!(field(r, "result"), "333283335000", "{r}");
+            assert!(field(r, "client").starts_with("127.0.0.1:"), "{r}");
+            assert!(field(r, "time").ends_with("us"), "{r}");
+        }
+        let (pa, pb): (i32, i32) = (
+            field(&a, "pid").parse().unwrap(),
+            field(&b, "pid").parse().unwrap(),
+        );
+        assert_ne!(pa, fs.pid, "handlers never run in the master");
+        match model {
+            "fork" => {
+                assert_ne!(pa, pb, "fork: a new process per connection");
+                assert_eq!(field(&a, "thread"), "main");
+                assert!(field(&a, "workers").parse::<usize>().unwrap() >= 1);
+            }
+            "thread" => {
+                assert_eq!(pa, pb, "thread: one server process");
+                assert_ne!(
+                    field(&a, "thread"),
+                    field(&b, "thread"),
+                    "a thread per connection"
+                );
+                assert!(field(&a, "thread").starts_with("models-thread-"));
+                assert!(field(&a, "threads").parse::<usize>().unwrap() >= 2);
+                assert_eq!(parent_of(pa), Some(fs.pid));
+            }
+            _ => {
+                assert_eq!(pa, pb, "sequential: one server process");
+                assert_eq!(field(&a, "workers"), "1");
+                assert_eq!(parent_of(pa), Some(fs.pid));
+            }
+        }
+    }
+}
+
+#[test]
+fn only_the_fork_service_forks_a_process_per_connection() {
+    let fs = start();
+    // The sequential and thread services run in long-lived server processes.
+    let seq = fs.wait_children("forkserve: models-sequential server", 1);
+    let thr = fs.wait_children("forkserve: models-thread server", 1);
+    let before = fs.children();
+    assert!(before.contains(&seq[0]) && before.contains(&thr[0]));
+    // A silent connection to each: the fork service gets a worker process for it.
+    let held: Vec<Conn> = SERVICES
+        .iter()
+        .map(|s| Conn::connect(&fs.addr_of(s, "tcp")))
+        .collect();
+    fs.wait_children("forkserve: models-fork worker 127.0.0.1:", 1);
+    let after = fs.children();
+    let new: Vec<i32> = after
+        .iter()
+        .copied()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "only one new process: {new:?} ({:?})",
+        new.iter().map(|&p| cmdline(p)).collect::<Vec<_>>()
+    );
+    assert!(cmdline(new[0]).starts_with("forkserve: models-fork worker"));
+    // Two fork connections at once: the reply counts both workers.
+    let second = ask(&fs.addr_of("models-fork", "tcp"));
+    assert_eq!(field(&second, "workers"), "2", "{second}");
+    drop(held);
+    fs.wait_children("forkserve: models-fork worker", 0);
+}
+
+#[test]
+fn a_bare_listen_address_is_refused_for_the_three_services() {
+    let out = std::process::Command::new(bin())
+        .args(["models", "-l", "tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SERVICE=ADDR"), "{err}");
+}
