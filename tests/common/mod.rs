@@ -125,7 +125,7 @@ impl Builder {
 
 pub fn forkserve() -> Builder {
     let mut cmd = Command::new(bin());
-    // A private runtime dir so defaults never collide between tests.
+    // Nothing of a systemd or journal environment leaks in from the caller.
     cmd.env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("NOTIFY_SOCKET")
