@@ -179,14 +179,7 @@ pub fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>, mask: &SigMask) -> i
     // SAFETY: fds is a valid slice; tsp is null or points to a live timespec; the
     // mask was filled by pthread_sigmask.
     let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tsp, &mask.0) };
-    if n == -1 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(err);
-    }
-    Ok(n as usize)
+    poll_result(n)
 }
 
 /// Stops a listening socket for every process that holds it (shutdown SHUT_RD):
@@ -657,6 +650,11 @@ pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> 
     };
     // SAFETY: fds is a valid slice of pollfd.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    poll_result(n)
+}
+
+/// What poll/ppoll returned: the number of ready fds; EINTR is a wake with none.
+fn poll_result(n: libc::c_int) -> io::Result<usize> {
     if n == -1 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::Interrupted {

@@ -10,6 +10,15 @@ use std::time::Duration;
 
 use common::*;
 
+/// Runs forkserve with `args`, expecting it to exit at once with `code` and a
+/// message containing `needle` on stderr.
+fn fails_with(args: &[&str], code: i32, needle: &str) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: no {needle:?} in {err}");
+}
+
 fn tcp_echo() -> Forkserve {
     forkserve().args(["echo", "-l", "tcp:127.0.0.1:0"]).start()
 }
@@ -215,27 +224,21 @@ fn stale_socket_replaced_live_one_and_plain_file_refused() {
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     // A second server on the same live socket is refused, and leaves it alone.
-    let out = Command::new(bin())
-        .args(["echo", "-l", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{addr}: a live server is listening")),
-        "{err}"
+    fails_with(
+        &["echo", "-l", &addr],
+        69,
+        &format!("{addr}: a live server is listening"),
     );
     let mut c = Conn::connect(fs.addr(0));
     hello(&mut c);
     // A regular file is never replaced.
     let file = dir.path("plain");
     std::fs::write(&file, b"data").unwrap();
-    let out = Command::new(bin())
-        .args(["echo", "-l", &format!("unix:{}", file.display())])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    fails_with(
+        &["echo", "-l", &format!("unix:{}", file.display())],
+        69,
+        "not a socket",
+    );
     assert_eq!(std::fs::read(&file).unwrap(), b"data");
 }
 
@@ -262,36 +265,22 @@ fn bad_addresses_and_ports_in_use_fail_fast() {
         ("localhost:80", "unknown scheme"),
         ("tcp:[::1:80", "missing ']'"),
     ] {
-        let out = Command::new(bin())
-            .args(["echo", "-l", addr])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(64), "{addr}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(needle) && err.contains("expected tcp:HOST:PORT"),
-            "{addr}: {err}"
-        );
+        fails_with(&["echo", "-l", addr], 64, needle);
+        fails_with(&["echo", "-l", addr], 64, "expected tcp:HOST:PORT");
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp:{}", taken.local_addr().unwrap());
-    let out = Command::new(bin())
-        .args(["echo", "-l", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{addr}: address already in use")),
-        "{err}"
+    fails_with(
+        &["echo", "-l", &addr],
+        69,
+        &format!("{addr}: address already in use"),
     );
     // A stream address for a datagram service is a clear error too.
-    let out = Command::new(bin())
-        .args(["time", "-l", "tcp:127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs datagram sockets"));
+    fails_with(
+        &["time", "-l", "tcp:127.0.0.1:0"],
+        69,
+        "needs datagram sockets",
+    );
 }
 
 #[test]
