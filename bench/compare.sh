@@ -50,7 +50,7 @@ fi
 # --- build -----------------------------------------------------------------
 echo "building forkserve (release) and the C servers" >&2
 cargo build --release --quiet
-FS="$ROOT/target/release/forkserve"
+FS="$ROOT/target/x86_64-unknown-linux-gnu/release/forkserve"
 BIN="$ROOT/target/bench"
 mkdir -p "$BIN"
 for prog in upper cfork cforkudp; do

@@ -19,7 +19,7 @@ done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 cargo build --release --quiet
-FS="$ROOT/target/release/forkserve"
+FS="$ROOT/target/x86_64-unknown-linux-gnu/release/forkserve"
 mkdir -p target/bench
 gcc -O2 -Wall -o target/bench/cfork bench/cfork.c
 

@@ -11,7 +11,7 @@ C=${2:-16}
 FS_PORT=${FS_PORT:-18080}
 PY_PORT=${PY_PORT:-18081}
 PY2_PORT=${PY2_PORT:-18082}
-BIN=target/release/forkserve
+BIN=target/x86_64-unknown-linux-gnu/release/forkserve
 [ -x "$BIN" ] || cargo build --release
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

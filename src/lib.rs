@@ -39,6 +39,7 @@ pub mod server;
 pub mod services;
 mod sys;
 pub mod systemd;
+pub mod users;
 
 pub use addr::ListenAddr;
 pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler};

@@ -691,92 +691,19 @@ pub fn die_with_parent(sig: i32) {
     }
 }
 
-/// A user from the password database.
-pub struct User {
-    pub uid: u32,
-    pub gid: u32,
-    pub name: String,
-}
-
-/// Looks a user up by name (or numeric id).
-pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
-    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: pwd, buf and result are live for the call; getpwnam_r fills them.
+/// Drops root: the supplementary `groups`, then the gid, then the uid; then
+/// checks that neither can be regained.
+pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    let groups: Vec<libc::gid_t> = groups.iter().map(|&g| g as libc::gid_t).collect();
+    // SAFETY: plain system calls; `groups` outlives setgroups.
     unsafe {
-        let mut pwd: libc::passwd = zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            if let Ok(uid) = name.parse::<u32>() {
-                return Ok(Some(User {
-                    uid,
-                    gid: uid,
-                    name: name.to_string(),
-                }));
-            }
-            return Ok(None);
-        }
-        Ok(Some(User {
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            name: name.to_string(),
-        }))
-    }
-}
-
-/// Looks a group up by name (or numeric id).
-pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
-    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: grp, buf and result are live for the call; getgrnam_r fills them.
-    unsafe {
-        let mut grp: libc::group = zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(name.parse::<u32>().ok());
-        }
-        Ok(Some(grp.gr_gid))
-    }
-}
-
-/// Drops root: supplementary groups of `user`, then the gid, then the uid; then checks
-/// that neither can be regained.
-pub fn drop_privileges(user: &User, gid: u32) -> io::Result<()> {
-    let cname = CString::new(user.name.as_str())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: plain system calls with integer or C-string arguments.
-    unsafe {
-        if libc::initgroups(cname.as_ptr(), gid as libc::gid_t) != 0 {
-            // A numeric uid with no passwd entry: keep just the primary group.
-            let g = gid as libc::gid_t;
-            cvt(libc::setgroups(1, &g))?;
-        }
+        cvt(libc::setgroups(groups.len(), groups.as_ptr()))?;
         cvt(libc::setgid(gid))?;
-        cvt(libc::setuid(user.uid))?;
-        if libc::getuid() != user.uid || libc::geteuid() != user.uid || libc::getegid() != gid {
+        cvt(libc::setuid(uid))?;
+        if libc::getuid() != uid || libc::geteuid() != uid || libc::getegid() != gid {
             return Err(io::Error::other("ids did not change"));
         }
-        if user.uid != 0 && libc::setuid(0) == 0 {
+        if uid != 0 && libc::setuid(0) == 0 {
             return Err(io::Error::other("root could be regained after setuid"));
         }
     }

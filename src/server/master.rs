@@ -327,11 +327,11 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
         }
         return Ok(());
     };
-    let user = sys::lookup_user(name)
+    let user = crate::users::lookup_user(name)
         .map_err(|e| Error::new(Error::OSERR, format!("--user {name}: {e}")))?
         .ok_or_else(|| Error::new(Error::CONFIG, format!("--user {name}: no such user")))?;
     let gid = match &server.group {
-        Some(g) => sys::lookup_group(g)
+        Some(g) => crate::users::lookup_group(g)
             .map_err(|e| Error::new(Error::OSERR, format!("--group {g}: {e}")))?
             .ok_or_else(|| Error::new(Error::CONFIG, format!("--group {g}: no such group")))?,
         None => user.gid,
@@ -343,7 +343,9 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             }
         }
     }
-    sys::drop_privileges(&user, gid).map_err(|e| {
+    let groups = crate::users::supplementary_groups(&user.name, gid)
+        .map_err(|e| Error::new(Error::OSERR, format!("reading /etc/group: {e}")))?;
+    sys::drop_privileges(user.uid, gid, &groups).map_err(|e| {
         Error::new(
             Error::OSERR,
             format!(
