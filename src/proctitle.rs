@@ -91,26 +91,35 @@ pub fn set_title(title: &str) {
     }
 }
 
-/// Sets the title from format arguments without allocating (a worker's title is
-/// formatted on the stack), and the short name.
-pub fn set_fmt(args: std::fmt::Arguments<'_>, comm: &str) {
+/// Sets the title and the short name from format arguments without allocating
+/// (a worker formats both on the stack). The short name is cut to 15 bytes.
+pub fn set_fmt(title: std::fmt::Arguments<'_>, comm: std::fmt::Arguments<'_>) {
     let mut buf = StackBuf {
         bytes: [0; 256],
         len: 0,
     };
-    let _ = std::fmt::write(&mut buf, args);
-    // Cut on a character boundary.
-    let mut end = buf.len;
-    while std::str::from_utf8(&buf.bytes[..end]).is_err() {
-        end -= 1;
-    }
-    set_title(std::str::from_utf8(&buf.bytes[..end]).unwrap_or(""));
-    sys::set_comm(comm);
+    let _ = std::fmt::write(&mut buf, title);
+    set_title(buf.as_str(buf.len));
+    buf.len = 0;
+    let _ = std::fmt::write(&mut buf, comm);
+    sys::set_comm(buf.as_str(buf.len.min(15)));
 }
 
 struct StackBuf {
     bytes: [u8; 256],
     len: usize,
+}
+
+impl StackBuf {
+    /// The first `end` bytes, cut back to a character boundary.
+    fn as_str(&self, mut end: usize) -> &str {
+        loop {
+            match std::str::from_utf8(&self.bytes[..end]) {
+                Ok(s) => return s,
+                Err(e) => end = e.valid_up_to(),
+            }
+        }
+    }
 }
 
 impl std::fmt::Write for StackBuf {

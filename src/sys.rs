@@ -182,6 +182,45 @@ pub fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>, mask: &SigMask) -> i
     poll_result(n)
 }
 
+/// A signalfd(2) for `sigs` (which the caller keeps blocked): non-blocking,
+/// close-on-exec.
+pub fn signalfd(sigs: &[i32]) -> io::Result<OwnedFd> {
+    // SAFETY: the set is initialised by sigemptyset; the new fd is ours.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+        ))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Reads every pending signal from a signalfd; true if there was any.
+pub fn read_signalfd(fd: BorrowedFd<'_>) -> bool {
+    let mut any = false;
+    let mut info = [0u8; 128 * 4];
+    loop {
+        // SAFETY: info is a writable buffer of the size given.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                info.as_mut_ptr() as *mut libc::c_void,
+                info.len(),
+            )
+        };
+        if n <= 0 {
+            return any;
+        }
+        any = true;
+    }
+}
+
 /// Stops a listening socket for every process that holds it (shutdown SHUT_RD):
 /// a connection made during a drain is refused instead of waiting unserved.
 pub fn shutdown_read(fd: BorrowedFd<'_>) {

@@ -68,3 +68,25 @@ fn time_over_udp_and_unixgram_under_every_model() {
         }
     }
 }
+
+#[test]
+fn echo_long_lines_and_bytes_that_are_not_utf8() {
+    let fs = forkserve().args(["echo", "-l", "tcp:127.0.0.1:0"]).start();
+    let mut c = Conn::connect(fs.addr(0));
+    // Longer than any read buffer, with multi-byte characters across every edge.
+    let line = "é€😀x".repeat(3000);
+    c.write_all(format!("{line}\n").as_bytes()).unwrap();
+    assert_eq!(c.read_line().unwrap(), line.to_uppercase());
+    c.write_all(b"abc\xff\xfedef\n").unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while b[0] != b'\n' {
+        std::io::Read::read_exact(&mut c, &mut b).unwrap();
+        got.push(b[0]);
+    }
+    assert_eq!(got, b"ABC\xff\xfeDEF\n");
+    // A last line without a newline still comes back when the client half-closes.
+    c.write_all(b"tail").unwrap();
+    c.shutdown_write();
+    assert_eq!(c.read_line().unwrap(), "TAIL");
+}

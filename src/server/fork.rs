@@ -14,20 +14,10 @@ use crate::proctitle;
 use crate::sys;
 use crate::systemd::PassedFd;
 
-/// The short name for `ps -e`: `echo worker`, cut to 15 bytes.
-fn comm(service: &str, what: &str) -> String {
-    let full = format!("{service} {what}");
-    let mut end = full.len().min(15);
-    while !full.is_char_boundary(end) {
-        end -= 1;
-    }
-    full[..end].to_string()
-}
-
 fn worker_title(ctx: &Context, peer: &Peer) {
     proctitle::set_fmt(
         format_args!("forkserve: {} worker {peer}", ctx.service),
-        &comm(&ctx.service, "worker"),
+        format_args!("{} worker", ctx.service),
     );
 }
 

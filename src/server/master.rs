@@ -21,6 +21,9 @@ use crate::systemd::{self, Notifier, PassedFd};
 /// before the loop looks at signals and the other listeners again.
 const ACCEPT_BATCH: usize = 64;
 
+/// Poll slots before the listeners: the signal pipe and the SIGCHLD signalfd.
+const FIRST_LISTENER: usize = 2;
+
 /// The title's counts are rewritten at most this often: the rewrite dirties a
 /// page that every fork then has to copy.
 const TITLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -426,10 +429,13 @@ impl Master {
             if self.pollfds[0].revents != 0 {
                 self.signals.drain();
             }
+            if self.pollfds[1].revents != 0 {
+                self.reap();
+            }
             self.handle_signals();
-            for k in 1..self.pollfds.len() {
+            for k in FIRST_LISTENER..self.pollfds.len() {
                 if self.pollfds[k].revents != 0 {
-                    let (s, l) = self.pollmap[k - 1];
+                    let (s, l) = self.pollmap[k - FIRST_LISTENER];
                     self.serve_ready(s, l);
                 }
             }
@@ -445,6 +451,10 @@ impl Master {
         self.pollmap.clear();
         self.pollfds
             .push(sys::pollfd(self.signals.fd(), sys::POLLIN));
+        self.pollfds.push(sys::pollfd(
+            self.signals.chld_fd().unwrap_or(-1),
+            sys::POLLIN,
+        ));
         if self.shutdown.is_some() {
             return;
         }
@@ -511,9 +521,6 @@ impl Master {
     }
 
     fn handle_signals(&mut self) {
-        if self.signals.take(libc::SIGCHLD) {
-            self.reap();
-        }
         let term = self.signals.take(libc::SIGTERM);
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
@@ -683,6 +690,7 @@ impl Master {
     }
 
     fn reap(&mut self) {
+        self.signals.take_chld();
         while let Some(r) = self.children.reap_one() {
             self.on_child_exit(r);
         }

@@ -68,6 +68,9 @@ pub struct Signals {
     read: UnixStream,
     write: OwnedFd,
     ids: Vec<(i32, SigId)>,
+    /// SIGCHLD as a descriptor (the master only): it stays blocked and is read
+    /// from here, so a child's exit costs no signal frame and no pipe write.
+    chld: Option<OwnedFd>,
 }
 
 fn index_of(sig: i32) -> usize {
@@ -89,19 +92,44 @@ impl Signals {
     pub fn install() -> io::Result<Signals> {
         let (read, write) = new_pipe()?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        sys::block_signals(&[libc::SIGCHLD]);
+        let chld = Some(sys::signalfd(&[libc::SIGCHLD])?);
         let mut ids = Vec::new();
         for (i, &sig) in HANDLED.iter().enumerate() {
+            if sig == libc::SIGCHLD {
+                continue;
+            }
             // SAFETY: the action only touches atomics and calls send(2), which are
             // async-signal-safe.
             let id = unsafe { signal_hook::low_level::register(sig, move || on_signal(i)) }?;
             ids.push((sig, id));
         }
-        Ok(Signals { read, write, ids })
+        Ok(Signals {
+            read,
+            write,
+            ids,
+            chld,
+        })
     }
 
     /// The descriptor to poll for readability.
     pub fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
+    }
+
+    /// The SIGCHLD descriptor to poll (the master's).
+    pub fn chld_fd(&self) -> Option<RawFd> {
+        self.chld.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// True if SIGCHLD arrived (read from the signalfd, or flagged by a handler).
+    pub fn take_chld(&self) -> bool {
+        let flagged = FLAGS[index_of(libc::SIGCHLD)].swap(false, Ordering::SeqCst);
+        let read = self
+            .chld
+            .as_ref()
+            .is_some_and(|f| sys::read_signalfd(f.as_fd()));
+        flagged || read
     }
 
     /// Empties the pipe after a wake.
@@ -141,6 +169,7 @@ impl Signals {
         for &(sig, _) in &self.ids {
             sys::default_signal(sig);
         }
+        sys::default_signal(libc::SIGCHLD);
         sys::unblock_all_signals();
     }
 
@@ -163,11 +192,18 @@ impl Signals {
         }
         sys::unblock_all_signals();
         EXIT_ON_SECOND_TERM.store(true, Ordering::SeqCst);
-        Ok(Signals { read, write, ids })
+        Ok(Signals {
+            read,
+            write,
+            ids,
+            chld: None,
+        })
     }
 
-    /// The raw descriptors of the pipe (to close in children that drop `self` late).
-    pub fn raw_fds(&self) -> [RawFd; 2] {
+    /// The raw descriptors of the pipe and signalfd (for children to close).
+    pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         [self.read.as_raw_fd(), self.write.as_fd().as_raw_fd()]
+            .into_iter()
+            .chain(self.chld_fd())
     }
 }

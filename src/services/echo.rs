@@ -2,12 +2,13 @@
 //! upper-cased until the client closes. Valid UTF-8 is upper-cased the Unicode way
 //! (`straße` → `STRASSE`); bytes that are not UTF-8 come back unchanged.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 
 use crate::handler::{Connection, StreamHandler};
 
-/// Longest piece handled at once; a longer line is echoed in pieces of this size.
-const MAX_PIECE: u64 = 64 * 1024;
+/// Read buffer: lines are echoed as they complete; a longer line goes back in
+/// pieces of this size (cut between characters).
+const BUF: usize = 4096;
 
 /// The uppercase echo handler.
 pub struct Echo;
@@ -25,27 +26,76 @@ pub fn uppercase_bytes(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// How much of `b` ends on a character boundary: a UTF-8 sequence cut off at
+/// the end waits for the rest.
+fn complete_prefix(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let c = b[b.len() - back];
+        if c & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match c {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if need > back { b.len() - back } else { b.len() };
+    }
+    b.len()
+}
+
 impl StreamHandler for Echo {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
-        let mut reader = BufReader::with_capacity(4096, conn.stream().try_clone()?);
-        let mut line = Vec::with_capacity(256);
-        let mut out = Vec::with_capacity(256);
+        // One buffer on the stack and, for ASCII (the usual case), no allocation:
+        // a forked worker touches few pages.
+        let mut buf = [0u8; BUF];
+        let mut out = Vec::new();
+        let mut filled = 0;
         loop {
-            line.clear();
-            let n = (&mut reader).take(MAX_PIECE).read_until(b'\n', &mut line)?;
-            if n == 0 {
+            let n = conn.read(&mut buf[filled..])?;
+            let eof = n == 0;
+            filled += n;
+            let ready = if eof {
+                filled
+            } else if let Some(last_nl) = buf[..filled].iter().rposition(|&b| b == b'\n') {
+                last_nl + 1
+            } else if filled == BUF {
+                complete_prefix(&buf[..filled])
+            } else {
+                0
+            };
+            let region = &mut buf[..ready];
+            if region.is_ascii() {
+                region.make_ascii_uppercase();
+                conn.write_all(region)?;
+            } else {
+                out.clear();
+                uppercase_bytes(region, &mut out);
+                conn.write_all(&out)?;
+            }
+            if eof {
                 return Ok(());
             }
-            out.clear();
-            uppercase_bytes(&line, &mut out);
-            conn.write_all(&out)?;
+            buf.copy_within(ready..filled, 0);
+            filled -= ready;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::uppercase_bytes;
+    use super::{complete_prefix, uppercase_bytes};
+
+    #[test]
+    fn pieces_end_between_characters() {
+        let s = "aé€😀".as_bytes();
+        assert_eq!(complete_prefix(s), s.len());
+        assert_eq!(complete_prefix(&s[..2]), 1);
+        assert_eq!(complete_prefix(&s[..5]), 3);
+        assert_eq!(complete_prefix(&s[..8]), 6);
+        assert_eq!(complete_prefix(b"ab\x80\x80\x80"), 5);
+    }
 
     #[test]
     fn uppercases_unicode_and_keeps_other_bytes() {
