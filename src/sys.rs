@@ -571,10 +571,29 @@ pub fn recv_from(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, RawAddr, Option<Ucred>)> {
+    recv_raw(fd, buf.as_mut_ptr(), buf.len())
+}
+
+/// Like [`recv_from`], into the spare capacity of `buf` (cleared first): the
+/// buffer is never zeroed, so its pages stay untouched until data lands in them
+/// (the master's 64 KiB datagram buffer costs a fork nothing).
+pub fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<(RawAddr, Option<Ucred>)> {
+    buf.clear();
+    let (n, raw, cred) = recv_raw(fd, buf.as_mut_ptr(), buf.capacity())?;
+    // SAFETY: the kernel initialised the first n bytes (n <= capacity).
+    unsafe { buf.set_len(n) };
+    Ok((raw, cred))
+}
+
+fn recv_raw(
+    fd: BorrowedFd<'_>,
+    ptr: *mut u8,
+    len: usize,
+) -> io::Result<(usize, RawAddr, Option<Ucred>)> {
     let mut raw = RawAddr::empty();
     let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
+        iov_base: ptr as *mut libc::c_void,
+        iov_len: len,
     };
     // Room for one SCM_CREDENTIALS message, 8-byte aligned.
     let mut cmsg_buf = [0u64; 8];
@@ -655,6 +674,16 @@ pub fn somaxconn() -> i32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4096)
+}
+
+/// Gives the heap's free pages back to the kernel (malloc_trim). Pages the master
+/// no longer uses are then not in its page tables, which every fork copies and
+/// every worker's exit tears down.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only changes allocator state; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Sets the process umask, returning the old one.

@@ -66,7 +66,7 @@ pub(crate) fn run_datagram_worker(
         sys::exit_now(1)
     };
     worker_title(ctx, &peer);
-    let data = &master.dgram_buf[..len];
+    let data = &master.dgram_buf[..len.min(master.dgram_buf.len())];
     let outcome = worker::serve_datagram(handler.as_ref(), keep, data, reply_to, peer, ctx);
     sys::exit_now(outcome.exit_code())
 }

@@ -132,7 +132,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         last_title: Instant::now(),
         pollfds: Vec::new(),
         pollmap: Vec::new(),
-        dgram_buf: vec![0u8; 65536],
+        dgram_buf: Vec::with_capacity(65536),
         accept_paused_until: None,
         last_status: None,
         last_watchdog: Instant::now(),
@@ -415,6 +415,8 @@ impl Master {
 
     fn run_loop(&mut self) {
         let wait_mask = self.signals.block();
+        // Start-up (argument parsing, binding) leaves freed heap pages behind.
+        sys::release_free_memory();
         loop {
             if self.title_dirty && self.last_title.elapsed() >= TITLE_INTERVAL {
                 self.update_title();
@@ -867,8 +869,9 @@ impl Master {
             if self.svcs[s].active >= self.svcs[s].conf.max_children {
                 return;
             }
-            let got = sys::recv_from(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
-            let (n, addr, cred) = match got {
+            let got = sys::recv_into(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
+            let n = self.dgram_buf.len();
+            let (addr, cred) = match got {
                 Ok(x) => x,
                 Err(e) => {
                     self.on_accept_error(s, l, e);
