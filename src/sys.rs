@@ -201,24 +201,19 @@ pub fn signalfd(sigs: &[i32]) -> io::Result<OwnedFd> {
     }
 }
 
-/// Reads every pending signal from a signalfd; true if there was any.
+/// Reads the pending signals from a signalfd (one read takes them all: a
+/// standard signal is pending at most once); true if there was any.
 pub fn read_signalfd(fd: BorrowedFd<'_>) -> bool {
-    let mut any = false;
     let mut info = [0u8; 128 * 4];
-    loop {
-        // SAFETY: info is a writable buffer of the size given.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                info.as_mut_ptr() as *mut libc::c_void,
-                info.len(),
-            )
-        };
-        if n <= 0 {
-            return any;
-        }
-        any = true;
-    }
+    // SAFETY: info is a writable buffer of the size given.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            info.as_mut_ptr() as *mut libc::c_void,
+            info.len(),
+        )
+    };
+    n > 0
 }
 
 /// Stops a listening socket for every process that holds it (shutdown SHUT_RD):

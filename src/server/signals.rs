@@ -166,10 +166,10 @@ impl Signals {
         // SIG_DFL in the kernel is all it takes: the registry's entries stay in
         // this process's memory unused (unregistering would clone the registry, an
         // allocation and copy-on-write faults on every connection).
+        // (SIGCHLD has no handler: the master reads it from a signalfd.)
         for &(sig, _) in &self.ids {
             sys::default_signal(sig);
         }
-        sys::default_signal(libc::SIGCHLD);
         sys::unblock_all_signals();
     }
 
