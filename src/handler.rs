@@ -87,7 +87,8 @@ impl Stream {
         }
     }
 
-    fn shutdown_write(&self) -> io::Result<()> {
+    /// Half-closes the socket: the peer reads end-of-file.
+    pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),

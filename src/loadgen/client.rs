@@ -4,7 +4,7 @@
 //! not allocate (an error message is formatted only for the first error).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixStream};
 
@@ -152,11 +152,8 @@ pub fn run(plan: &Plan, stop: Stop, start: &Barrier) -> Tally {
     tally
 }
 
-/// A connected stream socket of either family.
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// A connected stream socket of either family (the server's own type).
+type Conn = forkserve::Stream;
 
 /// A stream target in the form connect(2) takes, built once per client.
 pub enum StreamAddr {
@@ -197,65 +194,34 @@ impl StreamAddr {
     }
 }
 
-impl Conn {
-    /// Opens a connection whose connect, reads and writes time out after `timeout`
-    /// (SO_SNDTIMEO bounds a blocking connect on Linux): four system calls.
-    fn open(addr: &StreamAddr, timeout: &TimeVal) -> io::Result<Conn> {
-        let family = match addr {
-            StreamAddr::Inet(_, f) => *f,
-            StreamAddr::Unix(_) => AddressFamily::Unix,
-        };
-        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        setsockopt(&fd, sockopt::ReceiveTimeout, timeout)?;
-        setsockopt(&fd, sockopt::SendTimeout, timeout)?;
-        let res = match addr {
-            StreamAddr::Inet(sa, _) => connect(fd.as_raw_fd(), sa),
-            StreamAddr::Unix(ua) => connect(fd.as_raw_fd(), ua),
-        };
-        match res {
-            Ok(()) => {}
-            // A blocking connect cut short by SO_SNDTIMEO.
-            Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) => {
-                return Err(io::Error::from(ErrorKind::TimedOut));
-            }
-            Err(e) => return Err(e.into()),
+/// Opens a connection whose connect, reads and writes time out after `timeout`
+/// (SO_SNDTIMEO bounds a blocking connect on Linux): four system calls.
+fn open_conn(addr: &StreamAddr, timeout: &TimeVal) -> io::Result<Conn> {
+    let family = match addr {
+        StreamAddr::Inet(_, f) => *f,
+        StreamAddr::Unix(_) => AddressFamily::Unix,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, timeout)?;
+    setsockopt(&fd, sockopt::SendTimeout, timeout)?;
+    let res = match addr {
+        StreamAddr::Inet(sa, _) => connect(fd.as_raw_fd(), sa),
+        StreamAddr::Unix(ua) => connect(fd.as_raw_fd(), ua),
+    };
+    match res {
+        Ok(()) => {}
+        // A blocking connect cut short by SO_SNDTIMEO.
+        Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) => {
+            return Err(io::Error::from(ErrorKind::TimedOut));
         }
-        Ok(match addr {
-            StreamAddr::Inet(..) => Conn::Tcp(TcpStream::from(fd)),
-            StreamAddr::Unix(_) => Conn::Unix(UnixStream::from(fd)),
-        })
+        Err(e) => return Err(e.into()),
     }
-    fn shutdown_write(&self) {
-        let _ = match self {
-            Conn::Tcp(s) => s.shutdown(Shutdown::Write),
-            Conn::Unix(s) => s.shutdown(Shutdown::Write),
-        };
-    }
+    Ok(match addr {
+        StreamAddr::Inet(..) => forkserve::Stream::Tcp(TcpStream::from(fd)),
+        StreamAddr::Unix(_) => forkserve::Stream::Unix(UnixStream::from(fd)),
+    })
 }
 
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Reads one reply into `buf`: the expected number of bytes (Exact), or up to a
-/// newline or the end (Any).
 fn read_reply(conn: &mut Conn, plan: &Plan, buf: &mut [u8]) -> Result<usize, Fail> {
     let want = match plan.expect {
         Expect::Exact => plan.expected.len(),
@@ -295,7 +261,7 @@ fn read_reply(conn: &mut Conn, plan: &Plan, buf: &mut [u8]) -> Result<usize, Fai
 /// Exact, any further byte is a wrong reply. A reset here is not an error (the
 /// replies were all right); a server that never closes is a timeout.
 fn finish_connection(conn: &mut Conn, plan: &Plan, buf: &mut [u8]) -> Result<(), Fail> {
-    conn.shutdown_write();
+    let _ = conn.shutdown_write();
     loop {
         match conn.read(buf) {
             Ok(0) => return Ok(()),
@@ -334,7 +300,7 @@ fn run_streams(plan: &Plan, stop: Stop, start: &Barrier, tally: &mut Tally) {
             break;
         }
         let t0 = Instant::now();
-        let mut conn = match Conn::open(&addr, &timeout) {
+        let mut conn = match open_conn(&addr, &timeout) {
             Ok(c) => c,
             Err(e) => {
                 left -= 1;
