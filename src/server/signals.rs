@@ -63,6 +63,12 @@ fn on_signal(index: usize) {
     }
 }
 
+/// Clears a flag if it is set. Reads first: a write to the flags' page after
+/// every fork would cost the master a copy-on-write fault per connection.
+fn take_flag(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst)
+}
+
 /// The installed handlers and the self-pipe the poll loop watches.
 pub struct Signals {
     read: UnixStream,
@@ -124,7 +130,7 @@ impl Signals {
 
     /// True if SIGCHLD arrived (read from the signalfd, or flagged by a handler).
     pub fn take_chld(&self) -> bool {
-        let flagged = FLAGS[index_of(libc::SIGCHLD)].swap(false, Ordering::SeqCst);
+        let flagged = take_flag(&FLAGS[index_of(libc::SIGCHLD)]);
         let read = self
             .chld
             .as_ref()
@@ -151,7 +157,7 @@ impl Signals {
 
     /// True (once) if `sig` arrived since the last call.
     pub fn take(&self, sig: i32) -> bool {
-        FLAGS[index_of(sig)].swap(false, Ordering::SeqCst)
+        take_flag(&FLAGS[index_of(sig)])
     }
 
     /// True if `sig` arrived, leaving the flag set (so a second one can be told).
