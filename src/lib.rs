@@ -46,29 +46,48 @@ pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, St
 pub use peer::{Peer, SourceKey};
 pub use server::{Companion, Error, Server, Service};
 
-/// Local date and time as `YYYY-MM-DD HH:MM:SS` (the reference services' format).
-pub fn local_datetime() -> String {
-    let secs = std::time::SystemTime::now()
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let t = sys::local_time(secs);
+        .unwrap_or(0)
+}
+
+/// Local date and time as `YYYY-MM-DD HH:MM:SS` (the reference services' format).
+pub fn local_datetime() -> String {
+    let t = sys::local_time(unix_now());
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
 /// An HTTP date (IMF-fixdate, RFC 9110): `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn http_date(secs: i64) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let t = sys::utc_time(secs);
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
         DAYS[t.weekday as usize % 7],
+        t.day,
+        MONTHS[(t.month as usize + 11) % 12],
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
+    )
+}
+
+/// A Common Log Format date in UTC: `06/Nov/1994:08:49:37 +0000`.
+pub fn clf_date(secs: i64) -> String {
+    let t = sys::utc_time(secs);
+    format!(
+        "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
         t.day,
         MONTHS[(t.month as usize + 11) % 12],
         t.year,

@@ -53,13 +53,6 @@ impl Default for Http {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Writes `resp` whole and logs the request.
 fn send(
     conn: &mut Connection,
@@ -68,7 +61,7 @@ fn send(
     keep_alive: bool,
     head_only: bool,
 ) -> io::Result<()> {
-    let bytes = resp.to_bytes(&crate::http_date(now_secs()), keep_alive, head_only);
+    let bytes = resp.to_bytes(&crate::http_date(crate::unix_now()), keep_alive, head_only);
     conn.write_all(&bytes)?;
     let sent = if head_only { 0 } else { resp.body.len() };
     access::log_request(
