@@ -103,6 +103,23 @@ impl Stream {
         }
     }
 
+    /// Puts the socket in or out of non-blocking mode (a handler that polls).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    /// Turns off Nagle's algorithm on TCP (replies go out at once); nothing to do on
+    /// Unix sockets.
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(true),
+            Stream::Unix(_) => Ok(()),
+        }
+    }
+
     /// Sets the read timeout (`None`: block for ever).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {

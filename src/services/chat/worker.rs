@@ -13,7 +13,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, HELP, LOBBY, MAX_LINE, room_name, valid_name};
-use crate::handler::{Connection, Model, Stream};
+use crate::handler::{Connection, Model};
 use crate::proctitle;
 
 /// How long a worker keeps trying to reach the broker before giving up.
@@ -128,13 +128,8 @@ struct Worker<'a> {
 /// Serves one chat client until it leaves, is kicked or dropped, or goes silent for
 /// the service's idle timeout.
 pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
-    match client.stream() {
-        Stream::Tcp(s) => {
-            s.set_nonblocking(true)?;
-            let _ = s.set_nodelay(true);
-        }
-        Stream::Unix(s) => s.set_nonblocking(true)?,
-    }
+    client.stream().set_nonblocking(true)?;
+    let _ = client.stream().set_nodelay();
     let now = Instant::now();
     let mut w = Worker {
         config,

@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::handler::{Connection, Stream, StreamHandler};
+use crate::handler::{Connection, StreamHandler};
 use request::{Failure, HttpError, Input};
 use response::Response;
 
@@ -124,10 +124,8 @@ fn timed_out(conn: &mut Connection, idle: Option<Duration>, line: &str) -> io::R
 
 impl StreamHandler for Http {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
-        if let Stream::Tcp(s) = conn.stream() {
-            // Responses go out whole; pipelined ones must not wait for an ACK.
-            let _ = s.set_nodelay(true);
-        }
+        // Responses go out whole; pipelined ones must not wait for an ACK.
+        let _ = conn.stream().set_nodelay();
         let idle = conn.context().idle_timeout.filter(|t| !t.is_zero());
         let mut input = Input::default();
         let mut served: u64 = 0;
