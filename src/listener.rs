@@ -276,6 +276,12 @@ impl Listener {
     }
 }
 
+/// The listeners' addresses as titles show them: `tcp:127.0.0.1:9999 unix:/x.sock`.
+pub fn addrs_text(listeners: &[Listener]) -> String {
+    let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();
+    addrs.join(" ")
+}
+
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // Only ever called on the master's own copy before any fork.
     let sock = std::net::UdpSocket::from(fd.try_clone_to_owned()?);

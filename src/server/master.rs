@@ -50,17 +50,16 @@ impl Svc {
 
     /// The unchanging part of this service's piece of the master's title.
     fn title_prefix(&self) -> String {
-        let addrs: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.addr().to_string())
-            .collect();
         let model = match self.conf.model {
             Model::Fork => String::new(),
             Model::Prefork => format!(" [prefork {}]", self.conf.workers),
             m => format!(" [{m}]"),
         };
-        format!("{} {}{model}", self.conf.name, addrs.join(" "))
+        format!(
+            "{} {}{model}",
+            self.conf.name,
+            crate::listener::addrs_text(&self.listeners)
+        )
     }
 }
 

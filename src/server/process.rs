@@ -40,6 +40,8 @@ struct Proc<'a> {
     /// Shared copies of the datagram sockets for threads to reply on.
     shared_socks: Vec<Arc<OwnedFd>>,
     buf: Vec<u8>,
+    /// The listeners' addresses for the title, formatted once.
+    addrs: String,
 }
 
 /// Runs the server process; returns its exit status.
@@ -61,6 +63,7 @@ pub(crate) fn serve(
         done_rx: None,
         shared_socks: Vec::new(),
         buf: vec![0u8; 65536],
+        addrs: crate::listener::addrs_text(listeners),
     };
     if conf.model == Model::Thread {
         let (rx, tx) = match UnixStream::pair() {
@@ -105,47 +108,33 @@ impl Proc<'_> {
             .map_or(0, |t| t.active.load(Ordering::SeqCst))
     }
 
+    /// Sets the title (the addresses were formatted once, at start) and the short
+    /// name: `echo worker` under prefork, `echo server` otherwise.
     fn set_title(&self, busy: Option<&Peer>) {
         let name = &self.conf.name;
-        let addrs: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.addr().to_string())
-            .collect();
-        let title = match self.conf.model {
-            Model::Prefork => match busy {
-                Some(peer) => format!(
-                    "forkserve: {name} worker #{} busy {peer} [{} served]",
-                    self.slot + 1,
-                    self.served
-                ),
-                None => format!(
-                    "forkserve: {name} worker #{} idle [{} served]",
-                    self.slot + 1,
-                    self.served
-                ),
-            },
-            Model::Thread => format!(
-                "forkserve: {name} server (thread) {} [{}/{}]",
-                addrs.join(" "),
-                self.active(),
-                self.conf.max_children
+        let (slot, served, addrs) = (self.slot + 1, self.served, &self.addrs);
+        match (self.conf.model, busy) {
+            (Model::Prefork, Some(peer)) => proctitle::set_fmt(
+                format_args!("forkserve: {name} worker #{slot} busy {peer} [{served} served]"),
+                format_args!("{name} worker"),
             ),
-            _ => format!(
-                "forkserve: {name} server ({}) {} [{} served]",
-                self.conf.model,
-                addrs.join(" "),
-                self.served
+            (Model::Prefork, None) => proctitle::set_fmt(
+                format_args!("forkserve: {name} worker #{slot} idle [{served} served]"),
+                format_args!("{name} worker"),
             ),
-        };
-        let what = if self.conf.model == Model::Prefork {
-            "worker"
-        } else {
-            "server"
-        };
-        let mut comm = format!("{name} {what}");
-        comm.truncate(15);
-        proctitle::set(&title, &comm);
+            (Model::Thread, _) => proctitle::set_fmt(
+                format_args!(
+                    "forkserve: {name} server (thread) {addrs} [{}/{}]",
+                    self.active(),
+                    self.conf.max_children
+                ),
+                format_args!("{name} server"),
+            ),
+            (model, _) => proctitle::set_fmt(
+                format_args!("forkserve: {name} server ({model}) {addrs} [{served} served]"),
+                format_args!("{name} server"),
+            ),
+        }
     }
 
     fn run(&mut self) -> i32 {
