@@ -325,19 +325,10 @@ impl DatagramHandler for Files {
             // The worker is this request's own process: a watchdog bounds its life.
             nix::unistd::alarm::set(WORKER_DEADLINE_SECS);
         }
+        // A client that leaves mid-reply (ECONNREFUSED, or its socket file gone) is
+        // a clean end: the core judges that for every datagram service.
         let mut out = Pacer::new(reply, self.limits.max_inflight);
-        let sent = self.answer(datagram, &mut out);
-        match sent {
-            // The client went away (its Unix socket closed or removed): nothing to do.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => {
-                log::debug!(
-                    "files: {} left before the reply was sent: {e}",
-                    reply.peer()
-                );
-                Ok(())
-            }
-            other => other,
-        }
+        self.answer(datagram, &mut out)
     }
 }
 
