@@ -51,6 +51,32 @@ pub enum Stop {
     Count(u64),
 }
 
+/// How many requests one client may still make, and until when.
+struct Budget {
+    left: u64,
+    until: Option<Instant>,
+}
+
+impl Budget {
+    fn start(stop: Stop) -> Budget {
+        match stop {
+            Stop::Count(n) => Budget {
+                left: n,
+                until: None,
+            },
+            Stop::After(d) => Budget {
+                left: u64::MAX,
+                until: Some(Instant::now() + d),
+            },
+        }
+    }
+
+    /// True while another request may start.
+    fn more(&self) -> bool {
+        self.left > 0 && self.until.is_none_or(|t| Instant::now() < t)
+    }
+}
+
 /// What every client does; shared read-only between the threads.
 pub struct Plan {
     pub target: Target,
@@ -288,22 +314,13 @@ fn run_streams(plan: &Plan, stop: Stop, start: &Barrier, tally: &mut Tally) {
             return;
         }
     };
-    let begin = Instant::now();
-    let mut left = match stop {
-        Stop::Count(n) => n,
-        Stop::After(_) => u64::MAX,
-    };
-    while left > 0 {
-        if let Stop::After(d) = stop
-            && begin.elapsed() >= d
-        {
-            break;
-        }
+    let mut budget = Budget::start(stop);
+    while budget.more() {
         let t0 = Instant::now();
         let mut conn = match open_conn(&addr, &timeout) {
             Ok(c) => c,
             Err(e) => {
-                left -= 1;
+                budget.left -= 1;
                 let f = if is_timeout(&e) {
                     Fail::Timeout
                 } else {
@@ -315,8 +332,8 @@ fn run_streams(plan: &Plan, stop: Stop, start: &Barrier, tally: &mut Tally) {
         };
         let mut all_ok = true;
         let mut t_req = t0;
-        for _ in 0..per_conn.min(left) {
-            left -= 1;
+        for _ in 0..per_conn.min(budget.left) {
+            budget.left -= 1;
             if let Err(e) = conn.write_all(&plan.message) {
                 tally.fail(
                     plan,
@@ -429,19 +446,10 @@ fn run_datagrams(plan: &Plan, stop: Stop, start: &Barrier, tally: &mut Tally) {
             return;
         }
     };
-    let begin = Instant::now();
-    let mut left = match stop {
-        Stop::Count(n) => n,
-        Stop::After(_) => u64::MAX,
-    };
+    let mut budget = Budget::start(stop);
     let mut late_possible = false;
-    while left > 0 {
-        if let Stop::After(d) = stop
-            && begin.elapsed() >= d
-        {
-            break;
-        }
-        left -= 1;
+    while budget.more() {
+        budget.left -= 1;
         if late_possible {
             sock.discard_late(&mut buf);
             late_possible = false;
