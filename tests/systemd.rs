@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// True when `tool` is installed; otherwise says the test is skipped.
 fn have(tool: &str) -> bool {
-    Command::new("sh")
+    let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
 }
 
 /// A TCP port free right now on 127.0.0.1 (systemd-socket-activate cannot bind 0).
@@ -28,6 +33,7 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A UDP port free right now on 127.0.0.1.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -55,7 +61,6 @@ fn roundtrip(addr: &str) {
 #[test]
 fn named_stream_fds_go_to_their_service() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed");
         return;
     }
     let dir = TempDir::new("sd-stream");
@@ -97,7 +102,6 @@ fn named_stream_fds_go_to_their_service() {
 #[test]
 fn named_datagram_fd_goes_to_time() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed");
         return;
     }
     let port = free_udp_port();
@@ -119,7 +123,6 @@ fn named_datagram_fd_goes_to_time() {
 #[test]
 fn unmatched_fd_names_are_an_error() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed");
         return;
     }
     let dir = TempDir::new("sd-bad");
@@ -142,7 +145,6 @@ fn unmatched_fd_names_are_an_error() {
 #[test]
 fn accept_yes_serves_one_connection_on_fd3_and_inetd_on_stdin() {
     if !have("systemd-socket-activate") {
-        eprintln!("skipped: systemd-socket-activate is not installed");
         return;
     }
     for inetd in [false, true] {
@@ -257,7 +259,6 @@ fn unknown_user_is_refused_before_serving() {
 #[test]
 fn shipped_units_pass_systemd_analyze_verify() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze is not installed");
         return;
     }
     // Verify copies whose ExecStart names the binary under test (verify needs it
