@@ -6,17 +6,17 @@
 //! Every response carries Date, Server, Content-Length and Content-Type (with a
 //! charset); every request gets one Common Log Format line at info level.
 
-mod access;
-mod request;
-mod response;
-mod routes;
+pub mod access;
+pub mod request;
+pub mod response;
+pub mod routes;
 
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use crate::handler::{Connection, StreamHandler};
-use request::{Failure, HttpError, Input};
+use request::{Failure, HttpError, Input, Request};
 use response::Response;
 
 pub use response::escape_html;
@@ -33,9 +33,14 @@ pub struct HttpOpts {
     pub max_requests_per_connection: u64,
 }
 
-/// The HTTP handler.
+/// What answers one complete request (its body already read and discarded).
+pub type Router = dyn Fn(&Request, &routes::Env<'_>) -> Response + Send + Sync;
+
+/// The HTTP handler: the connection loop (keep-alive, pipelining, errors, access
+/// log) around a router, by default the http service's own routes.
 pub struct Http {
     max_requests: u64,
+    router: Box<Router>,
 }
 
 impl Http {
@@ -43,7 +48,18 @@ impl Http {
     pub fn new(max_requests_per_connection: u64) -> Http {
         Http {
             max_requests: max_requests_per_connection.max(1),
+            router: Box::new(routes::respond),
         }
+    }
+
+    /// The same connection loop answering with `router` instead of the http
+    /// service's routes (the metrics API uses this).
+    pub fn with_router(
+        mut self,
+        router: impl Fn(&Request, &routes::Env<'_>) -> Response + Send + Sync + 'static,
+    ) -> Http {
+        self.router = Box::new(router);
+        self
     }
 }
 
@@ -156,14 +172,14 @@ impl StreamHandler for Http {
                 context: conn.context(),
                 peer: conn.peer(),
             };
-            let (resp, failed) =
-                match catch_unwind(AssertUnwindSafe(|| routes::respond(&req, &env))) {
-                    Ok(resp) => (resp, false),
-                    Err(_) => (
-                        Response::error(500, "The server failed to handle this request."),
-                        true,
-                    ),
-                };
+            let (resp, failed) = match catch_unwind(AssertUnwindSafe(|| (self.router)(&req, &env)))
+            {
+                Ok(resp) => (resp, false),
+                Err(_) => (
+                    Response::error(500, "The server failed to handle this request."),
+                    true,
+                ),
+            };
             let keep = req.keep_alive() && served < self.max_requests && !failed;
             send(conn, &line, &resp, keep, req.method == "HEAD")?;
             if !keep {
