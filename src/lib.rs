@@ -83,6 +83,51 @@ pub fn http_date(secs: i64) -> String {
     )
 }
 
+/// Parses an HTTP date (RFC 9110 §5.6.7) into Unix seconds: IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`) and, as recipients must, the obsolete RFC 850
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`)
+/// forms. None for anything else (a caller then ignores the header).
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (_, rest) = s.split_once(|c: char| c == ',' || c == ' ')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (day, month, year, clock) = match fields.as_slice() {
+        // IMF-fixdate: 06 Nov 1994 08:49:37 GMT
+        [d, m, y, t, "GMT"] if s.contains(',') => (*d, *m, y.parse::<i64>().ok()?, *t),
+        // RFC 850: 06-Nov-94 08:49:37 GMT (two-digit years: RFC 9110 §5.6.7's rule,
+        // simplified to 1970-2069)
+        [dmy, t, "GMT"] if s.contains(',') => {
+            let mut p = dmy.split('-');
+            let (d, m, y) = (p.next()?, p.next()?, p.next()?);
+            let y: i64 = y.parse().ok()?;
+            (d, m, if y < 70 { 2000 + y } else { 1900 + y }, *t)
+        }
+        // asctime: Nov  6 08:49:37 1994
+        [m, d, t, y] if !s.contains(',') => (*d, *m, y.parse::<i64>().ok()?, *t),
+        _ => return None,
+    };
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let mut hms = clock.split(':').map(|v| v.parse::<i64>().ok());
+    let (h, mi, se) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() || h > 23 || mi > 59 || se > 60 || !(1..=9999).contains(&year) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// A Common Log Format date in UTC: `06/Nov/1994:08:49:37 +0000`.
 pub fn clf_date(secs: i64) -> String {
     let t = sys::utc_time(secs);
@@ -95,4 +140,24 @@ pub fn clf_date(secs: i64) -> String {
         t.minute,
         t.second
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_http_date_forms() {
+        let t = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_http_date(&http_date(t)), Some(t));
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
+        for now in [0, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_http_date(&http_date(now)), Some(now));
+        }
+        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
+    }
 }

@@ -7,6 +7,7 @@
 //! charset); every request gets one Common Log Format line at info level.
 
 pub mod access;
+pub mod conditional;
 pub mod request;
 pub mod response;
 pub mod routes;

@@ -47,7 +47,8 @@ impl Response {
              <body><h1>{title}</h1>\n<p>{}</p>\n<hr><address>{SERVER}</address></body></html>\n",
             escape_html(detail)
         );
-        Response::new(status, HTML, body)
+        // An error page describes one request: no cache may keep it.
+        Response::new(status, HTML, body).header("Cache-Control", "no-store")
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -55,18 +56,34 @@ impl Response {
         self
     }
 
+    /// The value of header `name` among the extra headers (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The bytes on the wire: status line, headers, and the body unless `head_only`.
-    /// `keep_alive` chooses the Connection header.
+    /// `keep_alive` chooses the Connection header. A 304 has neither body nor
+    /// Content-Type/Content-Length (RFC 9110 §15.4.5: its headers describe the
+    /// representation the client already has).
     pub fn to_bytes(&self, date: &str, keep_alive: bool, head_only: bool) -> Vec<u8> {
         let mut head = String::with_capacity(256);
         let _ = write!(
             head,
-            "HTTP/1.1 {} {}\r\nDate: {date}\r\nServer: {SERVER}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nDate: {date}\r\nServer: {SERVER}\r\n",
             self.status,
             reason(self.status),
-            self.content_type,
-            self.body.len()
         );
+        if self.status != 304 {
+            let _ = write!(
+                head,
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
+                self.body.len()
+            );
+        }
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
@@ -87,11 +104,15 @@ impl Response {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use super::conditional::{self, strong_etag};
 use super::request::Request;
 use super::response::{Response, SERVER, escape_html};
 use crate::handler::Context;
@@ -44,13 +45,22 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
         )
         .header("Allow", "GET, HEAD");
     }
-    match route {
+    let resp = match route {
         Route::Home | Route::Server => home(),
-        Route::Time => Response::json(&json!({ "timestamp": crate::local_datetime() })),
+        // Changes every second and has no validator: stale at once, and never
+        // served stale (must-revalidate), even by a cache cut off from us. This
+        // is what no-cache means here; no-cache without a validator is flagged by
+        // cache checkers as a request for revalidation that cannot happen.
+        Route::Time => Response::json(&json!({ "timestamp": crate::local_datetime() }))
+            .header("Cache-Control", "max-age=0, must-revalidate"),
         Route::Info => info(req, env),
         Route::Echo(raw) => echo(raw),
-    }
+    };
+    conditional::evaluate(req, resp)
 }
+
+/// How long a cache may reuse the home page without asking.
+const HOME_MAX_AGE: u32 = 60;
 
 enum Route<'a> {
     Server,
@@ -60,15 +70,38 @@ enum Route<'a> {
     Echo(&'a str),
 }
 
+/// The home page: the same bytes for the life of a binary, so it carries a
+/// strong ETag, the executable's modification time as Last-Modified, a short
+/// max-age, and serves byte ranges.
 fn home() -> Response {
-    Response::html(format!(
+    let page = home_page();
+    let etag = strong_etag(page.as_bytes());
+    let mut resp = Response::html(page)
+        .header("Cache-Control", format!("max-age={HOME_MAX_AGE}"))
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", etag);
+    if let Some(t) = binary_mtime() {
+        resp = resp.header("Last-Modified", crate::http_date(t));
+    }
+    resp
+}
+
+/// When the running binary was written: when the home page last changed.
+fn binary_mtime() -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(std::env::current_exe().ok()?).ok()?;
+    Some(meta.mtime().min(crate::unix_now()))
+}
+
+fn home_page() -> String {
+    format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve</title></head>\n<body>\n\
          <h1>forkserve</h1>\n<p>A process-per-connection server. Try:</p>\n<ul>\n\
          <li><a href=\"/time\">/time</a>: the server time, as JSON</li>\n\
          <li><a href=\"/info\">/info</a>: this server, this worker and you (JSON with <code>Accept: application/json</code>)</li>\n\
          <li><a href=\"/echo/hello%20world\">/echo/hello world</a>: your text back</li>\n\
          </ul>\n<hr><address>{SERVER}</address>\n</body></html>\n"
-    ))
+    )
 }
 
 fn info(req: &Request, env: &Env<'_>) -> Response {
@@ -85,7 +118,8 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
             "client": client,
             "local": env.context.local,
         }))
-        .header("Vary", "Accept");
+        .header("Vary", "Accept")
+        .header("Cache-Control", "no-store");
     }
     let rows = [
         ("Server", SERVER.to_string()),
@@ -107,6 +141,9 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
          <h1>Server info</h1>\n<table>\n{table}</table>\n<p><a href=\"/\">home</a></p>\n</body></html>\n"
     ))
     .header("Vary", "Accept")
+    // It names this client and this worker: no cache may keep it (no-store
+    // alone: `private` beside it is overridden, and flagged as conflicting).
+    .header("Cache-Control", "no-store")
 }
 
 fn echo(raw: &str) -> Response {
@@ -120,12 +157,18 @@ fn echo(raw: &str) -> Response {
         return Response::error(400, "The decoded text is not UTF-8.");
     };
     let n = text.chars().count();
-    Response::html(format!(
+    let page = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: echo</title></head>\n<body>\n\
          <h1>Echo</h1>\n<p>You said: <strong>{}</strong></p>\n<p>Length: {n} characters</p>\n\
          <p><a href=\"/\">home</a></p>\n</body></html>\n",
         escape_html(&text)
-    ))
+    );
+    // The same text always gives the same page, so an ETag makes a cache's
+    // revalidation (no-cache: ask every time) a cheap 304.
+    let etag = strong_etag(page.as_bytes());
+    Response::html(page)
+        .header("Cache-Control", "no-cache")
+        .header("ETag", etag)
 }
 
 /// Decodes `%XX` escapes; None when a `%` is not followed by two hex digits.
