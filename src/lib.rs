@@ -89,7 +89,7 @@ pub fn http_date(secs: i64) -> String {
 /// forms. None for anything else (a caller then ignores the header).
 pub fn parse_http_date(s: &str) -> Option<i64> {
     let s = s.trim();
-    let (_, rest) = s.split_once(|c: char| c == ',' || c == ' ')?;
+    let (_, rest) = s.split_once([',', ' '])?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let (day, month, year, clock) = match fields.as_slice() {
         // IMF-fixdate: 06 Nov 1994 08:49:37 GMT
