@@ -90,3 +90,53 @@ fn echo_long_lines_and_bytes_that_are_not_utf8() {
     c.shutdown_write();
     assert_eq!(c.read_line().unwrap(), "TAIL");
 }
+
+/// Reads exactly `n` bytes.
+fn read_n(c: &mut Conn, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    std::io::Read::read_exact(c, &mut b).unwrap();
+    b
+}
+
+#[test]
+fn echo_answers_each_chunk_without_waiting_for_a_newline() {
+    let fs = forkserve().args(["echo", "-l", "tcp:127.0.0.1:0"]).start();
+    let mut c = Conn::connect(fs.addr(0));
+    // The reference material's first client: send() without a newline, then recv().
+    c.write_all(b"hola").unwrap();
+    assert_eq!(read_n(&mut c, 4), b"HOLA");
+    c.write_all("señor ".as_bytes()).unwrap();
+    assert_eq!(read_n(&mut c, 7), "SEÑOR ".as_bytes());
+    // A character cut between two sends is held back, never split: `é` (C3 A9)
+    // comes back as `É` (C3 89), not as `é` in two halves.
+    c.write_all(b"ab\xC3").unwrap();
+    assert_eq!(read_n(&mut c, 2), b"AB");
+    c.write_all(b"\xA9").unwrap();
+    assert_eq!(read_n(&mut c, 2), "É".as_bytes());
+    // Line clients see what they always saw.
+    c.write_all(b"a line\n").unwrap();
+    assert_eq!(c.read_line().unwrap(), "A LINE");
+    // A cut-off sequence at the end of input goes back as it is.
+    c.write_all(b"x\xE2\x82").unwrap();
+    c.shutdown_write();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut rest).unwrap();
+    assert_eq!(rest, b"X\xE2\x82");
+}
+
+#[test]
+fn nc_without_a_newline_gets_its_echo_at_once() {
+    let dir = TempDir::new("echo-nc");
+    let fs = forkserve()
+        .args(["echo", "-l", "tcp:127.0.0.1:0", "-l"])
+        .arg(format!("unix:{}", dir.path("e.sock").display()))
+        .listeners(2)
+        .start();
+    for addr in [fs.addr(0), fs.addr(1)] {
+        let mut nc = Nc::connect(addr);
+        nc.send(b"hola");
+        assert_eq!(nc.expect("HOLA"), "HOLA");
+        nc.send("qué tal\n".as_bytes());
+        assert_eq!(nc.expect("\n"), "QUÉ TAL\n");
+    }
+}
