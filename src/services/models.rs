@@ -1,9 +1,9 @@
 //! The concurrency-model demonstration (reference example 5.1): one handler served
 //! three ways at once, `models-sequential` (127.0.0.1:9001), `models-thread` (9002)
 //! and `models-fork` (9003), so the difference shows with a few `nc` or
-//! `forkserve bench`. For each line a client sends (or once, if it sends none before
-//! closing its side) the handler computes the sum of i*i for i in 0..10000 and
-//! answers one line:
+//! `forkserve bench`. As soon as a client connects (as the reference does: `telnet
+//! localhost 9001` shows the report at once), and again for each line it sends, the
+//! handler computes the sum of i*i for i in 0..10000 and answers one line:
 //!
 //! ```text
 //! model=fork pid=4242 thread=main client=127.0.0.1:50312 time=41.2us result=333283335000 workers=3
@@ -69,17 +69,11 @@ impl StreamHandler for Reference {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
         let mut reader = BufReader::new(conn.stream().try_clone()?);
         let mut line = Vec::with_capacity(128);
-        let mut answered = false;
         loop {
-            line.clear();
-            let n = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
-            if n == 0 && answered {
-                return Ok(());
-            }
             let reply = answer(conn);
             conn.write_all(reply.as_bytes())?;
-            answered = true;
-            if n == 0 {
+            line.clear();
+            if (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)? == 0 {
                 return Ok(());
             }
         }
