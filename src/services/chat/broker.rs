@@ -17,7 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, LOBBY, room_name, valid_name};
+use super::{Config, LOBBY, name_key, room_name, valid_user_name};
 use crate::proctitle;
 
 /// Bytes of unsent events a worker may have queued before it is dropped.
@@ -49,9 +49,49 @@ impl Conn {
 }
 
 struct User {
+    /// The name as the user spelled it (NFC).
+    name: String,
     conn: usize,
     room: String,
     admin: bool,
+}
+
+/// Who is online, looked up by name case-insensitively (by [`name_key`]).
+#[derive(Default)]
+struct Online(HashMap<String, User>);
+
+impl Online {
+    fn get(&self, name: &str) -> Option<&User> {
+        self.0.get(&name_key(name))
+    }
+    fn get_mut(&mut self, name: &str) -> Option<&mut User> {
+        self.0.get_mut(&name_key(name))
+    }
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    fn insert(&mut self, user: User) {
+        self.0.insert(name_key(&user.name), user);
+    }
+    fn remove(&mut self, name: &str) -> Option<User> {
+        self.0.remove(&name_key(name))
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Everyone, sorted by name.
+    fn sorted(&self) -> Vec<&User> {
+        let mut all: Vec<&User> = self.0.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+impl<Q: AsRef<str> + ?Sized> std::ops::Index<&Q> for Online {
+    type Output = User;
+    fn index(&self, name: &Q) -> &User {
+        self.get(name.as_ref()).expect("user is online")
+    }
 }
 
 #[derive(Default)]
@@ -66,7 +106,7 @@ struct Broker<'a> {
     /// Bound by this broker when it found the socket file gone.
     own_listener: Option<UnixListener>,
     conns: Vec<Option<Conn>>,
-    users: HashMap<String, User>,
+    users: Online,
     rooms: BTreeMap<String, Room>,
     uid: u32,
     /// Connections whose queue overflowed while handling the current request.
@@ -93,7 +133,7 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         listener,
         own_listener: None,
         conns: Vec::new(),
-        users: HashMap::new(),
+        users: Online::default(),
         rooms: BTreeMap::new(),
         uid: nix::unistd::getuid().as_raw(),
         overflowed: Vec::new(),
@@ -473,7 +513,7 @@ impl Broker<'_> {
             }
             Request::Whisper { to, text: t } => {
                 let Some(me) = self.user_of(i) else { return };
-                if self.users.contains_key(&to) {
+                if let Some(to) = self.users.get(&to).map(|u| u.name.clone()) {
                     self.send_user(&to, &text(format!("[private from {me}]: {t}\n")));
                     self.send(i, &text(format!("[private to {to}]: {t}\n")));
                 } else {
@@ -494,11 +534,11 @@ impl Broker<'_> {
             Request::List { all } => {
                 let Some(me) = self.user_of(i) else { return };
                 let line = if all {
-                    let mut names: Vec<&String> = self.users.keys().collect();
-                    names.sort();
-                    let list: Vec<String> = names
+                    let list: Vec<String> = self
+                        .users
+                        .sorted()
                         .iter()
-                        .map(|n| format!("{n} ({})", self.users[*n].room))
+                        .map(|u| format!("{} ({})", u.name, u.room))
                         .collect();
                     format!("* online ({}): {}\n", list.len(), list.join(", "))
                 } else {
@@ -541,7 +581,7 @@ impl Broker<'_> {
                     self.send(i, &text(format!("error: no user {user}\n")));
                     return;
                 };
-                let (tconn, troom) = (target.conn, target.room.clone());
+                let (tconn, troom, user) = (target.conn, target.room.clone(), target.name.clone());
                 let why = if reason.is_empty() {
                     String::new()
                 } else {
@@ -589,11 +629,11 @@ impl Broker<'_> {
             self.send(i, &text("error: already logged in\n".into()));
             return;
         }
-        if !valid_name(&name) {
+        if !valid_user_name(&name) {
             self.send(
                 i,
                 &Event::Refused {
-                    reason: "invalid name (1-32 letters, digits, _ or -)".into(),
+                    reason: format!("invalid name ({})", super::names::RULE),
                 },
             );
             return;
@@ -611,14 +651,12 @@ impl Broker<'_> {
             Some(r) if restore && self.make_room(&r) => r,
             _ => LOBBY.to_string(),
         };
-        self.users.insert(
-            name.clone(),
-            User {
-                conn: i,
-                room: room.clone(),
-                admin,
-            },
-        );
+        self.users.insert(User {
+            name: name.clone(),
+            conn: i,
+            room: room.clone(),
+            admin,
+        });
         self.rooms
             .get_mut(&room)
             .expect("room exists")
@@ -721,7 +759,7 @@ impl Broker<'_> {
         let Some(u) = self.users.remove(name) else {
             return;
         };
-        self.leave_room(name, &u.room);
+        self.leave_room(&u.name, &u.room);
         if let Some(n) = notice {
             self.tell_room(&u.room, &n, None);
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, HELP, LOBBY, MAX_LINE, room_name, valid_name};
+use super::{Config, HELP, LOBBY, MAX_LINE, name_key, room_name, user_name};
 use crate::handler::{Connection, Model};
 use crate::proctitle;
 
@@ -27,6 +27,10 @@ const LINGER: Duration = Duration::from_secs(5);
 
 /// How long a worker waits for the broker to answer a registration.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A partial line (no newline yet) the client leaves alone this long is taken as a
+/// line: nc-style clients and the reference material's send each message without one.
+pub const PARTIAL_LINE_PAUSE: Duration = Duration::from_millis(200);
 
 /// Failed logins before the connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
@@ -272,6 +276,7 @@ impl Worker<'_> {
             if ipc_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 self.read_ipc(&mut buf);
             }
+            self.take_paused_line();
             self.handle_input();
         }
     }
@@ -285,6 +290,7 @@ impl Worker<'_> {
         } else {
             self.config_idle().map(|idle| self.last_input + idle)
         };
+        let until = earliest(until, self.partial_line_due());
         match until {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -437,6 +443,20 @@ impl Worker<'_> {
         }
     }
 
+    /// When a partial line will have waited [`PARTIAL_LINE_PAUSE`] since the last input.
+    fn partial_line_due(&self) -> Option<Instant> {
+        (!self.client_in.is_empty() && !self.discarding && !self.client_eof)
+            .then(|| self.last_input + PARTIAL_LINE_PAUSE)
+    }
+
+    /// Takes a partial line the client has paused after as a whole line.
+    fn take_paused_line(&mut self) {
+        if self.partial_line_due().is_some_and(|t| Instant::now() >= t) {
+            let line = std::mem::take(&mut self.client_in);
+            self.lines.push_back(line_or_too_long(line));
+        }
+    }
+
     /// Handles complete client lines while the state allows, and the end of input.
     fn handle_input(&mut self) {
         while self.state.takes_input() && self.done.is_none() {
@@ -533,21 +553,25 @@ impl Worker<'_> {
             self.say("Username: ");
             return;
         }
-        if name == "quit" || name == "/quit" {
+        if is_quit(name) {
             self.say("Bye.\n");
             self.finish();
             return;
         }
-        if !valid_name(name) {
-            self.say("error: invalid name (1-32 letters, digits, _ or -)\nUsername: ");
-            return;
-        }
-        self.name = name.to_string();
+        let name = match user_name(name) {
+            Ok(n) => n,
+            Err(e) => {
+                log::info!("chat: {}: name refused: {e}", self.client.peer());
+                self.say(&format!("error: invalid name: {e}\nUsername: "));
+                return;
+            }
+        };
+        self.name = name;
         if self.config.users.is_some() {
             self.state = State::Password;
             self.say("Password: ");
         } else {
-            self.admin = self.config.admins.iter().any(|a| a == name);
+            self.admin = self.config.admins.contains(&name_key(&self.name));
             self.register(false);
         }
     }
@@ -558,7 +582,7 @@ impl Worker<'_> {
         };
         match users.check(&self.name, password) {
             Some(admin) => {
-                self.admin = admin || self.config.admins.contains(&self.name);
+                self.admin = admin || self.config.admins.contains(&name_key(&self.name));
                 self.register(false);
             }
             None => {
@@ -601,7 +625,7 @@ impl Worker<'_> {
         if t.is_empty() {
             return;
         }
-        if t == "quit" {
+        if is_quit(t) {
             self.quit();
             return;
         }
@@ -613,10 +637,10 @@ impl Worker<'_> {
         }
         let (cmd, rest) = t.split_once([' ', '\t']).unwrap_or((t, ""));
         let rest = rest.trim();
-        match cmd {
+        match cmd.to_lowercase().as_str() {
             "/quit" => self.quit(),
             "/help" => self.reply(HELP),
-            "/list" => match rest {
+            "/list" => match rest.to_lowercase().as_str() {
                 "" => self.send(Request::List { all: false }),
                 "all" => self.send(Request::List { all: true }),
                 _ => self.reply("error: usage: /list [all]\n"),
@@ -804,6 +828,19 @@ impl Worker<'_> {
             State::Registering => self.register(false),
             _ => {}
         }
+    }
+}
+
+/// `quit` or `/quit`, in any case (the reference compares `message.lower()`).
+fn is_quit(line: &str) -> bool {
+    line.eq_ignore_ascii_case("quit") || line.eq_ignore_ascii_case("/quit")
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
