@@ -964,3 +964,46 @@ fn commands_ignore_case_like_the_reference() {
     assert_eq!(cat.line(), "Bye.");
     assert_eq!(cat.rest(), "");
 }
+
+#[test]
+fn lang_es_speaks_the_reference_spanish() {
+    let chat = Chat::start(&["--lang", "es"]);
+    let login = |addr: &str, name: &str| {
+        let mut c = Client::connect(addr);
+        c.expect("Ingresa tu nombre de usuario: ");
+        c.send(name);
+        c.expect(&format!(
+            "Bienvenido al chat, {name}! Escribe 'quit' para salir, /help para ver los comandos.\n"
+        ));
+        c
+    };
+    let mut jose = login(&chat.tcp(), "José");
+    let mut nandu = login(&chat.unix(), "Ñandú");
+    assert_eq!(jose.line(), "* Ñandú se unió al chat (#lobby)");
+    jose.send("/whisper ñandú hola");
+    assert_eq!(nandu.line(), "[PRIVADO de José]: hola");
+    assert_eq!(jose.line(), "[PRIVADO para Ñandú]: hola");
+    jose.send("/whisper nadie hola");
+    assert_eq!(jose.line(), "Usuario 'nadie' no encontrado.");
+    jose.send("/whisper");
+    assert_eq!(jose.line(), "Uso: /whisper <usuario> <mensaje>");
+    jose.send("/list all");
+    assert_eq!(
+        jose.line(),
+        "Usuarios conectados (2): José (#lobby), Ñandú (#lobby)"
+    );
+    jose.send("/help");
+    assert_eq!(jose.line(), "comandos:");
+    jose.expect("  quit, /quit              salir\n");
+    let mut spoof = Client::connect(&chat.tcp());
+    spoof.expect("Ingresa tu nombre de usuario: ");
+    spoof.send("ann\u{202E}nimda");
+    assert_eq!(
+        spoof.line(),
+        "error: nombre no válido: carácter invisible, de control, de formato o bidireccional U+202E no permitido"
+    );
+    spoof.expect("Ingresa tu nombre de usuario: ");
+    nandu.send("QUIT");
+    assert_eq!(nandu.line(), "¡Adiós!");
+    assert_eq!(jose.line(), "* Ñandú abandonó el chat");
+}

@@ -140,3 +140,16 @@ fn nc_without_a_newline_gets_its_echo_at_once() {
         assert_eq!(nc.expect("\n"), "QUÉ TAL\n");
     }
 }
+
+#[test]
+fn time_in_spanish_with_lang_es() {
+    let dir = TempDir::new("time-es");
+    let fs = forkserve()
+        .args(["time", "--lang", "es", "-l", "udp:127.0.0.1:0"])
+        .start();
+    let text = String::from_utf8(datagram_roundtrip(fs.addr(0), b"hora", &dir.0)).unwrap();
+    let stamp = text
+        .strip_prefix("Hora del servidor: ")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(stamp.len(), 19, "{text}");
+}

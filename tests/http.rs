@@ -564,3 +564,84 @@ fn a_request_trickled_byte_by_byte_is_cut_at_the_idle_timeout() {
     drop(reader);
     trickle.join().unwrap();
 }
+
+#[test]
+fn lang_es_shows_the_reference_pages_in_spanish() {
+    let fs = start(&["--lang", "es"]);
+    let addr = fs.addr(0);
+    let home = get(addr, "/");
+    assert_eq!(home.status, 200);
+    for part in [
+        "<title>Servidor Simple</title>",
+        "<h1>Bienvenido al Servidor Simple</h1>",
+        ">Hora del servidor</a>",
+        ">Información del servidor</a>",
+        "<a href=\"/echo/Hola%20Mundo\">Echo: Hola Mundo</a>",
+    ] {
+        assert!(home.body.contains(part), "{part} in {}", home.body);
+    }
+    let echo = get(addr, "/echo/Hola%20Mundo");
+    assert!(
+        echo.body
+            .contains("<p>Tu mensaje: <strong>Hola Mundo</strong></p>"),
+        "{}",
+        echo.body
+    );
+    assert!(
+        echo.body.contains("<p>Longitud: 10 caracteres</p>"),
+        "{}",
+        echo.body
+    );
+    let info = get(addr, "/info");
+    assert!(
+        info.body.contains("<h1>Información del Servidor</h1>"),
+        "{}",
+        info.body
+    );
+    assert!(info.body.contains("<th>Cliente</th>"), "{}", info.body);
+    let missing = get(addr, "/nada");
+    assert_error_page(&missing, 404);
+    assert!(
+        missing.body.contains("<title>404 - No Encontrado</title>"),
+        "{}",
+        missing.body
+    );
+    assert!(
+        missing.body.contains("<h1>404 - Página No Encontrada</h1>"),
+        "{}",
+        missing.body
+    );
+    assert!(
+        missing.body.contains("La página solicitada no existe."),
+        "{}",
+        missing.body
+    );
+    let post = one(
+        addr,
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_error_page(&post, 405);
+    assert!(post.body.contains("Método no permitido"), "{}", post.body);
+    // The parser's refusals get the status's Spanish sentence.
+    let bad = one(addr, "GET / HTTP/1.1\r\n\r\n");
+    assert_error_page(&bad, 400);
+    assert!(
+        bad.body.contains("La petición está mal formada."),
+        "{}",
+        bad.body
+    );
+    // The wire stays HTTP: reason phrases and JSON keys do not change.
+    let time = get(addr, "/time");
+    assert!(time.body.starts_with("{\"timestamp\":\""), "{}", time.body);
+}
+
+#[test]
+fn an_unknown_lang_is_a_usage_error() {
+    let out = Command::new(bin())
+        .args(["http", "--lang", "fr", "-l", "tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lang") && err.contains("es"), "{err}");
+}

@@ -55,7 +55,11 @@ fn the_report_comes_on_connect_like_telnet_shows_it_in_the_reference() {
             assert_eq!(field(&r, "model"), model, "{r}");
         }
         c.shutdown_write();
-        assert_eq!(c.read_line(), None, "{svc}: nothing more after the end of input");
+        assert_eq!(
+            c.read_line(),
+            None,
+            "{svc}: nothing more after the end of input"
+        );
     }
 }
 
@@ -163,4 +167,63 @@ fn a_bare_listen_address_is_refused_for_the_three_services() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SERVICE=ADDR"), "{err}");
+}
+
+#[test]
+fn lang_es_reports_in_the_reference_words_and_bench_still_measures() {
+    let mut b = forkserve().args(["models", "--lang", "es"]);
+    for s in SERVICES {
+        b = b.args(["-l", &format!("{s}=tcp:127.0.0.1:0")]);
+    }
+    let fs = b.listeners(3).start();
+    for (svc, model) in SERVICES.iter().zip(["sequential", "thread", "fork"]) {
+        let addr = fs.addr_of(svc, "tcp");
+        let mut c = Conn::connect(&addr);
+        let mut lines = Vec::new();
+        let last = if model == "fork" {
+            "Procesos activos: "
+        } else {
+            "Hilos activos: "
+        };
+        loop {
+            let l = c.read_line().expect("the report on connect");
+            let done = l.starts_with(last);
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            lines[0],
+            format!("Servidor: {svc} (modelo {model})"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("Hilo/Proceso: ") && lines[1].contains("(PID: "),
+            "{lines:?}"
+        );
+        assert!(lines[2].starts_with("Cliente: 127.0.0.1:"), "{lines:?}");
+        assert!(lines[3].starts_with("Tiempo de procesamiento: ") && lines[3].ends_with('s'));
+        assert_eq!(lines[4], "Resultado: 333283335000");
+        assert!(lines[5].starts_with("Hilos activos: "), "{lines:?}");
+        drop(c);
+        let out = std::process::Command::new(bin())
+            .args([
+                "bench",
+                "--connect",
+                &addr,
+                "-n",
+                "6",
+                "-c",
+                "2",
+                "--expect",
+                "any",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{svc}: {json}");
+        assert!(json.contains("\"requests\":6,"), "{svc}: {json}");
+    }
 }

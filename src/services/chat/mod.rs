@@ -86,6 +86,7 @@
 mod broker;
 mod names;
 mod protocol;
+mod texts;
 mod users;
 mod worker;
 
@@ -101,6 +102,7 @@ use crate::server::{Companion, Error, Service};
 
 pub use broker::MAX_QUEUED;
 pub use names::{NameError, name_key, user_name, valid_user_name};
+pub use texts::Texts;
 pub use users::{Users, hash_password};
 
 /// The room every user starts in.
@@ -154,6 +156,8 @@ pub struct Config {
     pub rate: u32,
     /// The broker's IPC socket.
     pub ipc_path: PathBuf,
+    /// What users read, in the language of `--lang`.
+    pub texts: Texts,
 }
 
 /// True for a valid room name (without its `#`): 1-32 ASCII letters, digits, `_`,
@@ -185,8 +189,12 @@ impl StreamHandler for Chat {
 /// Builds the chat service: loads the users file, binds the broker's IPC socket and
 /// attaches the broker. Call in the master, before [`Server::run`](crate::Server::run).
 /// `run_as`: the user the server will drop privileges to (`--user`), who must own
-/// the IPC directory.
-pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> {
+/// the IPC directory; `lang`: the language of the texts users read.
+pub fn service(
+    opts: &ChatOpts,
+    run_as: Option<&str>,
+    lang: crate::services::Lang,
+) -> Result<Service, Error> {
     let users = match &opts.users {
         Some(p) => {
             let u = Users::load(p).map_err(|e| Error::new(Error::CONFIG, e))?;
@@ -224,6 +232,7 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
         history: opts.history,
         rate: opts.rate,
         ipc_path,
+        texts: Texts::new(lang),
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, HELP, LOBBY, MAX_LINE, name_key, room_name, user_name};
+use super::{Config, LOBBY, MAX_LINE, name_key, room_name, user_name};
 use crate::handler::{Connection, Model};
 use crate::proctitle;
 
@@ -168,12 +168,12 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
                 "chat: cannot reach the broker at {}: {e}",
                 config.ipc_path.display()
             );
-            w.say("error: the chat service is unavailable, try again later\n");
+            w.say(config.texts.unavailable_try_later());
             w.finish();
         }
     }
     if w.done.is_none() {
-        w.say("Username: ");
+        w.say(config.texts.username_prompt());
     }
     w.run()
 }
@@ -257,12 +257,12 @@ impl Worker<'_> {
                     self.who()
                 );
                 self.registering_since = None;
-                self.say("error: the chat service is not answering, disconnecting\n");
+                self.say(self.config.texts.not_answering());
                 self.finish();
                 continue;
             }
             if self.idle_expired() {
-                self.say("error: idle timeout, disconnecting\n");
+                self.say(self.config.texts.idle_timeout());
                 self.finish();
                 continue;
             }
@@ -493,19 +493,14 @@ impl Worker<'_> {
 
     fn handle_line(&mut self, input: Input) {
         let Input::Line(raw) = input else {
-            self.reply(&format!(
-                "error: line too long (max {MAX_LINE} bytes), ignored\n"
-            ));
+            self.reply(&self.config.texts.line_too_long());
             self.reprompt();
             return;
         };
         match self.rate.check(Instant::now()) {
             Verdict::Ok => {}
             Verdict::Warn => {
-                self.reply(&format!(
-                    "warning: more than {} lines a second; slow down or you will be disconnected\n",
-                    self.config.rate
-                ));
+                self.reply(&self.config.texts.rate_warning(self.config.rate));
                 return;
             }
             Verdict::Disconnect => {
@@ -514,16 +509,13 @@ impl Worker<'_> {
                     self.who(),
                     self.config.rate
                 );
-                self.reply(&format!(
-                    "error: more than {} lines a second, disconnecting\n",
-                    self.config.rate
-                ));
+                self.reply(&self.config.texts.rate_disconnect(self.config.rate));
                 self.leave();
                 return;
             }
         }
         let Ok(text) = std::str::from_utf8(&raw) else {
-            self.reply("error: invalid UTF-8, line ignored\n");
+            self.reply(self.config.texts.invalid_utf8());
             self.reprompt();
             return;
         };
@@ -542,19 +534,20 @@ impl Worker<'_> {
     /// Shows the prompt again after an error at a prompt.
     fn reprompt(&mut self) {
         match self.state {
-            State::Name => self.say("Username: "),
-            State::Password => self.say("Password: "),
+            State::Name => self.say(self.config.texts.username_prompt()),
+            State::Password => self.say(self.config.texts.password_prompt()),
             _ => {}
         }
     }
 
     fn take_name(&mut self, name: &str) {
+        let t = self.config.texts;
         if name.is_empty() {
-            self.say("Username: ");
+            self.say(t.username_prompt());
             return;
         }
         if is_quit(name) {
-            self.say("Bye.\n");
+            self.say(t.bye());
             self.finish();
             return;
         }
@@ -562,14 +555,15 @@ impl Worker<'_> {
             Ok(n) => n,
             Err(e) => {
                 log::info!("chat: {}: name refused: {e}", self.client.peer());
-                self.say(&format!("error: invalid name: {e}\nUsername: "));
+                self.say(&t.invalid_name(&e));
+                self.say(t.username_prompt());
                 return;
             }
         };
         self.name = name;
         if self.config.users.is_some() {
             self.state = State::Password;
-            self.say("Password: ");
+            self.say(t.password_prompt());
         } else {
             self.admin = self.config.admins.contains(&name_key(&self.name));
             self.register(false);
@@ -595,11 +589,12 @@ impl Worker<'_> {
                 );
                 self.name.clear();
                 if self.failures >= MAX_LOGIN_FAILURES {
-                    self.say("error: login incorrect; too many failures, disconnecting\n");
+                    self.say(self.config.texts.too_many_failures());
                     self.finish();
                 } else {
                     self.state = State::Name;
-                    self.say("error: login incorrect\nUsername: ");
+                    self.say(self.config.texts.login_incorrect());
+                    self.say(self.config.texts.username_prompt());
                 }
             }
         }
@@ -621,6 +616,7 @@ impl Worker<'_> {
     }
 
     fn command(&mut self, line: &str) {
+        let tx = self.config.texts;
         let t = line.trim();
         if t.is_empty() {
             return;
@@ -639,26 +635,24 @@ impl Worker<'_> {
         let rest = rest.trim();
         match cmd.to_lowercase().as_str() {
             "/quit" => self.quit(),
-            "/help" => self.reply(HELP),
+            "/help" => self.reply(tx.help()),
             "/list" => match rest.to_lowercase().as_str() {
                 "" => self.send(Request::List { all: false }),
                 "all" => self.send(Request::List { all: true }),
-                _ => self.reply("error: usage: /list [all]\n"),
+                _ => self.reply(tx.usage_list()),
             },
             "/whisper" | "/w" => match rest.split_once([' ', '\t']) {
                 Some((to, msg)) if !msg.trim().is_empty() => self.send(Request::Whisper {
                     to: to.to_string(),
                     text: msg.trim().to_string(),
                 }),
-                _ => self.reply("error: usage: /whisper USER TEXT\n"),
+                _ => self.reply(tx.usage_whisper()),
             },
             "/join" => {
                 if rest.is_empty() || rest.contains([' ', '\t']) {
-                    self.reply("error: usage: /join ROOM\n");
+                    self.reply(tx.usage_join());
                 } else if room_name(rest).is_none() {
-                    self.reply(&format!(
-                        "error: invalid room name {rest} (1-32 letters, digits, _ or -)\n"
-                    ));
+                    self.reply(&tx.invalid_room(rest, true));
                 } else {
                     self.send(Request::Join {
                         room: rest.to_string(),
@@ -670,7 +664,7 @@ impl Worker<'_> {
             "/kick" => {
                 let (user, reason) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
                 if user.is_empty() {
-                    self.reply("error: usage: /kick USER [REASON]\n");
+                    self.reply(tx.usage_kick());
                 } else {
                     self.send(Request::Kick {
                         user: user.to_string(),
@@ -678,12 +672,12 @@ impl Worker<'_> {
                     });
                 }
             }
-            _ => self.reply(&format!("error: unknown command {cmd} (try /help)\n")),
+            _ => self.reply(&tx.unknown_command(cmd)),
         }
     }
 
     fn quit(&mut self) {
-        self.reply("Bye.\n");
+        self.reply(self.config.texts.bye());
         self.leave();
     }
 
@@ -723,7 +717,7 @@ impl Worker<'_> {
                 Ok(None) => break,
                 Err(e) => {
                     log::error!("chat: {}: from the broker: {e}", self.who());
-                    self.say("error: internal error, disconnecting\n");
+                    self.say(self.config.texts.internal_error());
                     self.finish();
                     return;
                 }
@@ -743,29 +737,22 @@ impl Worker<'_> {
                 self.state = State::Chatting;
                 self.set_title();
                 if was == State::Restoring {
-                    self.say(&format!(
-                        "* chat service is back; you are in {}\n",
-                        self.room
-                    ));
+                    self.say(&self.config.texts.back(&self.room));
                 } else {
                     log::debug!("chat: {} logged in from {}", self.name, self.client.peer());
-                    self.say(&format!(
-                        "Welcome, {}! Type /help for commands, quit to leave.\n",
-                        self.name
-                    ));
+                    self.say(&self.config.texts.welcome(&self.name));
                 }
             }
             Event::Refused { reason } => {
                 self.registering_since = None;
                 if self.state == State::Restoring {
-                    self.say(&format!(
-                        "error: could not rejoin after the restart: {reason}\n"
-                    ));
+                    self.say(&self.config.texts.could_not_rejoin(&reason));
                     self.finish();
                 } else {
                     self.name.clear();
                     self.state = State::Name;
-                    self.say(&format!("error: {reason}\nUsername: "));
+                    self.say(&format!("error: {reason}\n"));
+                    self.say(self.config.texts.username_prompt());
                 }
             }
             Event::Text { text } => self.say(&text),
@@ -808,7 +795,7 @@ impl Worker<'_> {
         }
         let restoring = matches!(self.state, State::Chatting | State::Restoring);
         if restoring {
-            self.say("* chat service restarting\n");
+            self.say(self.config.texts.restarting());
         }
         log::debug!("chat: {}: broker connection lost; reconnecting", self.who());
         match connect_broker(self.config) {
@@ -818,7 +805,7 @@ impl Worker<'_> {
                     "chat: {}: broker unreachable after a restart: {e}",
                     self.who()
                 );
-                self.say("error: the chat service is unavailable, disconnecting\n");
+                self.say(self.config.texts.unavailable());
                 self.finish();
                 return;
             }
