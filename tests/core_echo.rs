@@ -34,15 +34,21 @@ fn echo_over_tcp_v4_v6_unix_path_and_abstract() {
     assert!(fs.addr(1).starts_with("tcp:[::1]:"));
 }
 
+/// Echo on a TCP port and a Unix socket in `dir`, with `extra` options.
+fn echo_on_tcp_and_unix(dir: &TempDir, extra: &[&str]) -> Forkserve {
+    forkserve()
+        .args(["echo", "-l", "tcp:127.0.0.1:0", "-l"])
+        .arg(format!("unix:{}", dir.path("e.sock").display()))
+        .args(extra)
+        .listeners(2)
+        .start()
+}
+
 #[test]
 fn echo_under_every_model() {
     for model in ["fork", "thread", "sequential", "prefork"] {
         let dir = TempDir::new("echo-model");
-        let fs = forkserve()
-            .args(["echo", "--model", model, "-l", "tcp:127.0.0.1:0", "-l"])
-            .arg(format!("unix:{}", dir.path("e.sock").display()))
-            .listeners(2)
-            .start();
+        let fs = echo_on_tcp_and_unix(&dir, &["--model", model]);
         echo_roundtrip(fs.addr(0));
         echo_roundtrip(fs.addr(1));
     }
@@ -127,11 +133,7 @@ fn echo_answers_each_chunk_without_waiting_for_a_newline() {
 #[test]
 fn nc_without_a_newline_gets_its_echo_at_once() {
     let dir = TempDir::new("echo-nc");
-    let fs = forkserve()
-        .args(["echo", "-l", "tcp:127.0.0.1:0", "-l"])
-        .arg(format!("unix:{}", dir.path("e.sock").display()))
-        .listeners(2)
-        .start();
+    let fs = echo_on_tcp_and_unix(&dir, &[]);
     for addr in [fs.addr(0), fs.addr(1)] {
         let mut nc = Nc::connect(addr);
         nc.send(b"hola");

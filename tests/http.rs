@@ -565,72 +565,62 @@ fn a_request_trickled_byte_by_byte_is_cut_at_the_idle_timeout() {
     trickle.join().unwrap();
 }
 
+/// Asserts that the body of `r` holds every one of `parts`.
+fn assert_body_has(r: &Resp, parts: &[&str]) {
+    for part in parts {
+        assert!(r.body.contains(part), "{part} in {}", r.body);
+    }
+}
+
 #[test]
 fn lang_es_shows_the_reference_pages_in_spanish() {
     let fs = start(&["--lang", "es"]);
     let addr = fs.addr(0);
     let home = get(addr, "/");
     assert_eq!(home.status, 200);
-    for part in [
-        "<title>Servidor Simple</title>",
-        "<h1>Bienvenido al Servidor Simple</h1>",
-        ">Hora del servidor</a>",
-        ">Información del servidor</a>",
-        "<a href=\"/echo/Hola%20Mundo\">Echo: Hola Mundo</a>",
-    ] {
-        assert!(home.body.contains(part), "{part} in {}", home.body);
-    }
-    let echo = get(addr, "/echo/Hola%20Mundo");
-    assert!(
-        echo.body
-            .contains("<p>Tu mensaje: <strong>Hola Mundo</strong></p>"),
-        "{}",
-        echo.body
+    assert_body_has(
+        &home,
+        &[
+            "<title>Servidor Simple</title>",
+            "<h1>Bienvenido al Servidor Simple</h1>",
+            ">Hora del servidor</a>",
+            ">Información del servidor</a>",
+            "<a href=\"/echo/Hola%20Mundo\">Echo: Hola Mundo</a>",
+        ],
     );
-    assert!(
-        echo.body.contains("<p>Longitud: 10 caracteres</p>"),
-        "{}",
-        echo.body
+    assert_body_has(
+        &get(addr, "/echo/Hola%20Mundo"),
+        &[
+            "<p>Tu mensaje: <strong>Hola Mundo</strong></p>",
+            "<p>Longitud: 10 caracteres</p>",
+        ],
     );
-    let info = get(addr, "/info");
-    assert!(
-        info.body.contains("<h1>Información del Servidor</h1>"),
-        "{}",
-        info.body
+    assert_body_has(
+        &get(addr, "/info"),
+        &["<h1>Información del Servidor</h1>", "<th>Cliente</th>"],
     );
-    assert!(info.body.contains("<th>Cliente</th>"), "{}", info.body);
     let missing = get(addr, "/nada");
     assert_error_page(&missing, 404);
-    assert!(
-        missing.body.contains("<title>404 - No Encontrado</title>"),
-        "{}",
-        missing.body
-    );
-    assert!(
-        missing.body.contains("<h1>404 - Página No Encontrada</h1>"),
-        "{}",
-        missing.body
-    );
-    assert!(
-        missing.body.contains("La página solicitada no existe."),
-        "{}",
-        missing.body
+    assert_body_has(
+        &missing,
+        &[
+            "<title>404 - No Encontrado</title>",
+            "<h1>404 - Página No Encontrada</h1>",
+            "La página solicitada no existe.",
+        ],
     );
     let post = one(
         addr,
         "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
     );
     assert_error_page(&post, 405);
-    assert!(post.body.contains("Método no permitido"), "{}", post.body);
+    assert_body_has(&post, &["Método no permitido"]);
     // The parser's refusals get the status's Spanish sentence.
     let bad = one(addr, "GET / HTTP/1.1\r\n\r\n");
     assert_error_page(&bad, 400);
-    assert!(
-        bad.body.contains("La petición está mal formada."),
-        "{}",
-        bad.body
-    );
+    assert_body_has(&bad, &["La petición está mal formada."]);
     // The wire stays HTTP: reason phrases and JSON keys do not change.
+    assert_eq!(bad.header("connection"), Some("close"));
     let time = get(addr, "/time");
     assert!(time.body.starts_with("{\"timestamp\":\""), "{}", time.body);
 }

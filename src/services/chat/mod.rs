@@ -232,7 +232,7 @@ pub fn service(
         history: opts.history,
         rate: opts.rate,
         ipc_path,
-        texts: Texts::new(lang),
+        texts: Texts { lang },
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);

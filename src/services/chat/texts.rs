@@ -31,10 +31,6 @@ pub struct Texts {
 }
 
 impl Texts {
-    pub fn new(lang: Lang) -> Texts {
-        Texts { lang }
-    }
-
     // Login.
 
     pub fn username_prompt(&self) -> &'static str {

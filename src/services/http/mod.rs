@@ -58,7 +58,7 @@ impl Http {
 
     /// Pages and error pages in `lang` (`--lang`).
     pub fn lang(mut self, lang: crate::services::Lang) -> Http {
-        self.texts = Texts::new(lang);
+        self.texts = Texts { lang };
         self
     }
 

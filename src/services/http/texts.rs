@@ -15,10 +15,6 @@ pub struct Texts {
 }
 
 impl Texts {
-    pub fn new(lang: Lang) -> Texts {
-        Texts { lang }
-    }
-
     /// The home page.
     pub fn home(&self) -> String {
         match self.lang {
