@@ -22,7 +22,7 @@ impl Time {
 
 /// The reply to every datagram.
 fn reply_text(lang: Lang, now: &str) -> String {
-    crate::lang_text!(lang, "Server time: {now}", "Hora del servidor: {now}")
+    lang_text!(lang, "Server time: {now}", "Hora del servidor: {now}")
 }
 
 impl DatagramHandler for Time {

@@ -76,7 +76,14 @@
 //! Line-based UTF-8 (socat, nc, telnet): `Username: `, then with `--users` a
 //! `Password: ` (three failures close the connection), then `Welcome, NAME! …`,
 //! the history of #lobby, and `* NAME joined #lobby` for the others. Commands:
-//! see [`HELP`]. `--room-limit` applies to rooms joined with `/join`, not to #lobby.
+//! see [`HELP`]; they ignore case (`QUIT`, `/JOIN`). `--room-limit` applies to rooms
+//! joined with `/join`, not to #lobby.
+//!
+//! A line ends at a newline, or when a partial line has had no more input for
+//! `PARTIAL_LINE_PAUSE` (200 ms, in `worker.rs`): clients that send a message without
+//! a newline (the reference's, nc fed by a program) work too. User names are
+//! Unicode, NFC, compared without case (`names.rs`); room names are ASCII. Every
+//! text users read is in `texts.rs`, in English and (`--lang es`) Spanish.
 //! Admins are the users marked `admin` in the users file and those named by
 //! `--admins` (without a users file, by name only: anyone may claim a name).
 //!

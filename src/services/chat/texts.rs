@@ -7,7 +7,6 @@
 
 use super::names::{MAX_CHARS, MAX_MARKS_IN_A_ROW, NameError};
 use super::{HELP, MAX_LINE};
-use crate::lang_text;
 use crate::services::Lang;
 
 /// What `/help` shows in Spanish.

@@ -5,7 +5,6 @@
 //! only what a person reads changes.
 
 use super::response::{HTML, Response, SERVER, escape_html, reason};
-use crate::lang_text;
 use crate::services::Lang;
 
 /// The texts of one language.
