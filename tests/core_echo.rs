@@ -155,3 +155,17 @@ fn time_in_spanish_with_lang_es() {
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(stamp.len(), 19, "{text}");
 }
+
+#[test]
+fn a_cut_off_character_goes_back_as_it_is_when_the_client_goes_silent() {
+    let fs = forkserve()
+        .args(["echo", "--idle-timeout", "0.3", "-l", "tcp:127.0.0.1:0"])
+        .start();
+    let mut c = Conn::connect(fs.addr(0));
+    c.write_all(b"caf\xC3").unwrap();
+    assert_eq!(read_n(&mut c, 3), b"CAF");
+    // No more bytes: at the idle timeout the held byte comes back, then the close.
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut c, &mut rest).unwrap();
+    assert_eq!(rest, b"\xC3");
+}

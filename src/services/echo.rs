@@ -4,7 +4,7 @@
 //! Valid UTF-8 is upper-cased the Unicode way (`straße` → `STRASSE`); bytes that are
 //! not UTF-8 come back unchanged. A character is never split: a UTF-8 sequence cut
 //! off at the end of a read waits for its remaining bytes, and goes back as it is if
-//! the client closes instead. Upper-casing is per character, so a line client gets
+//! the client closes or goes silent for the idle timeout instead. Upper-casing is per character, so a line client gets
 //! the same bytes whether its line arrives whole or in pieces.
 
 use std::io::{self, Read, Write};
@@ -57,7 +57,15 @@ impl StreamHandler for Echo {
         let mut out = Vec::new();
         let mut filled = 0;
         loop {
-            let n = conn.read(&mut buf[filled..])?;
+            let n = match conn.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The client stopped (idle timeout) inside a character: its
+                    // bytes go back as they are, like at the end of input.
+                    let _ = conn.write_all(&buf[..filled]);
+                    return Err(e);
+                }
+            };
             let eof = n == 0;
             filled += n;
             let ready = if eof {
