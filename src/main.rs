@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{chat, echo, files, http, models, time};
+use forkserve::services::{Lang, chat, echo, files, http, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -153,6 +153,9 @@ struct ServeOpts {
     /// Less log output (-q warnings, -qq errors)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     quiet: u8,
+    /// Language of the texts users read (time, chat, http, models): en, or es (the reference's Spanish)
+    #[arg(long, value_name = "LANG", default_value = "en", global = true)]
+    lang: Lang,
     #[command(flatten)]
     files: files::FilesOpts,
     #[command(flatten)]
@@ -188,7 +191,7 @@ const BUILTINS: &[Builtin] = &[
                 format!("unixgram:{}/time.sock", rt.display()),
             ]
         },
-        make: |_| Ok(Some(Service::datagram("time", time::Time))),
+        make: |o| Ok(Some(Service::datagram("time", time::Time::new(o.lang)))),
     },
     Builtin {
         name: "files",
@@ -208,7 +211,7 @@ const BUILTINS: &[Builtin] = &[
                 format!("unix:{}/chat.sock", rt.display()),
             ]
         },
-        make: |o| chat::service(&o.chat, o.user.as_deref()).map(Some),
+        make: |o| chat::service(&o.chat, o.user.as_deref(), o.lang).map(Some),
     },
     Builtin {
         name: "http",
@@ -219,7 +222,7 @@ const BUILTINS: &[Builtin] = &[
             ]
         },
         make: |o| {
-            let h = http::Http::new(o.http.max_requests_per_connection);
+            let h = http::Http::new(o.http.max_requests_per_connection).lang(o.lang);
             Ok(Some(
                 Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
             ))
@@ -228,17 +231,17 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "models-sequential",
         defaults: |rt| models::defaults("models-sequential", rt),
-        make: |_| Ok(Some(models::service("models-sequential"))),
+        make: |o| Ok(Some(models::service("models-sequential", o.lang))),
     },
     Builtin {
         name: "models-thread",
         defaults: |rt| models::defaults("models-thread", rt),
-        make: |_| Ok(Some(models::service("models-thread"))),
+        make: |o| Ok(Some(models::service("models-thread", o.lang))),
     },
     Builtin {
         name: "models-fork",
         defaults: |rt| models::defaults("models-fork", rt),
-        make: |_| Ok(Some(models::service("models-fork"))),
+        make: |o| Ok(Some(models::service("models-fork", o.lang))),
     },
 ];
 

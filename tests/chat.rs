@@ -523,13 +523,14 @@ fn duplicate_and_invalid_names_get_the_prompt_again() {
     c.send("ann");
     assert_eq!(c.line(), "error: name ann is taken");
     c.expect("Username: ");
-    for bad in ["a b", "x!", &"n".repeat(33), "ännchen"] {
+    let too_long = "n".repeat(33);
+    for (bad, why) in [
+        ("x!", "'!' not allowed (1-32 letters, digits, _ - or .)"),
+        (&too_long, "longer than 32 characters"),
+        ("-ann", "must start with a letter or a digit"),
+    ] {
         c.send(bad);
-        assert_eq!(
-            c.line(),
-            "error: invalid name (1-32 letters, digits, _ or -)",
-            "{bad}"
-        );
+        assert_eq!(c.line(), format!("error: invalid name: {why}"), "{bad}");
         c.expect("Username: ");
     }
     let longest = "N".repeat(32);
@@ -849,4 +850,160 @@ fn fanout_figures() {
     }
     let rss = status(broker).get("VmRSS").cloned().unwrap_or_default();
     println!("broker VmRSS: {rss101} with 101 clients, {rss} with 200 clients");
+}
+
+#[test]
+fn nc_clients_without_newlines_chat_beside_line_clients() {
+    let chat = Chat::start(&[]);
+    let mut ann = Client::login(&chat.tcp(), "ann");
+    // nc sends each piece as typed, without a newline (like the reference's
+    // clients, whose every send() is one message): a pause ends the line.
+    let mut bob = Nc::connect(&chat.tcp());
+    bob.expect("Username: ");
+    bob.send(b"bob");
+    bob.expect("Welcome, bob! Type /help for commands, quit to leave.\n");
+    assert_eq!(ann.line(), "* bob joined #lobby");
+    bob.send(b"hola");
+    assert_eq!(ann.line(), "[bob]: hola");
+    bob.expect("[bob]: hola\n");
+    let mut cat = Nc::connect(&chat.unix());
+    cat.expect("Username: ");
+    cat.send("Ñandú".as_bytes());
+    cat.expect("Welcome, Ñandú!");
+    assert_eq!(ann.line(), "* Ñandú joined #lobby");
+    bob.send(b"/whisper \xc3\xb1and\xc3\xba psst");
+    cat.expect("[private from bob]: psst\n");
+    // Several lines in one packet stay several messages.
+    ann.send_raw(b"uno\ndos\ntres\n");
+    for word in ["uno", "dos", "tres"] {
+        assert_eq!(ann.line(), format!("[ann]: {word}"));
+        bob.expect(&format!("[ann]: {word}\n"));
+    }
+    // A command without a newline, too.
+    cat.send(b"quit");
+    cat.expect("Bye.\n");
+    assert_eq!(ann.line(), "* Ñandú left the chat");
+}
+
+#[test]
+fn unicode_names_whisper_kick_and_compare_without_case() {
+    let chat = Chat::start(&["--admins", "ÑANDÚ"]);
+    let mut jose = Client::login(&chat.tcp(), "José");
+    let mut nandu = Client::login(&chat.unix(), "Ñandú");
+    assert_eq!(jose.line(), "* Ñandú joined #lobby");
+    // A space becomes `_`: names stay one word for /whisper and /kick.
+    let mut juan = Client::connect(&chat.tcp());
+    juan.expect("Username: ");
+    juan.send("Juan Pérez");
+    juan.expect("Welcome, Juan_Pérez! Type /help for commands, quit to leave.\n");
+    assert_eq!(jose.line(), "* Juan_Pérez joined #lobby");
+    assert_eq!(nandu.line(), "* Juan_Pérez joined #lobby");
+
+    jose.send("/whisper ñandú hola");
+    assert_eq!(nandu.line(), "[private from José]: hola");
+    assert_eq!(jose.line(), "[private to Ñandú]: hola");
+    // NFD spelling and another case reach the same user.
+    nandu.send("/w JOSE\u{301} qué tal");
+    assert_eq!(jose.line(), "[private from Ñandú]: qué tal");
+    assert_eq!(nandu.line(), "[private to José]: qué tal");
+
+    // One name, two spellings: the second is taken.
+    let mut other = Client::connect(&chat.tcp());
+    other.expect("Username: ");
+    other.send("jose\u{301}");
+    assert_eq!(other.line(), "error: name josé is taken");
+    other.expect("Username: ");
+    // A name spoofed with a right-to-left override, a Cyrillic lookalike, a
+    // fullwidth one: refused, each saying why.
+    other.send("ann\u{202E}nimda");
+    assert_eq!(
+        other.line(),
+        "error: invalid name: invisible, control, format or bidirectional character U+202E not allowed"
+    );
+    other.expect("Username: ");
+    other.send("p\u{430}co");
+    assert_eq!(
+        other.line(),
+        "error: invalid name: mixes letters of different scripts"
+    );
+    other.expect("Username: ");
+    other.send("ｊｏｓé");
+    assert!(other.line().contains("styled or fullwidth"));
+    other.expect("Username: ");
+
+    // --admins ÑANDÚ names Ñandú: /kick works with an accented, lower-cased name.
+    nandu.send("/kick juan_pérez bye");
+    assert_eq!(juan.line(), "* you were kicked by Ñandú: bye");
+    assert_eq!(juan.rest(), "");
+    assert_eq!(jose.line(), "* Juan_Pérez was kicked by Ñandú: bye");
+    jose.send("/list all");
+    assert_eq!(jose.line(), "* online (2): José (#lobby), Ñandú (#lobby)");
+}
+
+#[test]
+fn commands_ignore_case_like_the_reference() {
+    let chat = Chat::start(&[]);
+    let mut ann = Client::login(&chat.tcp(), "ann");
+    ann.send("/LIST");
+    assert_eq!(ann.line(), "* users in #lobby (1): ann");
+    ann.send("/List ALL");
+    assert_eq!(ann.line(), "* online (1): ann (#lobby)");
+    ann.send("/JOIN dev");
+    assert_eq!(ann.line(), "* you are now in #dev");
+    ann.send("/Leave");
+    assert_eq!(ann.line(), "* you are now in #lobby");
+    let mut bob = Client::login(&chat.unix(), "bob");
+    assert_eq!(ann.line(), "* bob joined #lobby");
+    bob.send("QUIT");
+    assert_eq!(bob.line(), "Bye.");
+    assert_eq!(bob.rest(), "");
+    assert_eq!(ann.line(), "* bob left the chat", "QUIT is not broadcast");
+    let mut cat = Client::connect(&chat.tcp());
+    cat.expect("Username: ");
+    cat.send("Quit");
+    assert_eq!(cat.line(), "Bye.");
+    assert_eq!(cat.rest(), "");
+}
+
+#[test]
+fn lang_es_speaks_the_reference_spanish() {
+    let chat = Chat::start(&["--lang", "es"]);
+    let login = |addr: &str, name: &str| {
+        let mut c = Client::connect(addr);
+        c.expect("Ingresa tu nombre de usuario: ");
+        c.send(name);
+        c.expect(&format!(
+            "Bienvenido al chat, {name}! Escribe 'quit' para salir, /help para ver los comandos.\n"
+        ));
+        c
+    };
+    let mut jose = login(&chat.tcp(), "José");
+    let mut nandu = login(&chat.unix(), "Ñandú");
+    assert_eq!(jose.line(), "* Ñandú se unió al chat (#lobby)");
+    jose.send("/whisper ñandú hola");
+    assert_eq!(nandu.line(), "[PRIVADO de José]: hola");
+    assert_eq!(jose.line(), "[PRIVADO para Ñandú]: hola");
+    jose.send("/whisper nadie hola");
+    assert_eq!(jose.line(), "Usuario 'nadie' no encontrado.");
+    jose.send("/whisper");
+    assert_eq!(jose.line(), "Uso: /whisper <usuario> <mensaje>");
+    jose.send("/list all");
+    assert_eq!(
+        jose.line(),
+        "Usuarios conectados (2): José (#lobby), Ñandú (#lobby)"
+    );
+    jose.send("/help");
+    assert_eq!(jose.line(), "comandos:");
+    jose.expect("  quit, /quit              salir\n");
+    let mut spoof = Client::connect(&chat.tcp());
+    spoof.expect("Ingresa tu nombre de usuario: ");
+    spoof.send("ann\u{202E}nimda");
+    assert_eq!(
+        spoof.line(),
+        "error: nombre no válido: carácter invisible, de control, de formato o bidireccional U+202E no permitido"
+    );
+    spoof.expect("Ingresa tu nombre de usuario: ");
+    nandu.send("QUIT");
+    assert_eq!(nandu.line(), "¡Adiós!");
+    assert_eq!(jose.line(), "* Ñandú abandonó el chat");
 }

@@ -564,3 +564,74 @@ fn a_request_trickled_byte_by_byte_is_cut_at_the_idle_timeout() {
     drop(reader);
     trickle.join().unwrap();
 }
+
+/// Asserts that the body of `r` holds every one of `parts`.
+fn assert_body_has(r: &Resp, parts: &[&str]) {
+    for part in parts {
+        assert!(r.body.contains(part), "{part} in {}", r.body);
+    }
+}
+
+#[test]
+fn lang_es_shows_the_reference_pages_in_spanish() {
+    let fs = start(&["--lang", "es"]);
+    let addr = fs.addr(0);
+    let home = get(addr, "/");
+    assert_eq!(home.status, 200);
+    assert_body_has(
+        &home,
+        &[
+            "<title>Servidor Simple</title>",
+            "<h1>Bienvenido al Servidor Simple</h1>",
+            ">Hora del servidor</a>",
+            ">Información del servidor</a>",
+            "<a href=\"/echo/Hola%20Mundo\">Echo: Hola Mundo</a>",
+        ],
+    );
+    assert_body_has(
+        &get(addr, "/echo/Hola%20Mundo"),
+        &[
+            "<p>Tu mensaje: <strong>Hola Mundo</strong></p>",
+            "<p>Longitud: 10 caracteres</p>",
+        ],
+    );
+    assert_body_has(
+        &get(addr, "/info"),
+        &["<h1>Información del Servidor</h1>", "<th>Cliente</th>"],
+    );
+    let missing = get(addr, "/nada");
+    assert_error_page(&missing, 404);
+    assert_body_has(
+        &missing,
+        &[
+            "<title>404 - No Encontrado</title>",
+            "<h1>404 - Página No Encontrada</h1>",
+            "La página solicitada no existe.",
+        ],
+    );
+    let post = one(
+        addr,
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_error_page(&post, 405);
+    assert_body_has(&post, &["Método no permitido"]);
+    // The parser's refusals get the status's Spanish sentence.
+    let bad = one(addr, "GET / HTTP/1.1\r\n\r\n");
+    assert_error_page(&bad, 400);
+    assert_body_has(&bad, &["La petición está mal formada."]);
+    // The wire stays HTTP: reason phrases and JSON keys do not change.
+    assert_eq!(bad.header("connection"), Some("close"));
+    let time = get(addr, "/time");
+    assert!(time.body.starts_with("{\"timestamp\":\""), "{}", time.body);
+}
+
+#[test]
+fn an_unknown_lang_is_a_usage_error() {
+    let out = Command::new(bin())
+        .args(["http", "--lang", "fr", "-l", "tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lang") && err.contains("es"), "{err}");
+}

@@ -26,13 +26,58 @@ fn field<'a>(reply: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {reply:?}"))
 }
 
+/// Connects, takes the report sent on connect, asks once more with a line, and
+/// returns the answer to the line.
 fn ask(addr: &str) -> String {
     let mut c = Conn::connect(addr);
+    let greeting = c.read_line().expect("a report on connect");
+    assert!(greeting.starts_with("model="), "{greeting}");
     c.write_all(b"go\n").unwrap();
     let line = c.read_line().expect("a reply");
     c.shutdown_write();
     assert_eq!(c.read_line(), None);
     line
+}
+
+#[test]
+fn the_report_comes_on_connect_like_telnet_shows_it_in_the_reference() {
+    let fs = start();
+    for (svc, model) in SERVICES.iter().zip(["sequential", "thread", "fork"]) {
+        // A client that only reads (telnet localhost 9001) gets the report at once.
+        let mut c = Conn::connect(&fs.addr_of(svc, "tcp"));
+        let first = c.read_line().expect("a report on connect");
+        assert_eq!(field(&first, "model"), model, "{first}");
+        assert_eq!(field(&first, "result"), "333283335000", "{first}");
+        // Lines sent later are answered as before, one line each.
+        c.write_all(b"again\nand again\n").unwrap();
+        for _ in 0..2 {
+            let r = c.read_line().expect("a reply per line");
+            assert_eq!(field(&r, "model"), model, "{r}");
+        }
+        c.shutdown_write();
+        assert_eq!(
+            c.read_line(),
+            None,
+            "{svc}: nothing more after the end of input"
+        );
+    }
+}
+
+#[test]
+fn forkserve_bench_still_measures_each_model() {
+    let fs = start();
+    for svc in SERVICES {
+        let out = std::process::Command::new(bin())
+            .args(["bench", "--connect", &fs.addr_of(svc, "tcp")])
+            .args(["-n", "12", "-c", "3", "--expect", "any", "--json"])
+            .output()
+            .unwrap();
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{svc}: {json}");
+        assert!(json.contains("\"requests\":12,"), "{svc}: {json}");
+        assert!(json.contains("\"connections\":12,"), "{svc}: {json}");
+        assert!(json.contains("\"total\":0"), "{svc}: {json}");
+    }
 }
 
 #[test]
@@ -122,4 +167,63 @@ fn a_bare_listen_address_is_refused_for_the_three_services() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SERVICE=ADDR"), "{err}");
+}
+
+#[test]
+fn lang_es_reports_in_the_reference_words_and_bench_still_measures() {
+    let mut b = forkserve().args(["models", "--lang", "es"]);
+    for s in SERVICES {
+        b = b.args(["-l", &format!("{s}=tcp:127.0.0.1:0")]);
+    }
+    let fs = b.listeners(3).start();
+    for (svc, model) in SERVICES.iter().zip(["sequential", "thread", "fork"]) {
+        let addr = fs.addr_of(svc, "tcp");
+        let mut c = Conn::connect(&addr);
+        let mut lines = Vec::new();
+        let last = if model == "fork" {
+            "Procesos activos: "
+        } else {
+            "Hilos activos: "
+        };
+        loop {
+            let l = c.read_line().expect("the report on connect");
+            let done = l.starts_with(last);
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            lines[0],
+            format!("Servidor: {svc} (modelo {model})"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("Hilo/Proceso: ") && lines[1].contains("(PID: "),
+            "{lines:?}"
+        );
+        assert!(lines[2].starts_with("Cliente: 127.0.0.1:"), "{lines:?}");
+        assert!(lines[3].starts_with("Tiempo de procesamiento: ") && lines[3].ends_with('s'));
+        assert_eq!(lines[4], "Resultado: 333283335000");
+        assert!(lines[5].starts_with("Hilos activos: "), "{lines:?}");
+        drop(c);
+        let out = std::process::Command::new(bin())
+            .args([
+                "bench",
+                "--connect",
+                &addr,
+                "-n",
+                "6",
+                "-c",
+                "2",
+                "--expect",
+                "any",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{svc}: {json}");
+        assert!(json.contains("\"requests\":6,"), "{svc}: {json}");
+    }
 }

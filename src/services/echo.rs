@@ -1,13 +1,17 @@
-//! Uppercase echo (reference example 4.1): every line a client sends comes back
-//! upper-cased until the client closes. Valid UTF-8 is upper-cased the Unicode way
-//! (`straße` → `STRASSE`); bytes that are not UTF-8 come back unchanged.
+//! Uppercase echo (reference example 4.1): whatever a client sends comes back
+//! upper-cased as soon as it arrives (like the reference, which answers every
+//! `recv()`: `hola` without a newline gets `HOLA` at once), until the client closes.
+//! Valid UTF-8 is upper-cased the Unicode way (`straße` → `STRASSE`); bytes that are
+//! not UTF-8 come back unchanged. A character is never split: a UTF-8 sequence cut
+//! off at the end of a read waits for its remaining bytes, and goes back as it is if
+//! the client closes or goes silent for the idle timeout instead. Upper-casing is per character, so a line client gets
+//! the same bytes whether its line arrives whole or in pieces.
 
 use std::io::{self, Read, Write};
 
 use crate::handler::{Connection, StreamHandler};
 
-/// Read buffer: lines are echoed as they complete; a longer line goes back in
-/// pieces of this size (cut between characters).
+/// Read buffer: what a read returns goes back at once (cut between characters).
 const BUF: usize = 4096;
 
 /// The uppercase echo handler.
@@ -53,17 +57,21 @@ impl StreamHandler for Echo {
         let mut out = Vec::new();
         let mut filled = 0;
         loop {
-            let n = conn.read(&mut buf[filled..])?;
+            let n = match conn.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The client stopped (idle timeout) inside a character: its
+                    // bytes go back as they are, like at the end of input.
+                    let _ = conn.write_all(&buf[..filled]);
+                    return Err(e);
+                }
+            };
             let eof = n == 0;
             filled += n;
             let ready = if eof {
                 filled
-            } else if let Some(last_nl) = buf[..filled].iter().rposition(|&b| b == b'\n') {
-                last_nl + 1
-            } else if filled == BUF {
-                complete_prefix(&buf[..filled])
             } else {
-                0
+                complete_prefix(&buf[..filled])
             };
             let region = &mut buf[..ready];
             if region.is_ascii() {

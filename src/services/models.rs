@@ -1,9 +1,9 @@
 //! The concurrency-model demonstration (reference example 5.1): one handler served
 //! three ways at once, `models-sequential` (127.0.0.1:9001), `models-thread` (9002)
 //! and `models-fork` (9003), so the difference shows with a few `nc` or
-//! `forkserve bench`. For each line a client sends (or once, if it sends none before
-//! closing its side) the handler computes the sum of i*i for i in 0..10000 and
-//! answers one line:
+//! `forkserve bench`. As soon as a client connects (as the reference does: `telnet
+//! localhost 9001` shows the report at once), and again for each line it sends, the
+//! handler computes the sum of i*i for i in 0..10000 and answers one line:
 //!
 //! ```text
 //! model=fork pid=4242 thread=main client=127.0.0.1:50312 time=41.2us result=333283335000 workers=3
@@ -14,11 +14,26 @@
 //! `forkserve: models-fork worker …`, read from /proc); `threads=N` under thread,
 //! the server process's thread count (from /proc/self/status, the accept thread
 //! included); `workers=1` under sequential.
+//!
+//! With `--lang es` the report is the reference's, in its words, one field a line
+//! (`Hilos activos` is this process's thread count; under fork a last line
+//! `Procesos activos: N` counts the worker processes):
+//!
+//! ```text
+//! Servidor: models-fork (modelo fork)
+//! Hilo/Proceso: main (PID: 4242)
+//! Cliente: 127.0.0.1:50312
+//! Tiempo de procesamiento: 0.0000s
+//! Resultado: 333283335000
+//! Hilos activos: 1
+//! Procesos activos: 3
+//! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::Lang;
 use crate::handler::{Connection, Model, StreamHandler};
 use crate::server::Service;
 
@@ -50,15 +65,19 @@ pub fn defaults(service: &str, runtime_dir: &Path) -> Vec<String> {
     ]
 }
 
-/// The service `name` (one of [`SERVICES`]) with its model and idle timeout set.
-pub fn service(name: &str) -> Service {
-    Service::stream(name, Reference)
+/// The service `name` (one of [`SERVICES`]) with its model and idle timeout set,
+/// reporting in `lang`.
+pub fn service(name: &str, lang: Lang) -> Service {
+    Service::stream(name, Reference { lang })
         .model(fixed_model(name).unwrap_or(Model::Fork))
         .idle_timeout(Some(DEFAULT_IDLE_TIMEOUT))
 }
 
 /// The reference handler.
-pub struct Reference;
+#[derive(Default)]
+pub struct Reference {
+    pub lang: Lang,
+}
 
 /// The reference workload: sum of i*i for i in 0..10000.
 pub fn workload() -> u64 {
@@ -69,49 +88,98 @@ impl StreamHandler for Reference {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
         let mut reader = BufReader::new(conn.stream().try_clone()?);
         let mut line = Vec::with_capacity(128);
-        let mut answered = false;
         loop {
-            line.clear();
-            let n = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
-            if n == 0 && answered {
-                return Ok(());
-            }
-            let reply = answer(conn);
+            let reply = answer(conn, self.lang);
             conn.write_all(reply.as_bytes())?;
-            answered = true;
-            if n == 0 {
+            line.clear();
+            if (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)? == 0 {
                 return Ok(());
             }
         }
     }
 }
 
-/// Computes the workload and describes who computed it.
-fn answer(conn: &Connection) -> String {
+/// What one report says.
+struct Report {
+    model: Model,
+    service: String,
+    thread: String,
+    client: String,
+    took: Duration,
+    result: u64,
+}
+
+/// Computes the workload and describes who computed it, in `lang`.
+fn answer(conn: &Connection, lang: Lang) -> String {
     let started = Instant::now();
     let result = workload();
     let took = started.elapsed();
     let ctx = conn.context();
-    let thread = std::thread::current();
-    let client = conn.peer().to_string().replace(' ', ",");
-    let live = match ctx.model {
-        Model::Thread => format!(
-            "threads={}",
-            own_threads().map_or("?".into(), |n| n.to_string())
-        ),
-        Model::Sequential => "workers=1".to_string(),
-        Model::Fork | Model::Prefork => format!(
-            "workers={}",
-            sibling_workers(&ctx.service).map_or("?".into(), |n| n.to_string())
-        ),
+    let report = Report {
+        model: ctx.model,
+        service: ctx.service.clone(),
+        thread: std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string(),
+        client: conn.peer().to_string().replace(' ', ","),
+        took,
+        result,
     };
-    format!(
-        "model={} pid={} thread={} client={client} time={:.1}us result={result} {live}\n",
-        ctx.model,
-        std::process::id(),
-        thread.name().unwrap_or("unnamed"),
-        took.as_secs_f64() * 1e6,
-    )
+    match lang {
+        Lang::En => report.line(),
+        Lang::Es => report.reference_block(),
+    }
+}
+
+/// A count for a report: `?` when /proc could not tell.
+fn count(n: Option<usize>) -> String {
+    n.map_or("?".into(), |n| n.to_string())
+}
+
+impl Report {
+    /// `model=… pid=… thread=… client=… time=…us result=… workers=N|threads=N`.
+    fn line(&self) -> String {
+        let live = match self.model {
+            Model::Thread => format!("threads={}", count(own_threads())),
+            Model::Sequential => "workers=1".to_string(),
+            Model::Fork | Model::Prefork => {
+                format!("workers={}", count(sibling_workers(&self.service)))
+            }
+        };
+        format!(
+            "model={} pid={} thread={} client={} time={:.1}us result={} {live}\n",
+            self.model,
+            std::process::id(),
+            self.thread,
+            self.client,
+            self.took.as_secs_f64() * 1e6,
+            self.result,
+        )
+    }
+
+    /// The reference's report (example 5.1), in its Spanish, one field a line.
+    fn reference_block(&self) -> String {
+        let mut out = format!(
+            "Servidor: {} (modelo {})\nHilo/Proceso: {} (PID: {})\nCliente: {}\n\
+             Tiempo de procesamiento: {:.4}s\nResultado: {}\nHilos activos: {}\n",
+            self.service,
+            self.model,
+            self.thread,
+            std::process::id(),
+            self.client,
+            self.took.as_secs_f64(),
+            self.result,
+            count(own_threads()),
+        );
+        if matches!(self.model, Model::Fork | Model::Prefork) {
+            out.push_str(&format!(
+                "Procesos activos: {}\n",
+                count(sibling_workers(&self.service))
+            ));
+        }
+        out
+    }
 }
 
 /// Threads of this process, from /proc/self/status.

@@ -463,3 +463,92 @@ pub fn datagram_roundtrip(addr: &str, msg: &[u8], dir: &Path) -> Vec<u8> {
     }
     buf
 }
+
+/// `nc` (netcat-openbsd) as an interactive client: what the test writes to its stdin
+/// goes out as it is (no newline added: `nc` sends whatever it reads), and its
+/// stdout is collected by a thread. Killed by PID when dropped.
+pub struct Nc {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    /// How much of `out` the test has consumed with [`Nc::expect`].
+    seen: usize,
+}
+
+impl Nc {
+    /// Connects to `tcp:HOST:PORT` or `unix:PATH`.
+    pub fn connect(addr: &str) -> Nc {
+        let mut cmd = Command::new("nc");
+        if let Some(a) = addr.strip_prefix("tcp:") {
+            let (host, port) = a.rsplit_once(':').expect("tcp:HOST:PORT");
+            cmd.args([host.trim_matches(['[', ']']), port]);
+        } else if let Some(p) = addr.strip_prefix("unix:") {
+            cmd.args(["-U", p]);
+        } else {
+            panic!("nc: not a stream address: {addr}");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nc (netcat-openbsd)");
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("nc stdout");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        });
+        Nc {
+            child,
+            stdin,
+            out,
+            seen: 0,
+        }
+    }
+
+    /// Writes `bytes` to nc's stdin, which sends them in one go.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("nc stdin open");
+        stdin.write_all(bytes).expect("write to nc");
+        stdin.flush().expect("flush nc stdin");
+    }
+
+    /// Waits until `needle` arrives after what was already expected; returns the
+    /// output up to and including it.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let start = self.seen;
+        let end = wait_until(&format!("nc output {needle:?}"), || {
+            let out = self.out.lock().unwrap();
+            out[start..]
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .map(|p| start + p + needle.len())
+        });
+        self.seen = end;
+        String::from_utf8_lossy(&self.out.lock().unwrap()[start..end]).into_owned()
+    }
+
+    /// Everything nc has printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for Nc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        // SAFETY: kill(2) on the pid of the nc this test started.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}

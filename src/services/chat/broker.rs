@@ -17,7 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, LOBBY, room_name, valid_name};
+use super::{Config, LOBBY, name_key, room_name, valid_user_name};
 use crate::proctitle;
 
 /// Bytes of unsent events a worker may have queued before it is dropped.
@@ -49,9 +49,49 @@ impl Conn {
 }
 
 struct User {
+    /// The name as the user spelled it (NFC).
+    name: String,
     conn: usize,
     room: String,
     admin: bool,
+}
+
+/// Who is online, looked up by name case-insensitively (by [`name_key`]).
+#[derive(Default)]
+struct Online(HashMap<String, User>);
+
+impl Online {
+    fn get(&self, name: &str) -> Option<&User> {
+        self.0.get(&name_key(name))
+    }
+    fn get_mut(&mut self, name: &str) -> Option<&mut User> {
+        self.0.get_mut(&name_key(name))
+    }
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    fn insert(&mut self, user: User) {
+        self.0.insert(name_key(&user.name), user);
+    }
+    fn remove(&mut self, name: &str) -> Option<User> {
+        self.0.remove(&name_key(name))
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Everyone, sorted by name.
+    fn sorted(&self) -> Vec<&User> {
+        let mut all: Vec<&User> = self.0.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+impl<Q: AsRef<str> + ?Sized> std::ops::Index<&Q> for Online {
+    type Output = User;
+    fn index(&self, name: &Q) -> &User {
+        self.get(name.as_ref()).expect("user is online")
+    }
 }
 
 #[derive(Default)]
@@ -66,7 +106,7 @@ struct Broker<'a> {
     /// Bound by this broker when it found the socket file gone.
     own_listener: Option<UnixListener>,
     conns: Vec<Option<Conn>>,
-    users: HashMap<String, User>,
+    users: Online,
     rooms: BTreeMap<String, Room>,
     uid: u32,
     /// Connections whose queue overflowed while handling the current request.
@@ -93,7 +133,7 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         listener,
         own_listener: None,
         conns: Vec::new(),
-        users: HashMap::new(),
+        users: Online::default(),
         rooms: BTreeMap::new(),
         uid: nix::unistd::getuid().as_raw(),
         overflowed: Vec::new(),
@@ -325,7 +365,7 @@ impl Broker<'_> {
             return;
         };
         if let Some(name) = c.user {
-            let notice = notice.unwrap_or_else(|| format!("* {name} left the chat\n"));
+            let notice = notice.unwrap_or_else(|| self.config.texts.left_chat(&name));
             self.remove_user(&name, Some(notice));
         }
     }
@@ -424,18 +464,12 @@ impl Broker<'_> {
             // Keep the rest of a frame that is partly written, so framing holds.
             let keep = frame_bounds(&c.out, c.sent).1;
             c.out.truncate(keep);
-            let why = format!(
-                "error: disconnected: you fell too far behind (more than {} KiB of chat unread)\n",
-                MAX_QUEUED / 1024
-            );
+            let why = self.config.texts.fell_behind(MAX_QUEUED / 1024);
             Event::Close { text: why }.encode(&mut c.out);
             c.closing = true;
             if let Some(name) = c.user.take() {
                 log::warn!("chat broker: dropped {name}: more than {MAX_QUEUED} bytes queued");
-                self.remove_user(
-                    &name,
-                    Some(format!("* {name} was dropped (too far behind)\n")),
-                );
+                self.remove_user(&name, Some(self.config.texts.was_dropped(&name)));
             }
         }
     }
@@ -444,7 +478,7 @@ impl Broker<'_> {
     fn user_of(&mut self, i: usize) -> Option<String> {
         let name = self.conns[i].as_ref().and_then(|c| c.user.clone());
         if name.is_none() {
-            self.send(i, &text("error: not logged in\n".into()));
+            self.send(i, &text(self.config.texts.not_logged_in().into()));
         }
         name
     }
@@ -460,7 +494,7 @@ impl Broker<'_> {
             Request::Say { text: t } => {
                 let Some(me) = self.user_of(i) else { return };
                 let room = self.users[&me].room.clone();
-                let line = format!("[{me}]: {t}\n");
+                let line = self.config.texts.said(&me, &t);
                 if self.config.history > 0
                     && let Some(r) = self.rooms.get_mut(&room)
                 {
@@ -473,18 +507,18 @@ impl Broker<'_> {
             }
             Request::Whisper { to, text: t } => {
                 let Some(me) = self.user_of(i) else { return };
-                if self.users.contains_key(&to) {
-                    self.send_user(&to, &text(format!("[private from {me}]: {t}\n")));
-                    self.send(i, &text(format!("[private to {to}]: {t}\n")));
+                if let Some(to) = self.users.get(&to).map(|u| u.name.clone()) {
+                    self.send_user(&to, &text(self.config.texts.private_from(&me, &t)));
+                    self.send(i, &text(self.config.texts.private_to(&to, &t)));
                 } else {
-                    self.send(i, &text(format!("error: no user {to}\n")));
+                    self.send(i, &text(self.config.texts.no_user(&to)));
                 }
             }
             Request::Join { room } => {
                 let Some(me) = self.user_of(i) else { return };
                 match room_name(&room) {
                     Some(r) => self.join(i, &me, r),
-                    None => self.send(i, &text(format!("error: invalid room name {room}\n"))),
+                    None => self.send(i, &text(self.config.texts.invalid_room(&room, false))),
                 }
             }
             Request::Leave => {
@@ -494,13 +528,13 @@ impl Broker<'_> {
             Request::List { all } => {
                 let Some(me) = self.user_of(i) else { return };
                 let line = if all {
-                    let mut names: Vec<&String> = self.users.keys().collect();
-                    names.sort();
-                    let list: Vec<String> = names
+                    let list: Vec<String> = self
+                        .users
+                        .sorted()
                         .iter()
-                        .map(|n| format!("{n} ({})", self.users[*n].room))
+                        .map(|u| format!("{} ({})", u.name, u.room))
                         .collect();
-                    format!("* online ({}): {}\n", list.len(), list.join(", "))
+                    self.config.texts.online(list.len(), &list.join(", "))
                 } else {
                     let room = &self.users[&me].room;
                     let members: Vec<&str> = self.rooms[room]
@@ -508,11 +542,9 @@ impl Broker<'_> {
                         .iter()
                         .map(String::as_str)
                         .collect();
-                    format!(
-                        "* users in {room} ({}): {}\n",
-                        members.len(),
-                        members.join(", ")
-                    )
+                    self.config
+                        .texts
+                        .users_in(room, members.len(), &members.join(", "))
                 };
                 self.send(i, &text(line));
             }
@@ -528,20 +560,20 @@ impl Broker<'_> {
                     .collect();
                 self.send(
                     i,
-                    &text(format!("* rooms ({}): {}\n", list.len(), list.join(", "))),
+                    &text(self.config.texts.rooms(list.len(), &list.join(", "))),
                 );
             }
             Request::Kick { user, reason } => {
                 let Some(me) = self.user_of(i) else { return };
                 if !self.users[&me].admin {
-                    self.send(i, &text("error: not allowed\n".into()));
+                    self.send(i, &text(self.config.texts.not_allowed().into()));
                     return;
                 }
                 let Some(target) = self.users.get(&user) else {
-                    self.send(i, &text(format!("error: no user {user}\n")));
+                    self.send(i, &text(self.config.texts.no_user(&user)));
                     return;
                 };
-                let (tconn, troom) = (target.conn, target.room.clone());
+                let (tconn, troom, user) = (target.conn, target.room.clone(), target.name.clone());
                 let why = if reason.is_empty() {
                     String::new()
                 } else {
@@ -550,14 +582,14 @@ impl Broker<'_> {
                 self.send(
                     tconn,
                     &Event::Close {
-                        text: format!("* you were kicked by {me}{why}\n"),
+                        text: self.config.texts.you_were_kicked(&me, &why),
                     },
                 );
                 if let Some(c) = self.conns[tconn].as_mut() {
                     c.closing = true;
                     c.user = None;
                 }
-                let notice = format!("* {user} was kicked by {me}{why}\n");
+                let notice = self.config.texts.was_kicked(&user, &me, &why);
                 self.remove_user(&user, Some(notice.clone()));
                 if self.users.get(&me).is_some_and(|u| u.room != troom) {
                     self.send(i, &text(notice));
@@ -578,7 +610,8 @@ impl Broker<'_> {
                 };
                 c.closing = true;
                 if let Some(me) = c.user.take() {
-                    self.remove_user(&me, Some(format!("* {me} left the chat\n")));
+                    let notice = self.config.texts.left_chat(&me);
+                    self.remove_user(&me, Some(notice));
                 }
             }
         }
@@ -586,14 +619,14 @@ impl Broker<'_> {
 
     fn register(&mut self, i: usize, name: String, room: String, admin: bool, restore: bool) {
         if self.conns[i].as_ref().is_some_and(|c| c.user.is_some()) {
-            self.send(i, &text("error: already logged in\n".into()));
+            self.send(i, &text(self.config.texts.already_logged_in().into()));
             return;
         }
-        if !valid_name(&name) {
+        if !valid_user_name(&name) {
             self.send(
                 i,
                 &Event::Refused {
-                    reason: "invalid name (1-32 letters, digits, _ or -)".into(),
+                    reason: self.config.texts.invalid_name_short(),
                 },
             );
             return;
@@ -602,7 +635,7 @@ impl Broker<'_> {
             self.send(
                 i,
                 &Event::Refused {
-                    reason: format!("name {name} is taken"),
+                    reason: self.config.texts.name_taken(&name),
                 },
             );
             return;
@@ -611,14 +644,12 @@ impl Broker<'_> {
             Some(r) if restore && self.make_room(&r) => r,
             _ => LOBBY.to_string(),
         };
-        self.users.insert(
-            name.clone(),
-            User {
-                conn: i,
-                room: room.clone(),
-                admin,
-            },
-        );
+        self.users.insert(User {
+            name: name.clone(),
+            conn: i,
+            room: room.clone(),
+            admin,
+        });
         self.rooms
             .get_mut(&room)
             .expect("room exists")
@@ -633,7 +664,8 @@ impl Broker<'_> {
             return;
         }
         self.send_history(i, &room);
-        self.tell_room(&room, &format!("* {name} joined {room}\n"), Some(&name));
+        let notice = self.config.texts.joined_chat(&name, &room);
+        self.tell_room(&room, &notice, Some(&name));
     }
 
     fn send_history(&mut self, i: usize, room: &str) {
@@ -673,7 +705,7 @@ impl Broker<'_> {
     fn join(&mut self, i: usize, me: &str, room: String) {
         let old = self.users[me].room.clone();
         if old == room {
-            self.send(i, &text(format!("error: you are already in {room}\n")));
+            self.send(i, &text(self.config.texts.already_in(&room)));
             return;
         }
         if room != LOBBY
@@ -683,15 +715,15 @@ impl Broker<'_> {
                 .get(&room)
                 .is_some_and(|r| r.members.len() >= limit)
         {
-            self.send(i, &text(format!("error: room {room} is full ({limit})\n")));
+            self.send(i, &text(self.config.texts.room_full(&room, limit)));
             return;
         }
         if !self.make_room(&room) {
-            self.send(i, &text("error: too many rooms\n".into()));
+            self.send(i, &text(self.config.texts.too_many_rooms().into()));
             return;
         }
         self.leave_room(me, &old);
-        self.tell_room(&old, &format!("* {me} left {old}\n"), None);
+        self.tell_room(&old, &self.config.texts.left_room(me, &old), None);
         self.rooms
             .get_mut(&room)
             .expect("room exists")
@@ -701,9 +733,9 @@ impl Broker<'_> {
             u.room = room.clone();
         }
         self.send(i, &Event::Moved { room: room.clone() });
-        self.send(i, &text(format!("* you are now in {room}\n")));
+        self.send(i, &text(self.config.texts.now_in(&room)));
         self.send_history(i, &room);
-        self.tell_room(&room, &format!("* {me} joined {room}\n"), Some(me));
+        self.tell_room(&room, &self.config.texts.joined_room(me, &room), Some(me));
     }
 
     /// Takes `name` out of `room`, forgetting the room if nothing is left of it.
@@ -721,7 +753,7 @@ impl Broker<'_> {
         let Some(u) = self.users.remove(name) else {
             return;
         };
-        self.leave_room(name, &u.room);
+        self.leave_room(&u.name, &u.room);
         if let Some(n) = notice {
             self.tell_room(&u.room, &n, None);
         }

@@ -76,7 +76,14 @@
 //! Line-based UTF-8 (socat, nc, telnet): `Username: `, then with `--users` a
 //! `Password: ` (three failures close the connection), then `Welcome, NAME! …`,
 //! the history of #lobby, and `* NAME joined #lobby` for the others. Commands:
-//! see [`HELP`]. `--room-limit` applies to rooms joined with `/join`, not to #lobby.
+//! see [`HELP`]; they ignore case (`QUIT`, `/JOIN`). `--room-limit` applies to rooms
+//! joined with `/join`, not to #lobby.
+//!
+//! A line ends at a newline, or when a partial line has had no more input for
+//! `PARTIAL_LINE_PAUSE` (200 ms, in `worker.rs`): clients that send a message without
+//! a newline (the reference's, nc fed by a program) work too. User names are
+//! Unicode, NFC, compared without case (`names.rs`); room names are ASCII. Every
+//! text users read is in `texts.rs`, in English and (`--lang es`) Spanish.
 //! Admins are the users marked `admin` in the users file and those named by
 //! `--admins` (without a users file, by name only: anyone may claim a name).
 //!
@@ -84,7 +91,9 @@
 //! systemd `Accept=yes` (one process per connection, no companion).
 
 mod broker;
+mod names;
 mod protocol;
+mod texts;
 mod users;
 mod worker;
 
@@ -99,6 +108,8 @@ use crate::handler::{Connection, StreamHandler};
 use crate::server::{Companion, Error, Service};
 
 pub use broker::MAX_QUEUED;
+pub use names::{NameError, name_key, user_name, valid_user_name};
+pub use texts::Texts;
 pub use users::{Users, hash_password};
 
 /// The room every user starts in.
@@ -145,16 +156,20 @@ pub struct ChatOpts {
 #[derive(Debug)]
 pub struct Config {
     pub users: Option<Users>,
+    /// The admins named by `--admins`, as [`name_key`]s.
     pub admins: Vec<String>,
     pub room_limit: Option<usize>,
     pub history: usize,
     pub rate: u32,
     /// The broker's IPC socket.
     pub ipc_path: PathBuf,
+    /// What users read, in the language of `--lang`.
+    pub texts: Texts,
 }
 
-/// True for a valid user or room name: 1-32 letters, digits, `_`, `-`.
-pub fn valid_name(name: &str) -> bool {
+/// True for a valid room name (without its `#`): 1-32 ASCII letters, digits, `_`,
+/// `-`. User names are wider: see [`user_name`].
+pub fn valid_room(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .chars()
@@ -164,7 +179,7 @@ pub fn valid_name(name: &str) -> bool {
 /// `dev` or `#dev` → `#dev`; None for an invalid room name.
 pub fn room_name(arg: &str) -> Option<String> {
     let bare = arg.strip_prefix('#').unwrap_or(arg);
-    valid_name(bare).then(|| format!("#{bare}"))
+    valid_room(bare).then(|| format!("#{bare}"))
 }
 
 /// The chat handler: each connection is served by the worker loop (`worker.rs`).
@@ -181,8 +196,12 @@ impl StreamHandler for Chat {
 /// Builds the chat service: loads the users file, binds the broker's IPC socket and
 /// attaches the broker. Call in the master, before [`Server::run`](crate::Server::run).
 /// `run_as`: the user the server will drop privileges to (`--user`), who must own
-/// the IPC directory.
-pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> {
+/// the IPC directory; `lang`: the language of the texts users read.
+pub fn service(
+    opts: &ChatOpts,
+    run_as: Option<&str>,
+    lang: crate::services::Lang,
+) -> Result<Service, Error> {
     let users = match &opts.users {
         Some(p) => {
             let u = Users::load(p).map_err(|e| Error::new(Error::CONFIG, e))?;
@@ -196,13 +215,11 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
         }
         None => None,
     };
+    let mut admins = Vec::new();
     for a in &opts.admins {
-        if !valid_name(a) {
-            return Err(Error::new(
-                Error::USAGE,
-                format!("--admins: invalid name '{a}'"),
-            ));
-        }
+        let name = user_name(a)
+            .map_err(|e| Error::new(Error::USAGE, format!("--admins: invalid name '{a}': {e}")))?;
+        admins.push(name_key(&name));
     }
     if opts.rate == 0 {
         return Err(Error::new(
@@ -217,11 +234,12 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
     }
     let config = Arc::new(Config {
         users,
-        admins: opts.admins.clone(),
+        admins,
         room_limit: opts.room_limit,
         history: opts.history,
         rate: opts.rate,
         ipc_path,
+        texts: Texts { lang },
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
@@ -292,17 +310,16 @@ fn remove_stale_ipc_dirs(rt: &Path) {
 /// `forkserve chat-passwd [NAME]`: reads a password from stdin (echo off on a
 /// terminal) and prints its Argon2id PHC hash, or a users-file line `NAME:HASH`.
 pub fn chat_passwd(name: Option<&str>, admin: bool) -> Result<String, String> {
-    if let Some(n) = name
-        && !valid_name(n)
-    {
-        return Err(format!("invalid name '{n}' (1-32 letters, digits, _ or -)"));
-    }
+    let name = match name {
+        Some(n) => Some(user_name(n).map_err(|e| format!("invalid name '{n}': {e}"))?),
+        None => None,
+    };
     let password = read_password()?;
     if password.is_empty() {
         return Err("empty password".into());
     }
     let hash = hash_password(&password)?;
-    Ok(match name {
+    Ok(match name.as_deref() {
         Some(n) if admin => format!("{n}:{hash}:admin"),
         Some(n) => format!("{n}:{hash}"),
         None => hash,
@@ -336,12 +353,12 @@ mod tests {
 
     #[test]
     fn names_and_rooms() {
-        assert!(valid_name("ann_B-3"));
-        assert!(valid_name(&"x".repeat(32)));
-        assert!(!valid_name(&"x".repeat(33)));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name("ännchen"));
+        assert!(valid_room("ann_B-3"));
+        assert!(valid_room(&"x".repeat(32)));
+        assert!(!valid_room(&"x".repeat(33)));
+        assert!(!valid_room(""));
+        assert!(!valid_room("a b"));
+        assert!(!valid_room("ännchen"));
         assert_eq!(room_name("dev").as_deref(), Some("#dev"));
         assert_eq!(room_name("#dev").as_deref(), Some("#dev"));
         assert_eq!(room_name("#"), None);

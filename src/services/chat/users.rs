@@ -2,8 +2,8 @@
 //!
 //! One user per line, `NAME:HASH` or `NAME:HASH:admin`; blank lines and lines
 //! starting with `#` are ignored. `HASH` is a PHC string (`$argon2id$v=19$…`) as
-//! printed by `forkserve chat-passwd`. Names follow the chat's name rules (1-32
-//! letters, digits, `_`, `-`).
+//! printed by `forkserve chat-passwd`. Names follow the chat's name rules (see
+//! `names.rs`) and are looked up case-insensitively, like names in the chat.
 //!
 //! ```text
 //! # forkserve chat users
@@ -28,6 +28,7 @@ pub struct UserEntry {
 /// The users allowed to join, with their password hashes.
 #[derive(Debug, Clone, Default)]
 pub struct Users {
+    /// By [`name_key`](super::name_key).
     users: HashMap<String, UserEntry>,
     /// A hash checked for unknown names, so they take as long as known ones.
     decoy: Option<String>,
@@ -65,11 +66,8 @@ impl Users {
             if parts.next().is_some() {
                 return Err(format!("line {n}: expected NAME:HASH or NAME:HASH:admin"));
             }
-            if !super::valid_name(name) {
-                return Err(format!(
-                    "line {n}: invalid name '{name}' (1-32 letters, digits, _ or -)"
-                ));
-            }
+            let name = super::user_name(name)
+                .map_err(|e| format!("line {n}: invalid name '{name}': {e}"))?;
             if PasswordHash::new(hash).is_err() {
                 return Err(format!(
                     "line {n}: '{name}' has no valid password hash (make one with `forkserve chat-passwd`)"
@@ -77,7 +75,7 @@ impl Users {
             }
             if users
                 .insert(
-                    name.to_string(),
+                    super::name_key(&name),
                     UserEntry {
                         hash: hash.to_string(),
                         admin,
@@ -105,7 +103,7 @@ impl Users {
     /// Checks a password. `Some(admin)` when `name` is listed and the password is
     /// right; unknown names cost a hash check too, and fail.
     pub fn check(&self, name: &str, password: &str) -> Option<bool> {
-        match self.users.get(name) {
+        match self.users.get(&super::name_key(name)) {
             Some(u) => verify(password, &u.hash).then_some(u.admin),
             None => {
                 if let Some(d) = &self.decoy {
@@ -146,6 +144,11 @@ mod tests {
         assert_eq!(users.len(), 2);
         assert_eq!(users.check("ann", "s3cret"), Some(true));
         assert_eq!(users.check("bob", "s3cret"), Some(false));
+        assert_eq!(
+            users.check("BOB", "s3cret"),
+            Some(false),
+            "names ignore case"
+        );
         assert_eq!(users.check("bob", "wrong"), None);
         assert_eq!(users.check("eve", "s3cret"), None);
     }
@@ -154,7 +157,7 @@ mod tests {
     fn bad_lines_are_named() {
         assert!(Users::parse("ann\n").unwrap_err().contains("line 1"));
         assert!(
-            Users::parse("a b:$x\n")
+            Users::parse("a/b:$x\n")
                 .unwrap_err()
                 .contains("invalid name")
         );

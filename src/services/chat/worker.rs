@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, HELP, LOBBY, MAX_LINE, room_name, valid_name};
+use super::{Config, LOBBY, MAX_LINE, name_key, room_name, user_name};
 use crate::handler::{Connection, Model};
 use crate::proctitle;
 
@@ -27,6 +27,10 @@ const LINGER: Duration = Duration::from_secs(5);
 
 /// How long a worker waits for the broker to answer a registration.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A partial line (no newline yet) the client leaves alone this long is taken as a
+/// line: nc-style clients and the reference material's send each message without one.
+pub const PARTIAL_LINE_PAUSE: Duration = Duration::from_millis(200);
 
 /// Failed logins before the connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
@@ -164,12 +168,12 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
                 "chat: cannot reach the broker at {}: {e}",
                 config.ipc_path.display()
             );
-            w.say("error: the chat service is unavailable, try again later\n");
+            w.say(config.texts.unavailable_try_later());
             w.finish();
         }
     }
     if w.done.is_none() {
-        w.say("Username: ");
+        w.say(config.texts.username_prompt());
     }
     w.run()
 }
@@ -253,12 +257,12 @@ impl Worker<'_> {
                     self.who()
                 );
                 self.registering_since = None;
-                self.say("error: the chat service is not answering, disconnecting\n");
+                self.say(self.config.texts.not_answering());
                 self.finish();
                 continue;
             }
             if self.idle_expired() {
-                self.say("error: idle timeout, disconnecting\n");
+                self.say(self.config.texts.idle_timeout());
                 self.finish();
                 continue;
             }
@@ -272,6 +276,7 @@ impl Worker<'_> {
             if ipc_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 self.read_ipc(&mut buf);
             }
+            self.take_paused_line();
             self.handle_input();
         }
     }
@@ -285,6 +290,7 @@ impl Worker<'_> {
         } else {
             self.config_idle().map(|idle| self.last_input + idle)
         };
+        let until = earliest(until, self.partial_line_due());
         match until {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -437,6 +443,20 @@ impl Worker<'_> {
         }
     }
 
+    /// When a partial line will have waited [`PARTIAL_LINE_PAUSE`] since the last input.
+    fn partial_line_due(&self) -> Option<Instant> {
+        (!self.client_in.is_empty() && !self.discarding && !self.client_eof)
+            .then(|| self.last_input + PARTIAL_LINE_PAUSE)
+    }
+
+    /// Takes a partial line the client has paused after as a whole line.
+    fn take_paused_line(&mut self) {
+        if self.partial_line_due().is_some_and(|t| Instant::now() >= t) {
+            let line = std::mem::take(&mut self.client_in);
+            self.lines.push_back(line_or_too_long(line));
+        }
+    }
+
     /// Handles complete client lines while the state allows, and the end of input.
     fn handle_input(&mut self) {
         while self.state.takes_input() && self.done.is_none() {
@@ -473,19 +493,14 @@ impl Worker<'_> {
 
     fn handle_line(&mut self, input: Input) {
         let Input::Line(raw) = input else {
-            self.reply(&format!(
-                "error: line too long (max {MAX_LINE} bytes), ignored\n"
-            ));
+            self.reply(&self.config.texts.line_too_long());
             self.reprompt();
             return;
         };
         match self.rate.check(Instant::now()) {
             Verdict::Ok => {}
             Verdict::Warn => {
-                self.reply(&format!(
-                    "warning: more than {} lines a second; slow down or you will be disconnected\n",
-                    self.config.rate
-                ));
+                self.reply(&self.config.texts.rate_warning(self.config.rate));
                 return;
             }
             Verdict::Disconnect => {
@@ -494,16 +509,13 @@ impl Worker<'_> {
                     self.who(),
                     self.config.rate
                 );
-                self.reply(&format!(
-                    "error: more than {} lines a second, disconnecting\n",
-                    self.config.rate
-                ));
+                self.reply(&self.config.texts.rate_disconnect(self.config.rate));
                 self.leave();
                 return;
             }
         }
         let Ok(text) = std::str::from_utf8(&raw) else {
-            self.reply("error: invalid UTF-8, line ignored\n");
+            self.reply(self.config.texts.invalid_utf8());
             self.reprompt();
             return;
         };
@@ -522,32 +534,38 @@ impl Worker<'_> {
     /// Shows the prompt again after an error at a prompt.
     fn reprompt(&mut self) {
         match self.state {
-            State::Name => self.say("Username: "),
-            State::Password => self.say("Password: "),
+            State::Name => self.say(self.config.texts.username_prompt()),
+            State::Password => self.say(self.config.texts.password_prompt()),
             _ => {}
         }
     }
 
     fn take_name(&mut self, name: &str) {
+        let t = self.config.texts;
         if name.is_empty() {
-            self.say("Username: ");
+            self.say(t.username_prompt());
             return;
         }
-        if name == "quit" || name == "/quit" {
-            self.say("Bye.\n");
+        if is_quit(name) {
+            self.say(t.bye());
             self.finish();
             return;
         }
-        if !valid_name(name) {
-            self.say("error: invalid name (1-32 letters, digits, _ or -)\nUsername: ");
-            return;
-        }
-        self.name = name.to_string();
+        let name = match user_name(name) {
+            Ok(n) => n,
+            Err(e) => {
+                log::info!("chat: {}: name refused: {e}", self.client.peer());
+                self.say(&t.invalid_name(&e));
+                self.say(t.username_prompt());
+                return;
+            }
+        };
+        self.name = name;
         if self.config.users.is_some() {
             self.state = State::Password;
-            self.say("Password: ");
+            self.say(t.password_prompt());
         } else {
-            self.admin = self.config.admins.iter().any(|a| a == name);
+            self.admin = self.config.admins.contains(&name_key(&self.name));
             self.register(false);
         }
     }
@@ -558,7 +576,7 @@ impl Worker<'_> {
         };
         match users.check(&self.name, password) {
             Some(admin) => {
-                self.admin = admin || self.config.admins.contains(&self.name);
+                self.admin = admin || self.config.admins.contains(&name_key(&self.name));
                 self.register(false);
             }
             None => {
@@ -571,11 +589,12 @@ impl Worker<'_> {
                 );
                 self.name.clear();
                 if self.failures >= MAX_LOGIN_FAILURES {
-                    self.say("error: login incorrect; too many failures, disconnecting\n");
+                    self.say(self.config.texts.too_many_failures());
                     self.finish();
                 } else {
                     self.state = State::Name;
-                    self.say("error: login incorrect\nUsername: ");
+                    self.say(self.config.texts.login_incorrect());
+                    self.say(self.config.texts.username_prompt());
                 }
             }
         }
@@ -597,11 +616,12 @@ impl Worker<'_> {
     }
 
     fn command(&mut self, line: &str) {
+        let tx = self.config.texts;
         let t = line.trim();
         if t.is_empty() {
             return;
         }
-        if t == "quit" {
+        if is_quit(t) {
             self.quit();
             return;
         }
@@ -613,28 +633,26 @@ impl Worker<'_> {
         }
         let (cmd, rest) = t.split_once([' ', '\t']).unwrap_or((t, ""));
         let rest = rest.trim();
-        match cmd {
+        match cmd.to_lowercase().as_str() {
             "/quit" => self.quit(),
-            "/help" => self.reply(HELP),
-            "/list" => match rest {
+            "/help" => self.reply(tx.help()),
+            "/list" => match rest.to_lowercase().as_str() {
                 "" => self.send(Request::List { all: false }),
                 "all" => self.send(Request::List { all: true }),
-                _ => self.reply("error: usage: /list [all]\n"),
+                _ => self.reply(tx.usage_list()),
             },
             "/whisper" | "/w" => match rest.split_once([' ', '\t']) {
                 Some((to, msg)) if !msg.trim().is_empty() => self.send(Request::Whisper {
                     to: to.to_string(),
                     text: msg.trim().to_string(),
                 }),
-                _ => self.reply("error: usage: /whisper USER TEXT\n"),
+                _ => self.reply(tx.usage_whisper()),
             },
             "/join" => {
                 if rest.is_empty() || rest.contains([' ', '\t']) {
-                    self.reply("error: usage: /join ROOM\n");
+                    self.reply(tx.usage_join());
                 } else if room_name(rest).is_none() {
-                    self.reply(&format!(
-                        "error: invalid room name {rest} (1-32 letters, digits, _ or -)\n"
-                    ));
+                    self.reply(&tx.invalid_room(rest, true));
                 } else {
                     self.send(Request::Join {
                         room: rest.to_string(),
@@ -646,7 +664,7 @@ impl Worker<'_> {
             "/kick" => {
                 let (user, reason) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
                 if user.is_empty() {
-                    self.reply("error: usage: /kick USER [REASON]\n");
+                    self.reply(tx.usage_kick());
                 } else {
                     self.send(Request::Kick {
                         user: user.to_string(),
@@ -654,12 +672,12 @@ impl Worker<'_> {
                     });
                 }
             }
-            _ => self.reply(&format!("error: unknown command {cmd} (try /help)\n")),
+            _ => self.reply(&tx.unknown_command(cmd)),
         }
     }
 
     fn quit(&mut self) {
-        self.reply("Bye.\n");
+        self.reply(self.config.texts.bye());
         self.leave();
     }
 
@@ -699,7 +717,7 @@ impl Worker<'_> {
                 Ok(None) => break,
                 Err(e) => {
                     log::error!("chat: {}: from the broker: {e}", self.who());
-                    self.say("error: internal error, disconnecting\n");
+                    self.say(self.config.texts.internal_error());
                     self.finish();
                     return;
                 }
@@ -719,29 +737,22 @@ impl Worker<'_> {
                 self.state = State::Chatting;
                 self.set_title();
                 if was == State::Restoring {
-                    self.say(&format!(
-                        "* chat service is back; you are in {}\n",
-                        self.room
-                    ));
+                    self.say(&self.config.texts.back(&self.room));
                 } else {
                     log::debug!("chat: {} logged in from {}", self.name, self.client.peer());
-                    self.say(&format!(
-                        "Welcome, {}! Type /help for commands, quit to leave.\n",
-                        self.name
-                    ));
+                    self.say(&self.config.texts.welcome(&self.name));
                 }
             }
             Event::Refused { reason } => {
                 self.registering_since = None;
                 if self.state == State::Restoring {
-                    self.say(&format!(
-                        "error: could not rejoin after the restart: {reason}\n"
-                    ));
+                    self.say(&self.config.texts.could_not_rejoin(&reason));
                     self.finish();
                 } else {
                     self.name.clear();
                     self.state = State::Name;
-                    self.say(&format!("error: {reason}\nUsername: "));
+                    self.say(&format!("error: {reason}\n"));
+                    self.say(self.config.texts.username_prompt());
                 }
             }
             Event::Text { text } => self.say(&text),
@@ -784,7 +795,7 @@ impl Worker<'_> {
         }
         let restoring = matches!(self.state, State::Chatting | State::Restoring);
         if restoring {
-            self.say("* chat service restarting\n");
+            self.say(self.config.texts.restarting());
         }
         log::debug!("chat: {}: broker connection lost; reconnecting", self.who());
         match connect_broker(self.config) {
@@ -794,7 +805,7 @@ impl Worker<'_> {
                     "chat: {}: broker unreachable after a restart: {e}",
                     self.who()
                 );
-                self.say("error: the chat service is unavailable, disconnecting\n");
+                self.say(self.config.texts.unavailable());
                 self.finish();
                 return;
             }
@@ -804,6 +815,19 @@ impl Worker<'_> {
             State::Registering => self.register(false),
             _ => {}
         }
+    }
+}
+
+/// `quit` or `/quit`, in any case (the reference compares `message.lower()`).
+fn is_quit(line: &str) -> bool {
+    line.eq_ignore_ascii_case("quit") || line.eq_ignore_ascii_case("/quit")
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod conditional;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod texts;
 
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::handler::{Connection, StreamHandler};
 use request::{Failure, HttpError, Input, Request};
 use response::Response;
+use texts::Texts;
 
 pub use response::escape_html;
 pub use routes::percent_decode;
@@ -42,6 +44,7 @@ pub type Router = dyn Fn(&Request, &routes::Env<'_>) -> Response + Send + Sync;
 pub struct Http {
     max_requests: u64,
     router: Box<Router>,
+    texts: Texts,
 }
 
 impl Http {
@@ -50,7 +53,14 @@ impl Http {
         Http {
             max_requests: max_requests_per_connection.max(1),
             router: Box::new(routes::respond),
+            texts: Texts::default(),
         }
+    }
+
+    /// Pages and error pages in `lang` (`--lang`).
+    pub fn lang(mut self, lang: crate::services::Lang) -> Http {
+        self.texts = Texts { lang };
+        self
     }
 
     /// The same connection loop answering with `router` instead of the http
@@ -95,8 +105,8 @@ fn send(
 /// connection gently: half-close, and read what the client still sends for a
 /// moment, so the kernel does not reset the connection (and lose the page) over
 /// unread request bytes.
-fn refuse(conn: &mut Connection, e: &HttpError) -> io::Result<()> {
-    let resp = Response::error(e.status, &e.detail);
+fn refuse(conn: &mut Connection, e: &HttpError, texts: Texts) -> io::Result<()> {
+    let resp = texts.protocol_error(e.status, &e.detail);
     send(conn, &e.line, &resp, false, false)?;
     linger(conn);
     Ok(())
@@ -124,17 +134,19 @@ fn linger(conn: &mut Connection) {
     }
 }
 
-fn timed_out(conn: &mut Connection, idle: Option<Duration>, line: &str) -> io::Result<()> {
+fn timed_out(
+    conn: &mut Connection,
+    idle: Option<Duration>,
+    line: &str,
+    texts: Texts,
+) -> io::Result<()> {
     let secs = idle.map_or(0.0, |d| d.as_secs_f64());
     log::info!(
         "{}: {}: request not complete within the idle timeout ({secs}s); closing",
         conn.context().service,
         conn.peer()
     );
-    let resp = Response::error(
-        408,
-        &format!("The request did not arrive within {secs} seconds."),
-    );
+    let resp = texts.error(408, &texts.timed_out(secs));
     // Everything the client sent has been read: nothing to linger for.
     send(conn, line, &resp, false, false)
 }
@@ -150,8 +162,8 @@ impl StreamHandler for Http {
             let req = match input.read_head(conn, idle) {
                 Ok(r) => r,
                 Err(Failure::Closed) => return Ok(()),
-                Err(Failure::TimedOut) => return timed_out(conn, idle, ""),
-                Err(Failure::Http(e)) => return refuse(conn, &e),
+                Err(Failure::TimedOut) => return timed_out(conn, idle, "", self.texts),
+                Err(Failure::Http(e)) => return refuse(conn, &e, self.texts),
                 Err(Failure::Io(e)) => return Err(e),
             };
             served += 1;
@@ -162,24 +174,22 @@ impl StreamHandler for Http {
             match input.discard_body(conn, req.body, idle) {
                 Ok(()) => {}
                 Err(Failure::Closed) => return Ok(()),
-                Err(Failure::TimedOut) => return timed_out(conn, idle, &line),
+                Err(Failure::TimedOut) => return timed_out(conn, idle, &line, self.texts),
                 Err(Failure::Http(mut e)) => {
                     e.line = line;
-                    return refuse(conn, &e);
+                    return refuse(conn, &e, self.texts);
                 }
                 Err(Failure::Io(e)) => return Err(e),
             }
             let env = routes::Env {
                 context: conn.context(),
                 peer: conn.peer(),
+                texts: self.texts,
             };
             let (resp, failed) = match catch_unwind(AssertUnwindSafe(|| (self.router)(&req, &env)))
             {
                 Ok(resp) => (resp, false),
-                Err(_) => (
-                    Response::error(500, "The server failed to handle this request."),
-                    true,
-                ),
+                Err(_) => (self.texts.error(500, &self.texts.failed()), true),
             };
             let keep = req.keep_alive() && served < self.max_requests && !failed;
             send(conn, &line, &resp, keep, req.method == "HEAD")?;

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::conditional::{self, strong_etag};
 use super::request::Request;
 use super::response::{Response, SERVER, escape_html};
+use super::texts::Texts;
 use crate::handler::Context;
 use crate::peer::Peer;
 
@@ -13,15 +14,15 @@ use crate::peer::Peer;
 pub struct Env<'a> {
     pub context: &'a Context,
     pub peer: &'a Peer,
+    /// The texts of the language the service was started with (`--lang`).
+    pub texts: Texts,
 }
 
 /// The response to `req`: a page, or 404 / 405 / 400.
 pub fn respond(req: &Request, env: &Env<'_>) -> Response {
+    let texts = env.texts;
     if percent_decode(&req.path).is_none() {
-        return Response::error(
-            400,
-            "Bad percent-encoding in the path: % must be followed by two hex digits.",
-        );
+        return texts.error(400, &texts.bad_percent());
     }
     let route = match req.path.as_str() {
         "/" => Route::Home,
@@ -32,21 +33,16 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
         p if p.starts_with("/echo/") => Route::Echo(&p["/echo/".len()..]),
         p => {
             let shown = percent_decode(p).map(|b| String::from_utf8_lossy(&b).into_owned());
-            return Response::error(
-                404,
-                &format!("Nothing is at {}.", shown.as_deref().unwrap_or(p)),
-            );
+            return texts.error(404, &texts.not_found(shown.as_deref().unwrap_or(p)));
         }
     };
     if req.method != "GET" && req.method != "HEAD" {
-        return Response::error(
-            405,
-            &format!("{} is not allowed here; use GET or HEAD.", req.method),
-        )
-        .header("Allow", "GET, HEAD");
+        return texts
+            .error(405, &texts.method_not_allowed(&req.method))
+            .header("Allow", "GET, HEAD");
     }
     let resp = match route {
-        Route::Home | Route::Server => home(),
+        Route::Home | Route::Server => home(texts),
         // Changes every second and has no validator: stale at once, and never
         // served stale (must-revalidate), even by a cache cut off from us. This
         // is what no-cache means here; no-cache without a validator is flagged by
@@ -54,7 +50,7 @@ pub fn respond(req: &Request, env: &Env<'_>) -> Response {
         Route::Time => Response::json(&json!({ "timestamp": crate::local_datetime() }))
             .header("Cache-Control", "max-age=0, must-revalidate"),
         Route::Info => info(req, env),
-        Route::Echo(raw) => echo(raw),
+        Route::Echo(raw) => echo(raw, texts),
     };
     conditional::evaluate(req, resp)
 }
@@ -73,8 +69,8 @@ enum Route<'a> {
 /// The home page: the same bytes for the life of a binary, so it carries a
 /// strong ETag, the executable's modification time as Last-Modified, a short
 /// max-age, and serves byte ranges.
-fn home() -> Response {
-    let page = home_page();
+fn home(texts: Texts) -> Response {
+    let page = texts.home();
     let etag = strong_etag(page.as_bytes());
     let mut resp = Response::html(page)
         .header("Cache-Control", format!("max-age={HOME_MAX_AGE}"))
@@ -91,17 +87,6 @@ fn binary_mtime() -> Option<i64> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(std::env::current_exe().ok()?).ok()?;
     Some(meta.mtime().min(crate::unix_now()))
-}
-
-fn home_page() -> String {
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve</title></head>\n<body>\n\
-         <h1>forkserve</h1>\n<p>A process-per-connection server. Try:</p>\n<ul>\n\
-         <li><a href=\"/time\">/time</a>: the server time, as JSON</li>\n\
-         <li><a href=\"/info\">/info</a>: this server, this worker and you (JSON with <code>Accept: application/json</code>)</li>\n\
-         <li><a href=\"/echo/hello%20world\">/echo/hello world</a>: your text back</li>\n\
-         </ul>\n<hr><address>{SERVER}</address>\n</body></html>\n"
-    )
 }
 
 fn info(req: &Request, env: &Env<'_>) -> Response {
@@ -121,14 +106,15 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
         .header("Vary", "Accept")
         .header("Cache-Control", "no-store");
     }
-    let rows = [
-        ("Server", SERVER.to_string()),
-        ("Service", env.context.service.clone()),
-        ("Worker pid", pid.to_string()),
-        ("Model", model.to_string()),
-        ("Client", client),
-        ("Local address", env.context.local.clone()),
+    let values = [
+        SERVER.to_string(),
+        env.context.service.clone(),
+        pid.to_string(),
+        model.to_string(),
+        client,
+        env.context.local.clone(),
     ];
+    let rows = env.texts.info_labels().into_iter().zip(values);
     let mut table = String::new();
     for (k, v) in rows {
         table.push_str(&format!(
@@ -136,33 +122,22 @@ fn info(req: &Request, env: &Env<'_>) -> Response {
             escape_html(&v)
         ));
     }
-    Response::html(format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: info</title></head>\n<body>\n\
-         <h1>Server info</h1>\n<table>\n{table}</table>\n<p><a href=\"/\">home</a></p>\n</body></html>\n"
-    ))
-    .header("Vary", "Accept")
-    // It names this client and this worker: no cache may keep it (no-store
-    // alone: `private` beside it is overridden, and flagged as conflicting).
-    .header("Cache-Control", "no-store")
+    Response::html(env.texts.info_page(&table))
+        .header("Vary", "Accept")
+        // It names this client and this worker: no cache may keep it (no-store
+        // alone: `private` beside it is overridden, and flagged as conflicting).
+        .header("Cache-Control", "no-store")
 }
 
-fn echo(raw: &str) -> Response {
+fn echo(raw: &str, texts: Texts) -> Response {
     let Some(bytes) = percent_decode(raw) else {
-        return Response::error(
-            400,
-            "Bad percent-encoding in the path: % must be followed by two hex digits.",
-        );
+        return texts.error(400, &texts.bad_percent());
     };
     let Ok(text) = String::from_utf8(bytes) else {
-        return Response::error(400, "The decoded text is not UTF-8.");
+        return texts.error(400, &texts.not_utf8());
     };
     let n = text.chars().count();
-    let page = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>forkserve: echo</title></head>\n<body>\n\
-         <h1>Echo</h1>\n<p>You said: <strong>{}</strong></p>\n<p>Length: {n} characters</p>\n\
-         <p><a href=\"/\">home</a></p>\n</body></html>\n",
-        escape_html(&text)
-    );
+    let page = texts.echo_page(&escape_html(&text), n);
     // The same text always gives the same page, so an ETag makes a cache's
     // revalidation (no-cache: ask every time) a cheap 304.
     let etag = strong_etag(page.as_bytes());
