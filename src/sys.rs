@@ -146,6 +146,14 @@ pub fn default_signal(sig: i32) {
     }
 }
 
+/// The signals Rust's runtime catches in every process (its stack-overflow guard).
+/// A forked child puts them back to the default: a SIGSEGV sent to a worker then
+/// ends it as SIGSEGV, instead of being swallowed by a handler that only knows
+/// about guard pages (and that interrupts the system call it lands in). SIGPIPE,
+/// which the runtime ignores rather than catches, stays ignored: writes to a gone
+/// peer return EPIPE, which the handlers expect.
+pub const RUNTIME_SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGBUS];
+
 /// A set of blocked signals (a signal mask).
 #[derive(Clone, Copy)]
 pub struct SigMask(libc::sigset_t);

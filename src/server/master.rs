@@ -729,19 +729,19 @@ impl Master {
                 );
                 if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
+                } else if r.status.success() {
+                    // A planned exit (a prefork worker recycled after
+                    // --max-requests) is no failure: replaced at once, and the
+                    // back-off is left as it was.
+                    log::info!("{what} exited after {life:.1}s; replacing it");
+                    svc.slots[slot].1.due = Some(Instant::now());
                 } else {
                     let delay = svc.slots[slot].1.schedule(r.lifetime);
-                    if r.status.success() {
-                        // A prefork worker recycled after --max-requests.
-                        log::info!("{what} exited after {life:.1}s; replacing it");
-                        svc.slots[slot].1.due = Some(Instant::now());
-                    } else {
-                        log::warn!(
-                            "{what} {} after {life:.1}s; restarting in {:.1}s",
-                            r.status,
-                            delay.as_secs_f64()
-                        );
-                    }
+                    log::warn!(
+                        "{what} {} after {life:.1}s; restarting in {:.1}s",
+                        r.status,
+                        delay.as_secs_f64()
+                    );
                 }
             }
             Role::Companion { service, index } => {
