@@ -1,5 +1,6 @@
 //! Binding listeners before the first fork: socket options, the listen backlog, stale
-//! Unix socket files, socket file modes, and sockets inherited from systemd.
+//! Unix socket files, socket file modes, and sockets inherited from systemd. Also
+//! [`AcceptErrors`], what every accept loop does when accept(2) fails.
 
 use std::fs;
 use std::io;
@@ -7,8 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::addr::{ListenAddr, UnixPath};
+use crate::logging::RateLimitedLog;
 use crate::sys;
 
 /// A bound socket, ready to accept connections or receive datagrams.
@@ -335,4 +338,71 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The first pause after accept(2) fails for want of a resource.
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between attempts while accept(2) keeps failing.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// What an accept loop (the master's, a server process's, the chat broker's) does
+/// when accept(2) fails. A failure that will repeat at once (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM, or anything unexpected) must not be retried at once: the
+/// listener stays readable, so the loop would spin and log without end. It pauses
+/// accepting instead (100 ms, doubling to 1 s while failures go on) and logs at
+/// most one line a second. A connection that went away before it was accepted
+/// (ECONNABORTED, EPROTO) or an interrupted call is no reason to pause.
+#[derive(Debug)]
+pub struct AcceptErrors {
+    pause: Duration,
+    log: RateLimitedLog,
+}
+
+impl Default for AcceptErrors {
+    fn default() -> AcceptErrors {
+        AcceptErrors {
+            pause: FIRST_ACCEPT_PAUSE,
+            log: RateLimitedLog::default(),
+        }
+    }
+}
+
+impl AcceptErrors {
+    /// After an accept of `what` (a service name) on `addr` failed with `e`: how
+    /// long to stop accepting, or `None` to go on. Logs (rate-limited) when it
+    /// pauses.
+    pub fn on_error(
+        &mut self,
+        what: &str,
+        addr: &dyn std::fmt::Display,
+        e: &io::Error,
+    ) -> Option<Duration> {
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => None,
+            Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
+                log::debug!("{what}: accept on {addr}: {e}");
+                None
+            }
+            _ => {
+                let pause = self.pause;
+                self.pause = (self.pause * 2).min(MAX_ACCEPT_PAUSE);
+                self.log.log(|n| {
+                    log::error!(
+                        "{what}: accept on {addr}: {e}; pausing accepts for {} ms{}",
+                        pause.as_millis(),
+                        RateLimitedLog::more(n)
+                    )
+                });
+                Some(pause)
+            }
+        }
+    }
+
+    /// After an accept succeeded: the next failure pauses briefly again.
+    pub fn on_success(&mut self) {
+        if self.pause != FIRST_ACCEPT_PAUSE {
+            self.pause = FIRST_ACCEPT_PAUSE;
+        }
+    }
 }

@@ -7,19 +7,18 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::children::{Backoff, Children, RateLimitedLog, Reaped, Role, SourceCounts};
+use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
+use super::pending::Pending;
 use super::signals::Signals;
-use super::{Error, Handler, Server, Service, fork, worker};
+use super::{Error, Server, Service, fork};
 use crate::addr::ListenAddr;
 use crate::handler::{Context, Model};
+use crate::listener::AcceptErrors;
 use crate::listener::Listener;
+use crate::logging::RateLimitedLog;
 use crate::proctitle;
 use crate::sys::{self, ExitStatus, Forked};
 use crate::systemd::{self, Notifier, PassedFd};
-
-/// How many connections (or datagrams) one wake-up may take from one listener
-/// before the loop looks at signals and the other listeners again.
-const ACCEPT_BATCH: usize = 64;
 
 /// Poll slots before the listeners: the signal pipe and the SIGCHLD signalfd.
 const FIRST_LISTENER: usize = 2;
@@ -37,7 +36,7 @@ pub(crate) struct Svc {
     pub sources: SourceCounts,
     pub slots: Vec<(Option<i32>, Backoff)>,
     pub companions: Vec<(Option<i32>, Backoff)>,
-    refusals: RateLimitedLog,
+    pub refusals: RateLimitedLog,
     pub served: u64,
     title_prefix: String,
 }
@@ -80,16 +79,19 @@ pub(crate) struct Master {
     pub notifier: Notifier,
     drain_timeout: Duration,
     shutdown: Option<Shutdown>,
-    title_dirty: bool,
+    pub title_dirty: bool,
     title: String,
     last_title: Instant,
     pollfds: Vec<sys::PollFd>,
     pollmap: Vec<(usize, usize)>,
     pub dgram_buf: Vec<u8>,
-    accept_paused_until: Option<Instant>,
+    pub accept_paused_until: Option<Instant>,
+    pub accept_errors: AcceptErrors,
+    pub pending: Pending,
+    pub fork_failures: RateLimitedLog,
     last_status: Option<Instant>,
     last_watchdog: Instant,
-    served_total: u64,
+    pub served_total: u64,
 }
 
 /// Entry point of [`Server::run`].
@@ -133,6 +135,9 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         pollmap: Vec::new(),
         dgram_buf: Vec::with_capacity(65536),
         accept_paused_until: None,
+        accept_errors: AcceptErrors::default(),
+        pending: Pending::default(),
+        fork_failures: RateLimitedLog::default(),
         last_status: None,
         last_watchdog: Instant::now(),
         served_total: 0,
@@ -383,7 +388,8 @@ impl Master {
 
     /// Closes, in a child, every descriptor of the master it must not keep: every
     /// listener (except those of `keep_service`), the signal pipe, the notify
-    /// socket, and companion fds (except those of companion `keep_companion`).
+    /// socket, connections waiting for a fork, and companion fds (except those of
+    /// companion `keep_companion`).
     /// Allocates nothing: a worker should touch as few pages as it can.
     pub fn close_inherited(
         &self,
@@ -394,6 +400,9 @@ impl Master {
             sys::close_fd(fd);
         }
         if let Some(fd) = self.notifier.raw_fd() {
+            sys::close_fd(fd);
+        }
+        for fd in self.pending.raw_fds() {
             sys::close_fd(fd);
         }
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -441,7 +450,7 @@ impl Master {
                 }
             }
             self.run_timers();
-            if self.shutdown.is_some() && self.children.is_empty() {
+            if self.shutdown.is_some() && self.children.is_empty() && self.pending.is_empty() {
                 return;
             }
         }
@@ -456,7 +465,8 @@ impl Master {
             self.signals.chld_fd().unwrap_or(-1),
             sys::POLLIN,
         ));
-        if self.shutdown.is_some() {
+        // While forks fail, accepted connections wait: accept no more.
+        if self.shutdown.is_some() || !self.pending.is_empty() {
             return;
         }
         if let Some(t) = self.accept_paused_until {
@@ -492,6 +502,9 @@ impl Master {
             }
         }
         if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(t) = self.pending.due() {
             consider(t);
         }
         if self.title_dirty {
@@ -571,6 +584,7 @@ impl Master {
 
     fn stop_now(&mut self, why: &str) {
         log::info!("{why}: stopping now");
+        self.drop_pending();
         if self.shutdown.is_none() {
             self.notifier.notify("STOPPING=1");
             self.close_listeners();
@@ -606,6 +620,9 @@ impl Master {
 
     fn run_timers(&mut self) {
         let now = Instant::now();
+        if !self.pending.is_empty() {
+            self.retry_pending(now);
+        }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
                 for c in 0..self.svcs[i].companions.len() {
@@ -659,6 +676,13 @@ impl Master {
         let Some(sd) = &mut self.shutdown else {
             return;
         };
+        if now >= sd.deadline && !self.pending.is_empty() {
+            self.drop_pending();
+            return;
+        }
+        let Some(sd) = &mut self.shutdown else {
+            return;
+        };
         let not_companion = |r: &Role| !matches!(r, Role::Companion { .. });
         let serving = self.children.count_where(not_companion);
         if serving > 0 {
@@ -706,8 +730,7 @@ impl Master {
             Role::Worker { service, peer } => {
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
-                svc.sources
-                    .remove(peer.source_key(), svc.conf.max_per_source);
+                svc.sources.remove(peer.source_key(), svc.conf.per_source);
                 self.title_dirty = true;
                 if abnormal {
                     log::warn!(
@@ -764,144 +787,6 @@ impl Master {
                         r.status,
                         delay.as_secs_f64()
                     );
-                }
-            }
-        }
-    }
-
-    fn serve_ready(&mut self, s: usize, l: usize) {
-        match self.svcs[s].conf.handler {
-            Handler::Stream(_) => self.accept_connections(s, l),
-            Handler::Datagram(_) => self.receive_datagrams(s, l),
-        }
-    }
-
-    fn refuse(&mut self, s: usize, peer: &crate::peer::Peer) {
-        let svc = &mut self.svcs[s];
-        let key = peer.source_key();
-        let (name, limit, n) = (
-            &svc.conf.name,
-            svc.conf.max_per_source,
-            svc.sources.get(key),
-        );
-        svc.refusals.log(|suppressed| {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} more refused since the last report)")
-            } else {
-                String::new()
-            };
-            log::info!(
-                "{name}: refused {peer}: {n} already open from {key} (max-per-source {}){more}",
-                limit.unwrap_or(0)
-            );
-        });
-    }
-
-    fn accept_connections(&mut self, s: usize, l: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            if self.svcs[s].active >= self.svcs[s].conf.max_children {
-                return;
-            }
-            let accepted = sys::accept(self.svcs[s].listeners[l].as_fd());
-            let (fd, addr) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    self.on_accept_error(s, l, e);
-                    return;
-                }
-            };
-            let peer = worker::stream_peer(fd.as_fd(), &addr);
-            let key = peer.source_key();
-            let limit = self.svcs[s].conf.max_per_source;
-            if !self.svcs[s].sources.try_add(key, limit) {
-                self.refuse(s, &peer);
-                continue;
-            }
-            match sys::fork() {
-                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, fd, peer),
-                Ok(Forked::Parent(pid)) => {
-                    drop(fd);
-                    let svc = &mut self.svcs[s];
-                    svc.active += 1;
-                    svc.served += 1;
-                    self.served_total += 1;
-                    self.children.insert(pid, Role::Worker { service: s, peer });
-                    self.title_dirty = true;
-                }
-                Err(e) => {
-                    self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping {peer}",
-                        self.svcs[s].conf.name
-                    );
-                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_accept_error(&mut self, s: usize, l: usize, e: std::io::Error) {
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-            Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
-                log::debug!("{}: accept: {e}", self.svcs[s].conf.name)
-            }
-            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-                log::error!(
-                    "{}: accept on {}: {e}; pausing accepts for 100 ms",
-                    self.svcs[s].conf.name,
-                    self.svcs[s].listeners[l].addr()
-                );
-                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-            }
-            _ => log::error!(
-                "{}: accept on {}: {e}",
-                self.svcs[s].conf.name,
-                self.svcs[s].listeners[l].addr()
-            ),
-        }
-    }
-
-    fn receive_datagrams(&mut self, s: usize, l: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            if self.svcs[s].active >= self.svcs[s].conf.max_children {
-                return;
-            }
-            let got = sys::recv_into(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
-            let n = self.dgram_buf.len();
-            let (addr, cred) = match got {
-                Ok(x) => x,
-                Err(e) => {
-                    self.on_accept_error(s, l, e);
-                    return;
-                }
-            };
-            let (peer, reply_to) = worker::datagram_peer(addr, cred);
-            let key = peer.source_key();
-            let limit = self.svcs[s].conf.max_per_source;
-            if !self.svcs[s].sources.try_add(key, limit) {
-                self.refuse(s, &peer);
-                continue;
-            }
-            match sys::fork() {
-                Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
-                Ok(Forked::Parent(pid)) => {
-                    let svc = &mut self.svcs[s];
-                    svc.active += 1;
-                    svc.served += 1;
-                    self.served_total += 1;
-                    self.children.insert(pid, Role::Worker { service: s, peer });
-                    self.title_dirty = true;
-                }
-                Err(e) => {
-                    self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping a datagram from {peer}",
-                        self.svcs[s].conf.name
-                    );
-                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    return;
                 }
             }
         }
