@@ -266,6 +266,28 @@ impl Listener {
         }
     }
 
+    /// True if `uid` (with group `gid`) will be able to remove the socket file this
+    /// listener created: it can write and search its directory, and the sticky bit
+    /// does not stand in the way (the file is handed to it before the drop).
+    pub fn removable_by(&self, uid: u32, gid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = self.created.as_deref().and_then(Path::parent) else {
+            return true;
+        };
+        let Ok(meta) = fs::metadata(dir) else {
+            return false;
+        };
+        let mode = meta.mode();
+        let bits = if meta.uid() == uid {
+            mode >> 6
+        } else if meta.gid() == gid {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+
     /// Removes the socket file this listener created (the master, at exit). Files
     /// systemd created are never touched.
     pub fn remove_file(&mut self) {
@@ -296,17 +318,8 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// The directory is created mode 0700 when missing; an existing one in /tmp must be
 /// ours and not a symlink.
 pub fn runtime_dir() -> Result<PathBuf, String> {
-    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
-        // systemd may pass several, separated by ':'; the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return Ok(PathBuf::from(first));
-        }
+    if let Some(d) = first_runtime_directory() {
+        return Ok(d);
     }
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(x) if !x.is_empty() => PathBuf::from(x).join("forkserve"),
@@ -314,6 +327,73 @@ pub fn runtime_dir() -> Result<PathBuf, String> {
     };
     ensure_private_dir(&dir).map_err(|e| format!("runtime directory {}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+/// The default directory for Unix sockets when the server will drop privileges to
+/// `run_as` (`--user`): the same as [`runtime_dir`] without `--user`, or when not
+/// running as root. Run as root with `--user`, the processes that must reach and
+/// bind sockets there (the chat broker and its workers) and the master that removes
+/// the socket files at exit all run as that user, so the directory is theirs:
+/// `$RUNTIME_DIRECTORY` (handed over to the user if root owns it), else
+/// `/tmp/forkserve-UID` with the user's uid, made (mode 0700) and handed over
+/// before anything is bound in it. `$XDG_RUNTIME_DIR` is left out: it belongs to
+/// the session that started the server, and the user cannot enter it.
+pub fn runtime_dir_as(run_as: Option<&str>) -> Result<PathBuf, String> {
+    let Some(name) = run_as else {
+        return runtime_dir();
+    };
+    if sys::geteuid() != 0 {
+        return runtime_dir();
+    }
+    let user = crate::users::lookup_user(name)
+        .map_err(|e| format!("--user {name}: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    if user.uid == 0 {
+        return runtime_dir();
+    }
+    let dir = match first_runtime_directory() {
+        Some(d) => d,
+        None => PathBuf::from(format!("/tmp/forkserve-{}", user.uid)),
+    };
+    hand_over_dir(&dir, user.uid, user.gid)
+        .map_err(|e| format!("runtime directory {} for --user {name}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `$RUNTIME_DIRECTORY`'s first entry (systemd may pass several, ':'-separated).
+fn first_runtime_directory() -> Option<PathBuf> {
+    let d = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = d.to_string_lossy().split(':').next()?.to_string();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// Makes `dir` a private directory of `uid`: created 0700 if missing; an existing
+/// one must be a real directory owned by that user or by us (root), and is then
+/// given to the user.
+fn hand_over_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("exists and is not a directory"));
+    }
+    if meta.uid() != uid && meta.uid() != sys::geteuid() {
+        return Err(io::Error::other(format!(
+            "owned by uid {}, neither by the user (uid {uid}) nor by us",
+            meta.uid()
+        )));
+    }
+    if meta.uid() != uid || meta.gid() != gid {
+        sys::chown(dir, uid, gid)?;
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn ensure_private_dir(dir: &Path) -> io::Result<()> {

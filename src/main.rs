@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod loadgen;
 
-use forkserve::listener::runtime_dir;
+use forkserve::listener::runtime_dir_as;
 use forkserve::services::{chat, echo, files, http, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
@@ -283,14 +283,19 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
 
 /// The addresses of one service: those given with --listen, else its defaults.
 /// Under systemd activation with no --listen, none (it takes its named fds).
-fn addresses(b: &Builtin, given: &[ListenAddr], systemd: bool) -> Result<Vec<ListenAddr>, Error> {
+fn addresses(
+    b: &Builtin,
+    given: &[ListenAddr],
+    systemd: bool,
+    run_as: Option<&str>,
+) -> Result<Vec<ListenAddr>, Error> {
     if !given.is_empty() {
         return Ok(given.to_vec());
     }
     if systemd {
         return Ok(Vec::new());
     }
-    let rt = runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+    let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
     (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
 }
 
@@ -306,6 +311,11 @@ fn build(cli: &Cli) -> Result<Server, Error> {
             ))
         })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    if opts.user.is_some() && !systemd {
+        // Run as root with --user: the runtime directory becomes the user's before
+        // anything is bound in it (the master, as the user, removes the files).
+        runtime_dir_as(opts.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
+    }
     let mut server = Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
         .socket_mode(mode)
@@ -352,7 +362,7 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         let Some(svc) = (b.make)(opts)? else {
             continue;
         };
-        let svc = svc.listen_on(addresses(b, &mine, systemd)?);
+        let svc = svc.listen_on(addresses(b, &mine, systemd, opts.user.as_deref())?);
         server = server.service(configure(svc, opts)?);
     }
     Ok(server)

@@ -138,6 +138,11 @@ pub fn getuid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Puts `sig` back to its default disposition (used by a freshly forked child).
 pub fn default_signal(sig: i32) {
     // SAFETY: resetting a disposition to SIG_DFL has no memory effects.

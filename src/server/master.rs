@@ -348,6 +348,12 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             if let Err(e) = l.chown_file(user.uid, gid) {
                 log::warn!("chown {}: {e}", l.addr());
             }
+            if !l.removable_by(user.uid, gid) {
+                log::warn!(
+                    "{}: {name} cannot write to its directory, so the socket file stays behind at exit (it is replaced at the next start); put it in a directory {name} owns, such as the default runtime directory",
+                    l.addr()
+                );
+            }
         }
     }
     let groups = crate::users::supplementary_groups(&user.name, gid)

@@ -210,7 +210,7 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
             "--rate: expected at least 1 line a second",
         ));
     }
-    let rt = crate::listener::runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+    let rt = crate::listener::runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
     let (ipc_path, listener) = bind_ipc(&rt)?;
     if let Some(name) = run_as {
         hand_ipc_to(&ipc_path, name)?;
