@@ -221,3 +221,68 @@ fn slow_clients_from_one_source_leave_room_for_another_source() {
     slow[0].read_exact(&mut r).unwrap();
     assert_eq!(&r, b"XY\n");
 }
+
+/// Reads from a chat connection until `until` has arrived; returns all of it.
+fn chat_expect(c: &mut impl Read, until: &str) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = c.read(&mut b).unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_stopped_broker_is_noticed_told_bounded_and_recovered_from() {
+    let dir = TempDir::new("stall");
+    let fs = forkserve()
+        .env("RUNTIME_DIRECTORY", &dir.0)
+        .args(["chat", "-l", "tcp:127.0.0.1:0", "--rate", "100000"])
+        .start();
+    let mut ann = connect_from("127.0.0.1", fs.addr(0));
+    chat_expect(&mut ann, "Username: ");
+    ann.write_all(b"ann\n").unwrap();
+    chat_expect(&mut ann, "Welcome, ann!");
+    let broker = fs.wait_children("chat broker", 1)[0];
+    kill(broker, libc::SIGSTOP);
+    wait_until("the broker to stop", || {
+        (state(broker) == Some('T')).then_some(())
+    });
+    let stopped = std::time::Instant::now();
+    ann.write_all(b"while it sleeps\n").unwrap();
+    chat_expect(&mut ann, "* chat service is not answering");
+    println!(
+        "stall noticed after {:.1}s",
+        stopped.elapsed().as_secs_f64()
+    );
+    // The worker's queue towards the broker is bounded: a flood of lines is
+    // refused once it is full, instead of growing without end.
+    let line = format!("{}\n", "z".repeat(4000));
+    let writer = {
+        let mut w = ann.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                if w.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    chat_expect(
+        &mut ann,
+        "error: the chat service is not answering; line not sent",
+    );
+    writer.join().unwrap();
+    kill(broker, libc::SIGCONT);
+    chat_expect(&mut ann, "* chat service is answering again");
+    // The chat goes on.
+    let mut bob = Conn::connect(fs.addr(0));
+    chat_expect(&mut bob, "Username: ");
+    bob.write_all(b"bob\n").unwrap();
+    chat_expect(&mut bob, "Welcome, bob!");
+    bob.write_all(b"hi ann\n").unwrap();
+    chat_expect(&mut ann, "[bob]: hi ann");
+    fs.wait_log("the broker answers again");
+}

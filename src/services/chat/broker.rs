@@ -498,6 +498,7 @@ impl Broker<'_> {
 
     fn handle(&mut self, i: usize, req: Request) {
         match req {
+            Request::Ping => self.send(i, &Event::Pong),
             Request::Register {
                 name,
                 room,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::heartbeat::{self, Beat, Heartbeat};
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, HELP, LOBBY, MAX_LINE, room_name, valid_name};
 use crate::handler::{Connection, Model};
@@ -123,6 +124,8 @@ struct Worker<'a> {
     /// When the pending registration was sent.
     registering_since: Option<Instant>,
     last_input: Instant,
+    /// Whether the broker answers (see `heartbeat.rs`).
+    heartbeat: Heartbeat,
 }
 
 /// Serves one chat client until it leaves, is kicked or dropped, or goes silent for
@@ -156,6 +159,7 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
         done: None,
         registering_since: None,
         last_input: now,
+        heartbeat: Heartbeat::new(now),
     };
     match connect_broker(config) {
         Ok(s) => w.ipc = Some(s),
@@ -273,6 +277,7 @@ impl Worker<'_> {
                 self.read_ipc(&mut buf);
             }
             self.handle_input();
+            self.beat();
         }
     }
 
@@ -284,6 +289,10 @@ impl Worker<'_> {
             Some(t + REGISTER_PATIENCE)
         } else {
             self.config_idle().map(|idle| self.last_input + idle)
+        };
+        let until = match (until, self.heartbeat_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         match until {
             None => PollTimeout::NONE,
@@ -360,7 +369,9 @@ impl Worker<'_> {
     }
 
     fn send(&mut self, req: Request) {
-        req.encode(&mut self.ipc_out);
+        if !self.queue_for_broker(&req) {
+            return;
+        }
         self.flush_ipc();
     }
 
@@ -681,6 +692,7 @@ impl Worker<'_> {
             Ok(0) => true,
             Ok(n) => {
                 self.ipc_in.extend(&buf[..n]);
+                self.broker_heard();
                 false
             }
             Err(e)
@@ -754,6 +766,7 @@ impl Worker<'_> {
                 self.ipc = None;
                 self.finish();
             }
+            Event::Pong => {}
         }
     }
 
@@ -788,7 +801,10 @@ impl Worker<'_> {
         }
         log::debug!("chat: {}: broker connection lost; reconnecting", self.who());
         match connect_broker(self.config) {
-            Ok(s) => self.ipc = Some(s),
+            Ok(s) => {
+                self.ipc = Some(s);
+                self.heartbeat.reset(Instant::now());
+            }
             Err(e) => {
                 log::error!(
                     "chat: {}: broker unreachable after a restart: {e}",
@@ -816,5 +832,57 @@ fn line_or_too_long(mut line: Vec<u8>) -> Input {
         Input::TooLong
     } else {
         Input::Line(line)
+    }
+}
+
+/// The broker-connection side of the heartbeat (`heartbeat.rs`): ping a quiet
+/// broker, tell the client when it stalls and when it answers again, and bound the
+/// queue of requests meanwhile.
+impl Worker<'_> {
+    /// When the heartbeat needs the loop again (None: no broker connection).
+    fn heartbeat_due(&self) -> Option<Instant> {
+        (self.ipc.is_some() && self.done.is_none()).then(|| self.heartbeat.due())
+    }
+
+    fn beat(&mut self) {
+        if self.heartbeat_due().is_none() {
+            return;
+        }
+        match self.heartbeat.check(Instant::now()) {
+            Beat::Idle => {}
+            Beat::Ping => self.send(Request::Ping),
+            Beat::Stalled => {
+                log::warn!(
+                    "chat: {}: the broker has not answered for {}s",
+                    self.who(),
+                    (heartbeat::QUIET + heartbeat::PATIENCE).as_secs()
+                );
+                if self.state == State::Chatting {
+                    self.say("* chat service is not answering; your lines wait until it does\n");
+                }
+            }
+        }
+    }
+
+    fn broker_heard(&mut self) {
+        if self.heartbeat.heard(Instant::now()) {
+            log::info!("chat: {}: the broker answers again", self.who());
+            if self.state == State::Chatting {
+                self.say("* chat service is answering again\n");
+            }
+        }
+    }
+
+    /// Appends `req` to the queue for the broker, unless the queue is over its bound
+    /// (a stalled broker): then the client is told its line was not sent. `Quit`
+    /// and `Ping` always go.
+    fn queue_for_broker(&mut self, req: &Request) -> bool {
+        let small = matches!(req, Request::Quit | Request::Ping);
+        if !small && self.ipc_out.len() >= heartbeat::MAX_QUEUED {
+            self.say("error: the chat service is not answering; line not sent\n");
+            return false;
+        }
+        req.encode(&mut self.ipc_out);
+        true
     }
 }
