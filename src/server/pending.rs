@@ -123,3 +123,43 @@ impl Pending {
         self.queue.drain(..).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(n: usize) -> Waiting {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Waiting {
+            service: 0,
+            listener: 0,
+            fd: OwnedFd::from(a),
+            peer: Peer::Ip(format!("127.0.0.1:{}", 1000 + n).parse().unwrap()),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_bounded_queue_with_a_growing_retry() {
+        let mut p = Pending::default();
+        assert_eq!(p.keep(waiting(0), false).ok(), Some(FIRST_RETRY));
+        assert_eq!(p.keep(waiting(1), false).ok(), Some(FIRST_RETRY * 2));
+        for n in 2..CAPACITY {
+            assert!(p.keep(waiting(n), false).is_ok());
+        }
+        assert!(p.keep(waiting(99), false).is_err(), "full");
+        assert_eq!(p.raw_fds().count(), CAPACITY);
+        // Not due yet; then due, oldest first.
+        let now = Instant::now();
+        assert!(p.take_due(now).is_none());
+        let later = now + MAX_RETRY * 2;
+        let first = p.take_due(later).unwrap();
+        assert_eq!(first.peer.to_string(), "127.0.0.1:1000");
+        p.put_back(first);
+        p.fork_worked();
+        assert_eq!(p.take_all().len(), CAPACITY);
+        assert!(p.is_empty() && p.due().is_none());
+        assert_eq!(p.keep(waiting(0), false).ok(), Some(FIRST_RETRY));
+        assert_eq!(p.take_expired(Instant::now() + MAX_WAIT * 2).len(), 1);
+    }
+}
