@@ -77,6 +77,31 @@ fn stops_clean(mut fs: Forkserve, rt: &Path) {
     assert!(!fs.log_text().contains("ERROR"), "{}", fs.log_text());
 }
 
+/// A fresh user and directories, when running as root (else None, said why).
+fn as_root(test: &str) -> Option<(TestUser, Dirs)> {
+    root_or_skip(test).then(|| (TestUser::create(), dirs(test)))
+}
+
+/// `service` as the user, on `NET:127.0.0.1:0` and `LOCAL:RT/SERVICE.sock`.
+fn serve(user: &TestUser, d: &Dirs, service: &str, net: &str, local: &str) -> Forkserve {
+    serve_with(user, d, &[service], service, net, local)
+}
+
+fn serve_with(
+    user: &TestUser,
+    d: &Dirs,
+    args: &[&str],
+    service: &str,
+    net: &str,
+    local: &str,
+) -> Forkserve {
+    let net = format!("{net}:127.0.0.1:0");
+    let local = format!("{local}:{}/{service}.sock", d.rt.display());
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-l", &net, "-l", &local]);
+    start_as(user, &d.rt, &all, 2)
+}
+
 fn line_roundtrip(addr: &str, send: &str) -> String {
     let mut c = Conn::connect(addr);
     c.write_all(send.as_bytes()).unwrap();
@@ -86,17 +111,10 @@ fn line_roundtrip(addr: &str, send: &str) -> String {
 
 #[test]
 fn echo_runs_as_the_user() {
-    if !root_or_skip("echo_runs_as_the_user") {
+    let Some((user, d)) = as_root("echo_runs_as_the_user") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-echo"));
-    let unix = format!("unix:{}", d.rt.join("echo.sock").display());
-    let fs = start_as(
-        &user,
-        &d.rt,
-        &["echo", "-l", "tcp:127.0.0.1:0", "-l", &unix],
-        2,
-    );
+    };
+    let fs = serve(&user, &d, "echo", "tcp", "unix");
     // The runtime directory is the user's now; so is the socket file.
     fs.wait_log("running as");
     assert_eq!(std::fs::metadata(&d.rt).unwrap().uid(), user.uid);
@@ -118,17 +136,10 @@ fn echo_runs_as_the_user() {
 
 #[test]
 fn time_runs_as_the_user() {
-    if !root_or_skip("time_runs_as_the_user") {
+    let Some((user, d)) = as_root("time_runs_as_the_user") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-time"));
-    let unix = format!("unixgram:{}", d.rt.join("time.sock").display());
-    let fs = start_as(
-        &user,
-        &d.rt,
-        &["time", "-l", "udp:127.0.0.1:0", "-l", &unix],
-        2,
-    );
+    };
+    let fs = serve(&user, &d, "time", "udp", "unixgram");
     let udp = datagram_roundtrip(fs.addr(0), b"", &d.top.0);
     assert!(!udp.is_empty());
     // A Unix-datagram client must let the server's user write to its socket.
@@ -146,17 +157,10 @@ fn time_runs_as_the_user() {
 
 #[test]
 fn http_runs_as_the_user() {
-    if !root_or_skip("http_runs_as_the_user") {
+    let Some((user, d)) = as_root("http_runs_as_the_user") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-http"));
-    let unix = format!("unix:{}", d.rt.join("http.sock").display());
-    let fs = start_as(
-        &user,
-        &d.rt,
-        &["http", "-l", "tcp:127.0.0.1:0", "-l", &unix],
-        2,
-    );
+    };
+    let fs = serve(&user, &d, "http", "tcp", "unix");
     for a in [fs.addr(0).to_string(), fs.addr(1).to_string()] {
         let got = line_roundtrip(
             &a,
@@ -170,28 +174,20 @@ fn http_runs_as_the_user() {
 
 #[test]
 fn files_runs_as_the_user() {
-    if !root_or_skip("files_runs_as_the_user") {
+    let Some((user, d)) = as_root("files_runs_as_the_user") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-files"));
+    };
     let root = d.top.path("root");
     std::fs::create_dir(&root).unwrap();
     std::fs::write(root.join("a.txt"), "the file's bytes\n").unwrap();
     let root_s = root.display().to_string();
-    let unix = format!("unixgram:{}", d.rt.join("files.sock").display());
-    let fs = start_as(
+    let fs = serve_with(
         &user,
-        &d.rt,
-        &[
-            "files",
-            "--root",
-            &root_s,
-            "-l",
-            "udp:127.0.0.1:0",
-            "-l",
-            &unix,
-        ],
-        2,
+        &d,
+        &["files", "--root", &root_s],
+        "files",
+        "udp",
+        "unixgram",
     );
     let out = d.top.path("out.txt");
     let o = std::process::Command::new(bin())
@@ -207,10 +203,9 @@ fn files_runs_as_the_user() {
 
 #[test]
 fn models_run_as_the_user() {
-    if !root_or_skip("models_run_as_the_user") {
+    let Some((user, d)) = as_root("models_run_as_the_user") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-models"));
+    };
     let mut args: Vec<String> = vec!["models".into()];
     for m in ["sequential", "thread", "fork"] {
         args.push("-l".into());
@@ -261,18 +256,11 @@ fn chat_works(fs: &Forkserve, unix: &str) -> (Conn, Conn) {
 
 #[test]
 fn chat_runs_as_the_user_with_its_broker() {
-    if !root_or_skip("chat_runs_as_the_user_with_its_broker") {
+    let Some((user, d)) = as_root("chat_runs_as_the_user_with_its_broker") else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-chat"));
-    let unix = format!("unix:{}", d.rt.join("chat.sock").display());
-    let fs = start_as(
-        &user,
-        &d.rt,
-        &["chat", "-l", "tcp:127.0.0.1:0", "-l", &unix],
-        2,
-    );
-    let users = chat_works(&fs, &unix);
+    };
+    let fs = serve(&user, &d, "chat", "tcp", "unix");
+    let users = chat_works(&fs, fs.addr(1));
     let broker = fs.wait_children("chat broker", 1)[0];
     assert_eq!(uid_of(broker), Some(user.uid));
     all_run_as(&fs, &user, 3);
@@ -312,10 +300,10 @@ fn chat_as_the_user_in_the_default_runtime_directory() {
 
 #[test]
 fn a_socket_file_the_user_cannot_remove_is_reported_at_start() {
-    if !root_or_skip("a_socket_file_the_user_cannot_remove_is_reported_at_start") {
+    let Some((user, d)) = as_root("a_socket_file_the_user_cannot_remove_is_reported_at_start")
+    else {
         return;
-    }
-    let (user, d) = (TestUser::create(), dirs("as-warn"));
+    };
     // A directory only root may write to: the dropped master cannot unlink there.
     let fixed = d.top.path("root-only");
     std::fs::create_dir(&fixed).unwrap();

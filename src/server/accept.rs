@@ -58,6 +58,18 @@ impl Master {
         self.pending.fork_worked();
     }
 
+    /// accept(2) or recvfrom(2) on listener `l` of service `s` failed: pause the
+    /// listeners if it would fail again at once.
+    fn accept_failed(&mut self, s: usize, l: usize, e: &std::io::Error) {
+        let svc = &self.svcs[s];
+        if let Some(pause) = self
+            .accept_errors
+            .on_error(&svc.conf.name, svc.listeners[l].addr(), e)
+        {
+            self.accept_paused_until = Some(Instant::now() + pause);
+        }
+    }
+
     fn accept_connections(&mut self, s: usize, l: usize) {
         for _ in 0..ACCEPT_BATCH {
             if self.svcs[s].active >= self.svcs[s].conf.max_children || !self.pending.is_empty() {
@@ -65,14 +77,7 @@ impl Master {
             }
             let (fd, addr) = match sys::accept(self.svcs[s].listeners[l].as_fd()) {
                 Ok(x) => x,
-                Err(e) => {
-                    let svc = &self.svcs[s];
-                    let addr = svc.listeners[l].addr();
-                    if let Some(pause) = self.accept_errors.on_error(&svc.conf.name, addr, &e) {
-                        self.accept_paused_until = Some(Instant::now() + pause);
-                    }
-                    return;
-                }
+                Err(e) => return self.accept_failed(s, l, &e),
             };
             self.accept_errors.on_success();
             let peer = worker::stream_peer(fd.as_fd(), &addr);
@@ -182,14 +187,7 @@ impl Master {
             let n = self.dgram_buf.len();
             let (addr, cred) = match got {
                 Ok(x) => x,
-                Err(e) => {
-                    let svc = &self.svcs[s];
-                    let addr = svc.listeners[l].addr();
-                    if let Some(pause) = self.accept_errors.on_error(&svc.conf.name, addr, &e) {
-                        self.accept_paused_until = Some(Instant::now() + pause);
-                    }
-                    return;
-                }
+                Err(e) => return self.accept_failed(s, l, &e),
             };
             let (peer, reply_to) = worker::datagram_peer(addr, cred);
             if !self.admit(s, &peer) {
