@@ -345,9 +345,10 @@ pub fn runtime_dir_as(run_as: Option<&str>) -> Result<PathBuf, String> {
     if sys::geteuid() != 0 {
         return runtime_dir();
     }
-    let user = crate::users::lookup_user(name)
-        .map_err(|e| format!("--user {name}: {e}"))?
-        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    // An unknown user is refused (exit 78) where privileges are dropped.
+    let Ok(Some(user)) = crate::users::lookup_user(name) else {
+        return runtime_dir();
+    };
     if user.uid == 0 {
         return runtime_dir();
     }
@@ -432,7 +433,8 @@ const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// listener stays readable, so the loop would spin and log without end. It pauses
 /// accepting instead (100 ms, doubling to 1 s while failures go on) and logs at
 /// most one line a second. A connection that went away before it was accepted
-/// (ECONNABORTED, EPROTO) or an interrupted call is no reason to pause.
+/// (ECONNABORTED, EPROTO and the other network errors accept(2) passes on), an ICMP
+/// error on a datagram socket, or an interrupted call is no reason to pause.
 #[derive(Debug)]
 pub struct AcceptErrors {
     pause: Duration,
@@ -460,7 +462,22 @@ impl AcceptErrors {
     ) -> Option<Duration> {
         match e.raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::EINTR) => None,
-            Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
+            // accept(2) passes on network errors of the pending connection (the
+            // man page's list), recvfrom(2) ICMP errors: that one is lost, not the
+            // listener. Go on.
+            Some(
+                libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::ECONNREFUSED
+                | libc::ECONNRESET,
+            ) => {
                 log::debug!("{what}: accept on {addr}: {e}");
                 None
             }

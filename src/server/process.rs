@@ -39,6 +39,7 @@ struct Proc<'a> {
     served: u64,
     accept_errors: AcceptErrors,
     refusals: RateLimitedLog,
+    spawn_failures: RateLimitedLog,
     threads: Option<Arc<ThreadState>>,
     done_rx: Option<UnixStream>,
     /// Shared copies of the datagram sockets for threads to reply on.
@@ -65,6 +66,7 @@ pub(crate) fn serve(
         served: 0,
         accept_errors: AcceptErrors::default(),
         refusals: RateLimitedLog::default(),
+        spawn_failures: RateLimitedLog::default(),
         threads: None,
         done_rx: None,
         shared_socks: Vec::new(),
@@ -283,7 +285,16 @@ impl Proc<'_> {
                 let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf)
                 {
                     Ok(x) => x,
-                    Err(_) => return,
+                    Err(e) => {
+                        if let Some(pause) = self.accept_errors.on_error(
+                            &self.conf.name,
+                            self.listeners[l].addr(),
+                            &e,
+                        ) {
+                            self.wait_for_signal(pause);
+                        }
+                        return;
+                    }
                 };
                 let (peer, reply_to) = worker::datagram_peer(addr, cred);
                 self.served += 1;
@@ -371,7 +382,13 @@ impl Proc<'_> {
                 let _ = std::io::Write::write(&mut &ts2.done_tx, b"d");
             });
         if let Err(e) = spawned {
-            log::error!("{}: spawning a thread: {e}", self.conf.name);
+            let name = &self.conf.name;
+            self.spawn_failures.log(|n| {
+                log::error!(
+                    "{name}: spawning a thread: {e}; not served{}",
+                    RateLimitedLog::more(n)
+                )
+            });
             ts.sources.lock().unwrap().remove(key, limit);
             ts.active.fetch_sub(1, Ordering::SeqCst);
         }
