@@ -258,8 +258,9 @@ fn a_stopped_broker_is_noticed_told_bounded_and_recovered_from() {
         stopped.elapsed().as_secs_f64()
     );
     // The worker's queue towards the broker is bounded: a flood of lines is
-    // refused once it is full, instead of growing without end.
-    let line = format!("{}\n", "z".repeat(4000));
+    // refused once it is full, instead of growing without end. (Whispers to no
+    // one: once the broker wakes, its answers to them are short.)
+    let line = format!("/w nobody {}\n", "z".repeat(4000));
     let writer = {
         let mut w = ann.try_clone().unwrap();
         std::thread::spawn(move || {
