@@ -114,7 +114,8 @@ struct ServeOpts {
     /// Connections (or datagrams) served at once per service
     #[arg(long, value_name = "N", default_value_t = 40, global = true)]
     max_children: usize,
-    /// At most N at once per peer IP (TCP/UDP) or peer uid (Unix sockets)
+    /// At most N at once per peer IP (TCP/UDP) or peer uid (Unix sockets); 0: no limit.
+    /// Default: the last quarter of --max-children is kept for sources holding fewer
     #[arg(long, value_name = "N", global = true)]
     max_per_source: Option<usize>,
     /// Close a connection whose client has been silent SECS seconds
