@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use super::children::Role;
+use super::children::{Role, log_refusal};
 use super::master::Master;
 use super::pending::{self, Waiting};
 use super::{Handler, fork, worker};
@@ -36,14 +36,8 @@ impl Master {
         if svc.sources.try_add(key, policy, svc.active, max) {
             return true;
         }
-        let (name, held) = (&svc.conf.name, svc.sources.get(key));
-        svc.refusals.log(|n| {
-            log::info!(
-                "{name}: refused {peer}: {held} already open from {key} ({}){}",
-                policy.describe(max),
-                RateLimitedLog::more(n)
-            );
-        });
+        let held = svc.sources.get(key);
+        log_refusal(&mut svc.refusals, &svc.conf.name, peer, held, policy, max);
         false
     }
 

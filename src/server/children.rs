@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::logging::RateLimitedLog;
 use crate::peer::{Peer, SourceKey};
 use crate::sys::{self, ExitStatus};
 
@@ -162,6 +163,26 @@ impl PerSource {
             ),
         }
     }
+}
+
+/// Logs, at most once a second through `limiter`, that service `name` refused
+/// `peer`, whose source holds `held` already.
+pub fn log_refusal(
+    limiter: &mut RateLimitedLog,
+    name: &str,
+    peer: &Peer,
+    held: usize,
+    policy: PerSource,
+    max_children: usize,
+) {
+    limiter.log(|n| {
+        log::info!(
+            "{name}: refused {peer}: {held} already open from {} ({}){}",
+            peer.source_key(),
+            policy.describe(max_children),
+            RateLimitedLog::more(n)
+        )
+    });
 }
 
 /// Live connections per source (peer IP, or peer uid on Unix sockets).

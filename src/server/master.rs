@@ -679,12 +679,12 @@ impl Master {
     }
 
     fn advance_shutdown(&mut self, now: Instant) {
-        let Some(sd) = &mut self.shutdown else {
+        let Some(deadline) = self.shutdown.as_ref().map(|sd| sd.deadline) else {
             return;
         };
-        if now >= sd.deadline && !self.pending.is_empty() {
+        if now >= deadline && !self.pending.is_empty() {
+            // Still no process for them at the end of the drain.
             self.drop_pending();
-            return;
         }
         let Some(sd) = &mut self.shutdown else {
             return;

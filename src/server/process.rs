@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::children::SourceCounts;
+use super::children::{SourceCounts, log_refusal};
 use super::signals::Signals;
 use super::{Handler, Service, worker};
 use crate::handler::{Context, Model};
@@ -352,14 +352,7 @@ impl Proc<'_> {
             return true;
         }
         let held = sources.get(key);
-        let name = &self.conf.name;
-        self.refusals.log(|n| {
-            log::info!(
-                "{name}: refused {peer}: {held} already open from {key} ({}){}",
-                policy.describe(max),
-                RateLimitedLog::more(n)
-            )
-        });
+        log_refusal(&mut self.refusals, &self.conf.name, peer, held, policy, max);
         false
     }
 
