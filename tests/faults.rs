@@ -194,27 +194,45 @@ fn connect_from(from: &str, addr: &str) -> std::net::TcpStream {
 
 #[test]
 fn slow_clients_from_one_source_leave_room_for_another_source() {
-    // Default settings: 40 slots. One source opens 40 connections and trickles
-    // a byte into each, never a whole line (a slowloris); its silence never lasts
-    // long enough for any idle timeout.
     let fs = echo(&[]);
+    slow_source_then_another(&fs, || fs.wait_children("echo worker", 30).len());
+}
+
+#[test]
+fn slow_clients_under_the_thread_model_leave_room_too() {
+    let fs = echo(&["--model", "thread"]);
+    let server = fs.wait_children("echo server", 1)[0];
+    // The server process's threads: the main one and one per connection.
+    let threads = || {
+        status(server)["Threads"]
+            .parse::<usize>()
+            .unwrap()
+            .saturating_sub(1)
+    };
+    slow_source_then_another(&fs, || {
+        wait_until("30 connection threads", || (threads() == 30).then_some(30))
+    });
+}
+
+/// Default settings: 40 slots. One source opens 40 connections and trickles a
+/// byte into each, never a whole line (a slowloris): its silence never lasts long
+/// enough for any idle timeout. The last quarter of the slots is kept for other
+/// sources, so 30 are served (`served` waits for them) and the rest refused.
+/// Another source is then served at once.
+fn slow_source_then_another(fs: &Forkserve, served: impl Fn() -> usize) {
     let mut slow: Vec<std::net::TcpStream> = (0..40)
         .map(|_| connect_from("127.0.0.1", fs.addr(0)))
         .collect();
     for s in &mut slow {
         s.write_all(b"x").unwrap();
     }
-    // The last quarter of the slots is kept for other sources: 30 are served and
-    // the rest refused (closed) once those are taken.
-    fs.wait_children("echo worker", 30);
+    assert_eq!(served(), 30);
     fs.wait_log("fair share: the last 10 of 40 slots are kept for other sources");
-    // Another source is served at once.
     let mut other = connect_from("127.0.0.2", fs.addr(0));
     other.write_all(b"served\n").unwrap();
     let mut reply = [0u8; 7];
     other.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"SERVED\n");
-    assert_eq!(fs.children().len(), 31);
     // The slow source's own connections still work.
     slow[0].write_all(b"y\n").unwrap();
     let mut r = [0u8; 3];
