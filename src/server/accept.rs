@@ -1,8 +1,8 @@
 //! The master's way in: accept a connection (or receive a datagram), check the
 //! per-source share, fork its worker. When accept(2) fails for want of a resource
 //! the listeners are paused (see [`AcceptErrors`](crate::listener::AcceptErrors));
-//! when fork(2) fails an accepted connection waits in the [`Pending`] queue and is
-//! forked again after a back-off.
+//! when fork(2) fails an accepted connection waits in the
+//! [`Pending`](super::pending::Pending) queue and is forked again after a back-off.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;

@@ -431,6 +431,7 @@ impl Master {
         let wait_mask = self.signals.block();
         // Start-up (argument parsing, binding) leaves freed heap pages behind.
         sys::release_free_memory();
+        let mut poll_errors = RateLimitedLog::default();
         loop {
             if self.title_dirty && self.last_title.elapsed() >= TITLE_INTERVAL {
                 self.update_title();
@@ -438,7 +439,7 @@ impl Master {
             self.build_pollfds();
             let timeout = self.next_timeout();
             if let Err(e) = sys::ppoll(&mut self.pollfds, timeout, &wait_mask) {
-                log::error!("poll: {e}");
+                poll_errors.log(|n| log::error!("poll: {e}{}", RateLimitedLog::more(n)));
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
