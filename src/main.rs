@@ -312,9 +312,10 @@ fn build(cli: &Cli) -> Result<Server, Error> {
             ))
         })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
-    if opts.user.is_some() && !systemd {
-        // Run as root with --user: the runtime directory becomes the user's before
-        // anything is bound in it (the master, as the user, removes the files).
+    if opts.user.is_some() && !systemd && std::env::var_os("RUNTIME_DIRECTORY").is_some() {
+        // Run as root with --user: a given runtime directory becomes the user's
+        // before anything is bound in it (the master, as the user, removes the
+        // files). The default one is made for the user where it is used.
         runtime_dir_as(opts.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
     }
     let mut server = Server::new()
