@@ -129,21 +129,32 @@ impl Stream {
     }
 }
 
+/// Runs one read or write again while a signal interrupts it (EINTR): a stopped and
+/// continued worker, or a signal with a handler, is not a handler error.
+fn retry_interrupted(mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
+        retry_interrupted(|| match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
-        }
+        })
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
+        retry_interrupted(|| match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
-        }
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -1,5 +1,6 @@
 //! Binding listeners before the first fork: socket options, the listen backlog, stale
-//! Unix socket files, socket file modes, and sockets inherited from systemd.
+//! Unix socket files, socket file modes, and sockets inherited from systemd. Also
+//! [`AcceptErrors`], what every accept loop does when accept(2) fails.
 
 use std::fs;
 use std::io;
@@ -7,8 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::addr::{ListenAddr, UnixPath};
+use crate::logging::RateLimitedLog;
 use crate::sys;
 
 /// A bound socket, ready to accept connections or receive datagrams.
@@ -263,6 +266,28 @@ impl Listener {
         }
     }
 
+    /// True if `uid` (with group `gid`) will be able to remove the socket file this
+    /// listener created: it can write and search its directory, and the sticky bit
+    /// does not stand in the way (the file is handed to it before the drop).
+    pub fn removable_by(&self, uid: u32, gid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = self.created.as_deref().and_then(Path::parent) else {
+            return true;
+        };
+        let Ok(meta) = fs::metadata(dir) else {
+            return false;
+        };
+        let mode = meta.mode();
+        let bits = if meta.uid() == uid {
+            mode >> 6
+        } else if meta.gid() == gid {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+
     /// Removes the socket file this listener created (the master, at exit). Files
     /// systemd created are never touched.
     pub fn remove_file(&mut self) {
@@ -293,17 +318,8 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// The directory is created mode 0700 when missing; an existing one in /tmp must be
 /// ours and not a symlink.
 pub fn runtime_dir() -> Result<PathBuf, String> {
-    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
-        // systemd may pass several, separated by ':'; the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return Ok(PathBuf::from(first));
-        }
+    if let Some(d) = first_runtime_directory() {
+        return Ok(d);
     }
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(x) if !x.is_empty() => PathBuf::from(x).join("forkserve"),
@@ -311,6 +327,74 @@ pub fn runtime_dir() -> Result<PathBuf, String> {
     };
     ensure_private_dir(&dir).map_err(|e| format!("runtime directory {}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+/// The default directory for Unix sockets when the server will drop privileges to
+/// `run_as` (`--user`): the same as [`runtime_dir`] without `--user`, or when not
+/// running as root. Run as root with `--user`, the processes that must reach and
+/// bind sockets there (the chat broker and its workers) and the master that removes
+/// the socket files at exit all run as that user, so the directory is theirs:
+/// `$RUNTIME_DIRECTORY` (handed over to the user if root owns it), else
+/// `/tmp/forkserve-UID` with the user's uid, made (mode 0700) and handed over
+/// before anything is bound in it. `$XDG_RUNTIME_DIR` is left out: it belongs to
+/// the session that started the server, and the user cannot enter it.
+pub fn runtime_dir_as(run_as: Option<&str>) -> Result<PathBuf, String> {
+    let Some(name) = run_as else {
+        return runtime_dir();
+    };
+    if sys::geteuid() != 0 {
+        return runtime_dir();
+    }
+    // An unknown user is refused (exit 78) where privileges are dropped.
+    let Ok(Some(user)) = crate::users::lookup_user(name) else {
+        return runtime_dir();
+    };
+    if user.uid == 0 {
+        return runtime_dir();
+    }
+    let dir = match first_runtime_directory() {
+        Some(d) => d,
+        None => PathBuf::from(format!("/tmp/forkserve-{}", user.uid)),
+    };
+    hand_over_dir(&dir, user.uid, user.gid)
+        .map_err(|e| format!("runtime directory {} for --user {name}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `$RUNTIME_DIRECTORY`'s first entry (systemd may pass several, ':'-separated).
+fn first_runtime_directory() -> Option<PathBuf> {
+    let d = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = d.to_string_lossy().split(':').next()?.to_string();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// Makes `dir` a private directory of `uid`: created 0700 if missing; an existing
+/// one must be a real directory owned by that user or by us (root), and is then
+/// given to the user.
+fn hand_over_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("exists and is not a directory"));
+    }
+    if meta.uid() != uid && meta.uid() != sys::geteuid() {
+        return Err(io::Error::other(format!(
+            "owned by uid {}, neither by the user (uid {uid}) nor by us",
+            meta.uid()
+        )));
+    }
+    if meta.uid() != uid || meta.gid() != gid {
+        sys::chown(dir, uid, gid)?;
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn ensure_private_dir(dir: &Path) -> io::Result<()> {
@@ -335,4 +419,87 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The first pause after accept(2) fails for want of a resource.
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between attempts while accept(2) keeps failing.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// What an accept loop (the master's, a server process's, the chat broker's) does
+/// when accept(2) fails. A failure that will repeat at once (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM, or anything unexpected) must not be retried at once: the
+/// listener stays readable, so the loop would spin and log without end. It pauses
+/// accepting instead (100 ms, doubling to 1 s while failures go on) and logs at
+/// most one line a second. A connection that went away before it was accepted
+/// (ECONNABORTED, EPROTO and the other network errors accept(2) passes on), an ICMP
+/// error on a datagram socket, or an interrupted call is no reason to pause.
+#[derive(Debug)]
+pub struct AcceptErrors {
+    pause: Duration,
+    log: RateLimitedLog,
+}
+
+impl Default for AcceptErrors {
+    fn default() -> AcceptErrors {
+        AcceptErrors {
+            pause: FIRST_ACCEPT_PAUSE,
+            log: RateLimitedLog::default(),
+        }
+    }
+}
+
+impl AcceptErrors {
+    /// After an accept of `what` (a service name) on `addr` failed with `e`: how
+    /// long to stop accepting, or `None` to go on. Logs (rate-limited) when it
+    /// pauses.
+    pub fn on_error(
+        &mut self,
+        what: &str,
+        addr: &dyn std::fmt::Display,
+        e: &io::Error,
+    ) -> Option<Duration> {
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => None,
+            // accept(2) passes on network errors of the pending connection (the
+            // man page's list), recvfrom(2) ICMP errors: that one is lost, not the
+            // listener. Go on.
+            Some(
+                libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::ECONNREFUSED
+                | libc::ECONNRESET,
+            ) => {
+                log::debug!("{what}: accept on {addr}: {e}");
+                None
+            }
+            _ => {
+                let pause = self.pause;
+                self.pause = (self.pause * 2).min(MAX_ACCEPT_PAUSE);
+                self.log.log(|n| {
+                    log::error!(
+                        "{what}: accept on {addr}: {e}; pausing accepts for {} ms{}",
+                        pause.as_millis(),
+                        RateLimitedLog::more(n)
+                    )
+                });
+                Some(pause)
+            }
+        }
+    }
+
+    /// After an accept succeeded: the next failure pauses briefly again.
+    pub fn on_success(&mut self) {
+        if self.pause != FIRST_ACCEPT_PAUSE {
+            self.pause = FIRST_ACCEPT_PAUSE;
+        }
+    }
 }

@@ -1,10 +1,13 @@
 //! Where log lines go: stderr (with a timestamp, or with `<N>` priority prefixes when
 //! the journal reads it), or the local syslog socket (facility daemon, ident
 //! forkserve). Every line carries the pid of the process that wrote it, and each line
-//! is written with one system call so workers' lines never interleave.
+//! is written with one system call so workers' lines never interleave. A line that
+//! can repeat without bound (an accept error, a refusal under a flood) goes through
+//! a [`RateLimitedLog`].
 
 use std::io::Write;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -125,4 +128,37 @@ pub fn init(verbosity: i32, use_syslog: bool) -> Result<(), String> {
         .map_err(|e| format!("logger already set: {e}"))?;
     log::set_max_level(level);
     Ok(())
+}
+
+/// Logs at most one line per second for a repeated event, with a count of the ones
+/// left out: every loop that can meet the same error again and again (accept under
+/// EMFILE, refusals under a flood, failing forks) logs through one of these.
+#[derive(Debug, Default)]
+pub struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    /// Calls `emit(suppressed_count)` when a line may be written now.
+    pub fn log(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => self.suppressed += 1,
+            _ => {
+                emit(self.suppressed);
+                self.suppressed = 0;
+                self.last = Some(now);
+            }
+        }
+    }
+
+    /// ` (N more since the last report)`, or nothing: the tail of a limited line.
+    pub fn more(suppressed: u64) -> String {
+        if suppressed > 0 {
+            format!(" ({suppressed} more since the last report)")
+        } else {
+            String::new()
+        }
+    }
 }

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod loadgen;
 
-use forkserve::listener::runtime_dir;
+use forkserve::listener::runtime_dir_as;
 use forkserve::services::{Lang, chat, echo, files, http, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
@@ -114,7 +114,8 @@ struct ServeOpts {
     /// Connections (or datagrams) served at once per service
     #[arg(long, value_name = "N", default_value_t = 40, global = true)]
     max_children: usize,
-    /// At most N at once per peer IP (TCP/UDP) or peer uid (Unix sockets)
+    /// At most N at once per peer IP (TCP/UDP) or peer uid (Unix sockets); 0: no limit.
+    /// Default: the last quarter of --max-children is kept for sources holding fewer
     #[arg(long, value_name = "N", global = true)]
     max_per_source: Option<usize>,
     /// Close a connection whose client has been silent SECS seconds
@@ -286,14 +287,19 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
 
 /// The addresses of one service: those given with --listen, else its defaults.
 /// Under systemd activation with no --listen, none (it takes its named fds).
-fn addresses(b: &Builtin, given: &[ListenAddr], systemd: bool) -> Result<Vec<ListenAddr>, Error> {
+fn addresses(
+    b: &Builtin,
+    given: &[ListenAddr],
+    systemd: bool,
+    run_as: Option<&str>,
+) -> Result<Vec<ListenAddr>, Error> {
     if !given.is_empty() {
         return Ok(given.to_vec());
     }
     if systemd {
         return Ok(Vec::new());
     }
-    let rt = runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+    let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
     (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
 }
 
@@ -309,6 +315,12 @@ fn build(cli: &Cli) -> Result<Server, Error> {
             ))
         })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    if opts.user.is_some() && !systemd && std::env::var_os("RUNTIME_DIRECTORY").is_some() {
+        // Run as root with --user: a given runtime directory becomes the user's
+        // before anything is bound in it (the master, as the user, removes the
+        // files). The default one is made for the user where it is used.
+        runtime_dir_as(opts.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
+    }
     let mut server = Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
         .socket_mode(mode)
@@ -355,7 +367,7 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         let Some(svc) = (b.make)(opts)? else {
             continue;
         };
-        let svc = svc.listen_on(addresses(b, &mine, systemd)?);
+        let svc = svc.listen_on(addresses(b, &mine, systemd, opts.user.as_deref())?);
         server = server.service(configure(svc, opts)?);
     }
     Ok(server)

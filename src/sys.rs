@@ -138,6 +138,11 @@ pub fn getuid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Puts `sig` back to its default disposition (used by a freshly forked child).
 pub fn default_signal(sig: i32) {
     // SAFETY: resetting a disposition to SIG_DFL has no memory effects.
@@ -145,6 +150,14 @@ pub fn default_signal(sig: i32) {
         libc::signal(sig, libc::SIG_DFL);
     }
 }
+
+/// The signals Rust's runtime catches in every process (its stack-overflow guard).
+/// A forked child puts them back to the default: a SIGSEGV sent to a worker then
+/// ends it as SIGSEGV, instead of being swallowed by a handler that only knows
+/// about guard pages (and that interrupts the system call it lands in). SIGPIPE,
+/// which the runtime ignores rather than catches, stays ignored: writes to a gone
+/// peer return EPIPE, which the handlers expect.
+pub const RUNTIME_SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGBUS];
 
 /// A set of blocked signals (a signal mask).
 #[derive(Clone, Copy)]

@@ -170,3 +170,30 @@ fn sigterm_lets_an_open_connection_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0), "log:\n{}", fs.log_text());
     assert_eq!(cmdline(busy), "", "the worker outlived the master");
 }
+
+#[test]
+fn planned_recycles_do_not_grow_the_restart_back_off() {
+    let fs = prefork(1, &["--max-requests", "1"]);
+    // Eight planned recycles in a row, each well under the 10 s that would reset a
+    // failure count: were they counted as failures, the next restart would wait 10 s.
+    for n in 1..=8 {
+        idle_workers(&fs, 1);
+        echo_once(fs.addr(0));
+        wait_until(&format!("recycle {n} to be logged"), || {
+            (fs.log_text().matches("; replacing it").count() >= n).then_some(())
+        });
+    }
+    let victim = idle_workers(&fs, 1).into_iter().next().unwrap();
+    // SAFETY: kill(2) on a worker of the server this test started.
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    let line = fs.wait_log("killed by SIGKILL after");
+    assert!(
+        line.contains("restarting in 0.1s"),
+        "a first failure after planned recycles must restart at once: {line}"
+    );
+    let replacement = idle_workers(&fs, 1).into_iter().next().unwrap();
+    assert_ne!(replacement, victim);
+    echo_once(fs.addr(0));
+}

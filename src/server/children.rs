@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::logging::RateLimitedLog;
 use crate::peer::{Peer, SourceKey};
 use crate::sys::{self, ExitStatus};
 
@@ -107,6 +108,83 @@ impl Children {
     }
 }
 
+/// How many connections (or datagrams) one source may hold at once. A source is a
+/// peer IP on TCP/UDP, a peer uid on Unix sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PerSource {
+    /// The default: the last quarter of the slots (`max_children / 4`, rounded
+    /// down) is kept for sources that hold fewer than that many. A lone source can
+    /// still use three quarters of the service; one that holds its slots open
+    /// (slow clients) cannot lock out everyone else.
+    #[default]
+    FairShare,
+    /// At most this many (`--max-per-source N`).
+    Max(usize),
+    /// No limit (`--max-per-source 0`).
+    Unlimited,
+}
+
+impl PerSource {
+    /// `--max-per-source`: none given is the fair share, 0 is no limit.
+    pub fn from_option(n: Option<usize>) -> PerSource {
+        match n {
+            None => PerSource::FairShare,
+            Some(0) => PerSource::Unlimited,
+            Some(n) => PerSource::Max(n),
+        }
+    }
+
+    /// The slots kept for other sources under the fair share.
+    pub fn reserve(max_children: usize) -> usize {
+        max_children / 4
+    }
+
+    /// True if a source that holds `held` may take one more while `active` of
+    /// `max_children` are in use.
+    pub fn allows(self, held: usize, active: usize, max_children: usize) -> bool {
+        match self {
+            PerSource::Unlimited => true,
+            PerSource::Max(n) => held < n,
+            PerSource::FairShare => {
+                let reserve = PerSource::reserve(max_children);
+                held < reserve || active + reserve < max_children
+            }
+        }
+    }
+
+    /// How the limit reads in a refusal's log line.
+    pub fn describe(self, max_children: usize) -> String {
+        match self {
+            PerSource::Unlimited => "no limit".to_string(),
+            PerSource::Max(n) => format!("max-per-source {n}"),
+            PerSource::FairShare => format!(
+                "fair share: the last {} of {max_children} slots are kept for other sources",
+                PerSource::reserve(max_children)
+            ),
+        }
+    }
+}
+
+/// Logs, at most once a second through `limiter`, that service `name` refused
+/// `peer`, whose source holds `held` already.
+pub fn log_refusal(
+    limiter: &mut RateLimitedLog,
+    name: &str,
+    peer: &Peer,
+    held: usize,
+    policy: PerSource,
+    max_children: usize,
+) {
+    limiter.log(|n| {
+        log::info!(
+            "{name}: refused {peer}: {held} already open from {} ({}){}",
+            peer.source_key(),
+            policy.describe(max_children),
+            RateLimitedLog::more(n)
+        )
+    });
+}
+
 /// Live connections per source (peer IP, or peer uid on Unix sockets).
 #[derive(Default, Debug)]
 pub struct SourceCounts {
@@ -114,13 +192,23 @@ pub struct SourceCounts {
 }
 
 impl SourceCounts {
-    /// Counts one more from `key` unless that would pass `limit`; false when refused.
-    pub fn try_add(&mut self, key: SourceKey, limit: Option<usize>) -> bool {
-        let Some(limit) = limit else {
+    /// Counts one more from `key` unless `policy` refuses it while `active` of
+    /// `max_children` are in use; false when refused.
+    pub fn try_add(
+        &mut self,
+        key: SourceKey,
+        policy: PerSource,
+        active: usize,
+        max_children: usize,
+    ) -> bool {
+        if policy == PerSource::Unlimited {
             return true;
-        };
+        }
         let n = self.map.entry(key).or_insert(0);
-        if *n >= limit {
+        if !policy.allows(*n, active, max_children) {
+            if *n == 0 {
+                self.map.remove(&key);
+            }
             return false;
         }
         *n += 1;
@@ -128,8 +216,8 @@ impl SourceCounts {
     }
 
     /// One fewer from `key`.
-    pub fn remove(&mut self, key: SourceKey, limit: Option<usize>) {
-        if limit.is_none() {
+    pub fn remove(&mut self, key: SourceKey, policy: PerSource) {
+        if policy == PerSource::Unlimited {
             return;
         }
         if let Some(n) = self.map.get_mut(&key) {
@@ -168,25 +256,22 @@ impl Backoff {
     }
 }
 
-/// Logs at most one line per second for a repeated event, with a count of the ones
-/// left out (refusals under a flood).
-#[derive(Debug, Default)]
-pub struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::PerSource;
 
-impl RateLimitedLog {
-    /// Calls `emit(suppressed_count)` when a line may be written now.
-    pub fn log(&mut self, emit: impl FnOnce(u64)) {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => self.suppressed += 1,
-            _ => {
-                emit(self.suppressed);
-                self.suppressed = 0;
-                self.last = Some(now);
-            }
-        }
+    #[test]
+    fn the_fair_share_keeps_a_quarter_for_other_sources() {
+        let fair = PerSource::FairShare;
+        // 40 slots: a lone source gets 30; the last 10 go to sources below 10.
+        assert!(fair.allows(29, 29, 40));
+        assert!(!fair.allows(30, 30, 40));
+        assert!(fair.allows(0, 30, 40));
+        assert!(fair.allows(9, 39, 40));
+        assert!(!fair.allows(10, 39, 40));
+        // Fewer than 4 slots: no reserve, the plain limit holds.
+        assert!(fair.allows(2, 2, 3));
+        assert_eq!(PerSource::from_option(Some(0)), PerSource::Unlimited);
+        assert!(!PerSource::Max(2).allows(2, 2, 40));
     }
 }

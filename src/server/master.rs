@@ -7,19 +7,18 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::children::{Backoff, Children, RateLimitedLog, Reaped, Role, SourceCounts};
+use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
+use super::pending::Pending;
 use super::signals::Signals;
-use super::{Error, Handler, Server, Service, fork, worker};
+use super::{Error, Server, Service, fork};
 use crate::addr::ListenAddr;
 use crate::handler::{Context, Model};
+use crate::listener::AcceptErrors;
 use crate::listener::Listener;
+use crate::logging::RateLimitedLog;
 use crate::proctitle;
 use crate::sys::{self, ExitStatus, Forked};
 use crate::systemd::{self, Notifier, PassedFd};
-
-/// How many connections (or datagrams) one wake-up may take from one listener
-/// before the loop looks at signals and the other listeners again.
-const ACCEPT_BATCH: usize = 64;
 
 /// Poll slots before the listeners: the signal pipe and the SIGCHLD signalfd.
 const FIRST_LISTENER: usize = 2;
@@ -37,7 +36,7 @@ pub(crate) struct Svc {
     pub sources: SourceCounts,
     pub slots: Vec<(Option<i32>, Backoff)>,
     pub companions: Vec<(Option<i32>, Backoff)>,
-    refusals: RateLimitedLog,
+    pub refusals: RateLimitedLog,
     pub served: u64,
     title_prefix: String,
 }
@@ -80,16 +79,19 @@ pub(crate) struct Master {
     pub notifier: Notifier,
     drain_timeout: Duration,
     shutdown: Option<Shutdown>,
-    title_dirty: bool,
+    pub title_dirty: bool,
     title: String,
     last_title: Instant,
     pollfds: Vec<sys::PollFd>,
     pollmap: Vec<(usize, usize)>,
     pub dgram_buf: Vec<u8>,
-    accept_paused_until: Option<Instant>,
+    pub accept_paused_until: Option<Instant>,
+    pub accept_errors: AcceptErrors,
+    pub pending: Pending,
+    pub fork_failures: RateLimitedLog,
     last_status: Option<Instant>,
     last_watchdog: Instant,
-    served_total: u64,
+    pub served_total: u64,
 }
 
 /// Entry point of [`Server::run`].
@@ -133,6 +135,9 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         pollmap: Vec::new(),
         dgram_buf: Vec::with_capacity(65536),
         accept_paused_until: None,
+        accept_errors: AcceptErrors::default(),
+        pending: Pending::default(),
+        fork_failures: RateLimitedLog::default(),
         last_status: None,
         last_watchdog: Instant::now(),
         served_total: 0,
@@ -343,6 +348,12 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             if let Err(e) = l.chown_file(user.uid, gid) {
                 log::warn!("chown {}: {e}", l.addr());
             }
+            if !l.removable_by(user.uid, gid) {
+                log::warn!(
+                    "{}: {name} cannot write to its directory, so the socket file stays behind at exit (it is replaced at the next start); put it in a directory {name} owns, such as the default runtime directory",
+                    l.addr()
+                );
+            }
         }
     }
     let groups = crate::users::supplementary_groups(&user.name, gid)
@@ -383,7 +394,8 @@ impl Master {
 
     /// Closes, in a child, every descriptor of the master it must not keep: every
     /// listener (except those of `keep_service`), the signal pipe, the notify
-    /// socket, and companion fds (except those of companion `keep_companion`).
+    /// socket, connections waiting for a fork, and companion fds (except those of
+    /// companion `keep_companion`).
     /// Allocates nothing: a worker should touch as few pages as it can.
     pub fn close_inherited(
         &self,
@@ -394,6 +406,9 @@ impl Master {
             sys::close_fd(fd);
         }
         if let Some(fd) = self.notifier.raw_fd() {
+            sys::close_fd(fd);
+        }
+        for fd in self.pending.raw_fds() {
             sys::close_fd(fd);
         }
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -416,6 +431,7 @@ impl Master {
         let wait_mask = self.signals.block();
         // Start-up (argument parsing, binding) leaves freed heap pages behind.
         sys::release_free_memory();
+        let mut poll_errors = RateLimitedLog::default();
         loop {
             if self.title_dirty && self.last_title.elapsed() >= TITLE_INTERVAL {
                 self.update_title();
@@ -423,7 +439,7 @@ impl Master {
             self.build_pollfds();
             let timeout = self.next_timeout();
             if let Err(e) = sys::ppoll(&mut self.pollfds, timeout, &wait_mask) {
-                log::error!("poll: {e}");
+                poll_errors.log(|n| log::error!("poll: {e}{}", RateLimitedLog::more(n)));
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -441,7 +457,7 @@ impl Master {
                 }
             }
             self.run_timers();
-            if self.shutdown.is_some() && self.children.is_empty() {
+            if self.shutdown.is_some() && self.children.is_empty() && self.pending.is_empty() {
                 return;
             }
         }
@@ -456,7 +472,8 @@ impl Master {
             self.signals.chld_fd().unwrap_or(-1),
             sys::POLLIN,
         ));
-        if self.shutdown.is_some() {
+        // While forks fail, accepted connections wait: accept no more.
+        if self.shutdown.is_some() || !self.pending.is_empty() {
             return;
         }
         if let Some(t) = self.accept_paused_until {
@@ -492,6 +509,9 @@ impl Master {
             }
         }
         if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(t) = self.pending.due() {
             consider(t);
         }
         if self.title_dirty {
@@ -571,6 +591,7 @@ impl Master {
 
     fn stop_now(&mut self, why: &str) {
         log::info!("{why}: stopping now");
+        self.drop_pending();
         if self.shutdown.is_none() {
             self.notifier.notify("STOPPING=1");
             self.close_listeners();
@@ -606,6 +627,9 @@ impl Master {
 
     fn run_timers(&mut self) {
         let now = Instant::now();
+        if !self.pending.is_empty() {
+            self.retry_pending(now);
+        }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
                 for c in 0..self.svcs[i].companions.len() {
@@ -656,6 +680,13 @@ impl Master {
     }
 
     fn advance_shutdown(&mut self, now: Instant) {
+        let Some(deadline) = self.shutdown.as_ref().map(|sd| sd.deadline) else {
+            return;
+        };
+        if now >= deadline && !self.pending.is_empty() {
+            // Still no process for them at the end of the drain.
+            self.drop_pending();
+        }
         let Some(sd) = &mut self.shutdown else {
             return;
         };
@@ -706,8 +737,7 @@ impl Master {
             Role::Worker { service, peer } => {
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
-                svc.sources
-                    .remove(peer.source_key(), svc.conf.max_per_source);
+                svc.sources.remove(peer.source_key(), svc.conf.per_source);
                 self.title_dirty = true;
                 if abnormal {
                     log::warn!(
@@ -729,19 +759,19 @@ impl Master {
                 );
                 if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
+                } else if r.status.success() {
+                    // A planned exit (a prefork worker recycled after
+                    // --max-requests) is no failure: replaced at once, and the
+                    // back-off is left as it was.
+                    log::info!("{what} exited after {life:.1}s; replacing it");
+                    svc.slots[slot].1.due = Some(Instant::now());
                 } else {
                     let delay = svc.slots[slot].1.schedule(r.lifetime);
-                    if r.status.success() {
-                        // A prefork worker recycled after --max-requests.
-                        log::info!("{what} exited after {life:.1}s; replacing it");
-                        svc.slots[slot].1.due = Some(Instant::now());
-                    } else {
-                        log::warn!(
-                            "{what} {} after {life:.1}s; restarting in {:.1}s",
-                            r.status,
-                            delay.as_secs_f64()
-                        );
-                    }
+                    log::warn!(
+                        "{what} {} after {life:.1}s; restarting in {:.1}s",
+                        r.status,
+                        delay.as_secs_f64()
+                    );
                 }
             }
             Role::Companion { service, index } => {
@@ -764,144 +794,6 @@ impl Master {
                         r.status,
                         delay.as_secs_f64()
                     );
-                }
-            }
-        }
-    }
-
-    fn serve_ready(&mut self, s: usize, l: usize) {
-        match self.svcs[s].conf.handler {
-            Handler::Stream(_) => self.accept_connections(s, l),
-            Handler::Datagram(_) => self.receive_datagrams(s, l),
-        }
-    }
-
-    fn refuse(&mut self, s: usize, peer: &crate::peer::Peer) {
-        let svc = &mut self.svcs[s];
-        let key = peer.source_key();
-        let (name, limit, n) = (
-            &svc.conf.name,
-            svc.conf.max_per_source,
-            svc.sources.get(key),
-        );
-        svc.refusals.log(|suppressed| {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} more refused since the last report)")
-            } else {
-                String::new()
-            };
-            log::info!(
-                "{name}: refused {peer}: {n} already open from {key} (max-per-source {}){more}",
-                limit.unwrap_or(0)
-            );
-        });
-    }
-
-    fn accept_connections(&mut self, s: usize, l: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            if self.svcs[s].active >= self.svcs[s].conf.max_children {
-                return;
-            }
-            let accepted = sys::accept(self.svcs[s].listeners[l].as_fd());
-            let (fd, addr) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    self.on_accept_error(s, l, e);
-                    return;
-                }
-            };
-            let peer = worker::stream_peer(fd.as_fd(), &addr);
-            let key = peer.source_key();
-            let limit = self.svcs[s].conf.max_per_source;
-            if !self.svcs[s].sources.try_add(key, limit) {
-                self.refuse(s, &peer);
-                continue;
-            }
-            match sys::fork() {
-                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, fd, peer),
-                Ok(Forked::Parent(pid)) => {
-                    drop(fd);
-                    let svc = &mut self.svcs[s];
-                    svc.active += 1;
-                    svc.served += 1;
-                    self.served_total += 1;
-                    self.children.insert(pid, Role::Worker { service: s, peer });
-                    self.title_dirty = true;
-                }
-                Err(e) => {
-                    self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping {peer}",
-                        self.svcs[s].conf.name
-                    );
-                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_accept_error(&mut self, s: usize, l: usize, e: std::io::Error) {
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-            Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
-                log::debug!("{}: accept: {e}", self.svcs[s].conf.name)
-            }
-            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-                log::error!(
-                    "{}: accept on {}: {e}; pausing accepts for 100 ms",
-                    self.svcs[s].conf.name,
-                    self.svcs[s].listeners[l].addr()
-                );
-                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-            }
-            _ => log::error!(
-                "{}: accept on {}: {e}",
-                self.svcs[s].conf.name,
-                self.svcs[s].listeners[l].addr()
-            ),
-        }
-    }
-
-    fn receive_datagrams(&mut self, s: usize, l: usize) {
-        for _ in 0..ACCEPT_BATCH {
-            if self.svcs[s].active >= self.svcs[s].conf.max_children {
-                return;
-            }
-            let got = sys::recv_into(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
-            let n = self.dgram_buf.len();
-            let (addr, cred) = match got {
-                Ok(x) => x,
-                Err(e) => {
-                    self.on_accept_error(s, l, e);
-                    return;
-                }
-            };
-            let (peer, reply_to) = worker::datagram_peer(addr, cred);
-            let key = peer.source_key();
-            let limit = self.svcs[s].conf.max_per_source;
-            if !self.svcs[s].sources.try_add(key, limit) {
-                self.refuse(s, &peer);
-                continue;
-            }
-            match sys::fork() {
-                Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
-                Ok(Forked::Parent(pid)) => {
-                    let svc = &mut self.svcs[s];
-                    svc.active += 1;
-                    svc.served += 1;
-                    self.served_total += 1;
-                    self.children.insert(pid, Role::Worker { service: s, peer });
-                    self.title_dirty = true;
-                }
-                Err(e) => {
-                    self.svcs[s].sources.remove(key, limit);
-                    log::error!(
-                        "{}: fork failed: {e}; dropping a datagram from {peer}",
-                        self.svcs[s].conf.name
-                    );
-                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
-                    return;
                 }
             }
         }

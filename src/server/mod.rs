@@ -20,9 +20,11 @@
 //!     .unwrap();
 //! ```
 
+mod accept;
 mod children;
 mod fork;
 mod master;
+mod pending;
 mod process;
 mod signals;
 mod worker;
@@ -35,7 +37,8 @@ use crate::addr::ListenAddr;
 use crate::handler::{DatagramHandler, Model, StreamHandler};
 use crate::listener::Listener;
 
-pub use children::RateLimitedLog;
+pub use crate::logging::RateLimitedLog;
+pub use children::PerSource;
 
 /// The handler a service runs, by socket type.
 #[derive(Clone)]
@@ -78,7 +81,7 @@ pub struct Service {
     pub(crate) handler: Handler,
     pub(crate) model: Model,
     pub(crate) max_children: usize,
-    pub(crate) max_per_source: Option<usize>,
+    pub(crate) per_source: PerSource,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) workers: usize,
     pub(crate) max_requests: Option<u64>,
@@ -93,7 +96,7 @@ impl Service {
             handler,
             model: Model::Fork,
             max_children: 40,
-            max_per_source: None,
+            per_source: PerSource::FairShare,
             idle_timeout: None,
             workers: 4,
             max_requests: None,
@@ -135,9 +138,10 @@ impl Service {
         self
     }
 
-    /// At most this many at once from one peer IP, or one peer uid on Unix sockets.
+    /// At most this many at once from one peer IP, or one peer uid on Unix sockets;
+    /// `Some(0)`: no limit; `None` (the default): the fair share (see [`PerSource`]).
     pub fn max_per_source(mut self, n: Option<usize>) -> Service {
-        self.max_per_source = n;
+        self.per_source = PerSource::from_option(n);
         self
     }
 

@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::children::SourceCounts;
+use super::children::{SourceCounts, log_refusal};
 use super::signals::Signals;
 use super::{Handler, Service, worker};
 use crate::handler::{Context, Model};
+use crate::listener::AcceptErrors;
 use crate::listener::Listener;
+use crate::logging::RateLimitedLog;
 use crate::peer::Peer;
 use crate::proctitle;
 use crate::sys;
@@ -35,6 +37,9 @@ struct Proc<'a> {
     signals: Signals,
     slot: usize,
     served: u64,
+    accept_errors: AcceptErrors,
+    refusals: RateLimitedLog,
+    spawn_failures: RateLimitedLog,
     threads: Option<Arc<ThreadState>>,
     done_rx: Option<UnixStream>,
     /// Shared copies of the datagram sockets for threads to reply on.
@@ -59,6 +64,9 @@ pub(crate) fn serve(
         signals,
         slot,
         served: 0,
+        accept_errors: AcceptErrors::default(),
+        refusals: RateLimitedLog::default(),
+        spawn_failures: RateLimitedLog::default(),
         threads: None,
         done_rx: None,
         shared_socks: Vec::new(),
@@ -189,6 +197,12 @@ impl Proc<'_> {
         }
     }
 
+    /// Sleeps up to `t`, waking early for a signal (a stop request).
+    fn wait_for_signal(&self, t: Duration) {
+        let mut fds = [sys::pollfd(self.signals.fd(), sys::POLLIN)];
+        let _ = sys::poll(&mut fds, Some(t));
+    }
+
     fn drain_done_pipe(&self) {
         if let Some(rx) = &self.done_rx {
             let mut buf = [0u8; 256];
@@ -231,17 +245,18 @@ impl Proc<'_> {
                         if e.raw_os_error() == Some(libc::EINVAL) {
                             // The master shut the listener down: a drain has begun
                             // and SIGTERM is on its way. Wait for it, not spin.
-                            let mut fds = [sys::pollfd(self.signals.fd(), sys::POLLIN)];
-                            let _ = sys::poll(&mut fds, Some(Duration::from_secs(1)));
-                        } else if e.kind() != std::io::ErrorKind::WouldBlock {
-                            log::warn!("{}: accept: {e}", self.conf.name);
-                            if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
+                            self.wait_for_signal(Duration::from_secs(1));
+                        } else if let Some(pause) = self.accept_errors.on_error(
+                            &self.conf.name,
+                            self.listeners[l].addr(),
+                            &e,
+                        ) {
+                            self.wait_for_signal(pause);
                         }
                         return;
                     }
                 };
+                self.accept_errors.on_success();
                 let peer = worker::stream_peer(fd.as_fd(), &addr);
                 let ctx = self.contexts[l].clone();
                 self.served += 1;
@@ -254,17 +269,11 @@ impl Proc<'_> {
                         self.set_title(None);
                     }
                     Some(ts) => {
+                        let ts = Arc::clone(ts);
                         let key = peer.source_key();
-                        let limit = self.conf.max_per_source;
-                        if !ts.sources.lock().unwrap().try_add(key, limit) {
-                            log::info!(
-                                "{}: refused {peer}: too many from {key} (max-per-source {})",
-                                self.conf.name,
-                                limit.unwrap_or(0)
-                            );
+                        if !self.admit(&ts, &peer) {
                             return;
                         }
-                        let ts = Arc::clone(ts);
                         self.spawn(ts, key, move || {
                             worker::serve_connection(h.as_ref(), fd, peer, ctx);
                         });
@@ -276,7 +285,16 @@ impl Proc<'_> {
                 let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf)
                 {
                     Ok(x) => x,
-                    Err(_) => return,
+                    Err(e) => {
+                        if let Some(pause) = self.accept_errors.on_error(
+                            &self.conf.name,
+                            self.listeners[l].addr(),
+                            &e,
+                        ) {
+                            self.wait_for_signal(pause);
+                        }
+                        return;
+                    }
                 };
                 let (peer, reply_to) = worker::datagram_peer(addr, cred);
                 self.served += 1;
@@ -299,20 +317,14 @@ impl Proc<'_> {
                         }
                     }
                     Some(ts) => {
+                        let ts = Arc::clone(ts);
                         let key = peer.source_key();
-                        let limit = self.conf.max_per_source;
-                        if !ts.sources.lock().unwrap().try_add(key, limit) {
-                            log::info!(
-                                "{}: refused a datagram from {peer} (max-per-source {})",
-                                self.conf.name,
-                                limit.unwrap_or(0)
-                            );
+                        if !self.admit(&ts, &peer) {
                             return;
                         }
                         let data = self.buf[..n].to_vec();
                         let sock = Arc::clone(&self.shared_socks[l]);
                         let ctx = self.contexts[l].clone();
-                        let ts = Arc::clone(ts);
                         self.spawn(ts, key, move || {
                             worker::serve_datagram(
                                 h.as_ref(),
@@ -329,6 +341,21 @@ impl Proc<'_> {
         }
     }
 
+    /// Counts `peer` in its source unless the per-source limit refuses it (logged,
+    /// at most once a second).
+    fn admit(&mut self, ts: &ThreadState, peer: &Peer) -> bool {
+        let key = peer.source_key();
+        let (policy, max) = (self.conf.per_source, self.conf.max_children);
+        let active = ts.active.load(Ordering::SeqCst);
+        let mut sources = ts.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.try_add(key, policy, active, max) {
+            return true;
+        }
+        let held = sources.get(key);
+        log_refusal(&mut self.refusals, &self.conf.name, peer, held, policy, max);
+        false
+    }
+
     fn spawn(
         &mut self,
         ts: Arc<ThreadState>,
@@ -336,7 +363,7 @@ impl Proc<'_> {
         f: impl FnOnce() + Send + 'static,
     ) {
         ts.active.fetch_add(1, Ordering::SeqCst);
-        let limit = self.conf.max_per_source;
+        let limit = self.conf.per_source;
         let ts2 = Arc::clone(&ts);
         let spawned = std::thread::Builder::new()
             .name(format!("{}-{}", self.conf.name, self.served))
@@ -348,7 +375,13 @@ impl Proc<'_> {
                 let _ = std::io::Write::write(&mut &ts2.done_tx, b"d");
             });
         if let Err(e) = spawned {
-            log::error!("{}: spawning a thread: {e}", self.conf.name);
+            let name = &self.conf.name;
+            self.spawn_failures.log(|n| {
+                log::error!(
+                    "{name}: spawning a thread: {e}; not served{}",
+                    RateLimitedLog::more(n)
+                )
+            });
             ts.sources.lock().unwrap().remove(key, limit);
             ts.active.fetch_sub(1, Ordering::SeqCst);
         }

@@ -165,8 +165,8 @@ impl Signals {
         FLAGS[index_of(sig)].load(Ordering::SeqCst)
     }
 
-    /// In a forked worker: every handler off, default dispositions back, the pipe
-    /// closed, all signals unblocked.
+    /// In a forked worker: every handler off (ours and the runtime's), default
+    /// dispositions back, the pipe closed, all signals unblocked.
     pub fn reset_in_child(&self) {
         WAKE_FD.store(-1, Ordering::SeqCst);
         // SIG_DFL in the kernel is all it takes: the registry's entries stay in
@@ -176,11 +176,15 @@ impl Signals {
         for &(sig, _) in &self.ids {
             sys::default_signal(sig);
         }
+        for sig in sys::RUNTIME_SIGNALS {
+            sys::default_signal(sig);
+        }
         sys::unblock_all_signals();
     }
 
     /// In a long-lived server process: a pipe of its own (the master's is closed),
-    /// handlers kept for TERM/INT/QUIT/HUP, SIGCHLD back to default.
+    /// handlers kept for TERM/INT/QUIT/HUP, SIGCHLD and the runtime's SIGSEGV/SIGBUS
+    /// back to default.
     pub fn renew_in_child(&self) -> io::Result<Signals> {
         let (read, write) = new_pipe()?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
@@ -192,6 +196,9 @@ impl Signals {
             } else {
                 ids.push((sig, id));
             }
+        }
+        for sig in sys::RUNTIME_SIGNALS {
+            sys::default_signal(sig);
         }
         for flag in &FLAGS {
             flag.store(false, Ordering::SeqCst);

@@ -552,3 +552,56 @@ impl Drop for Nc {
         let _ = self.child.wait();
     }
 }
+
+/// True when the tests run as root. Otherwise prints that `test` is skipped and
+/// why: a test that needs root never passes silently without it.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    println!("SKIPPED {test}: needs root (it starts the server as root with --user)");
+    false
+}
+
+/// A system user made for one test with useradd, removed (userdel) on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl TestUser {
+    pub fn create() -> TestUser {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("fst{}x{n}", std::process::id());
+        // useradd takes a lock on /etc/passwd: parallel tests may find it busy.
+        wait_until(&format!("useradd {name}"), || {
+            Command::new("useradd")
+                .args(["--system", "--no-create-home", "--user-group"])
+                .args(["--shell", "/usr/sbin/nologin", &name])
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        });
+        let out = Command::new("id").args(["-u", &name]).output().unwrap();
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        TestUser { name, uid }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let ok = Command::new("userdel")
+                .args(["-f", &self.name])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -18,6 +19,8 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, LOBBY, name_key, room_name, valid_user_name};
+use crate::listener::AcceptErrors;
+use crate::logging::RateLimitedLog;
 use crate::proctitle;
 
 /// Bytes of unsent events a worker may have queued before it is dropped.
@@ -112,6 +115,10 @@ struct Broker<'a> {
     /// Connections whose queue overflowed while handling the current request.
     overflowed: Vec<usize>,
     title: String,
+    /// Out of descriptors (or memory): the listeners are left alone until then.
+    accept_paused_until: Option<Instant>,
+    accept_errors: AcceptErrors,
+    refusals: RateLimitedLog,
 }
 
 /// The broker's body (the companion's `run`): serves until SIGTERM or SIGINT, then
@@ -138,6 +145,9 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         uid: nix::unistd::getuid().as_raw(),
         overflowed: Vec::new(),
         title: String::new(),
+        accept_paused_until: None,
+        accept_errors: AcceptErrors::default(),
+        refusals: RateLimitedLog::default(),
     };
     b.rooms.insert(LOBBY.to_string(), Room::default());
     if !config.ipc_path.exists() {
@@ -206,12 +216,13 @@ impl Broker<'_> {
             // Poll: signals, listeners, then every connection.
             let mut ids = Vec::with_capacity(self.conns.len());
             let ready: Vec<PollFlags> = {
-                let mut fds = vec![
-                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                ];
-                if let Some(l) = &self.own_listener {
-                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                let accepting = self.accepting();
+                if accepting {
+                    fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+                    if let Some(l) = &self.own_listener {
+                        fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                    }
                 }
                 let base = fds.len();
                 for (i, c) in self.conns.iter().enumerate() {
@@ -226,7 +237,7 @@ impl Broker<'_> {
                     fds.push(PollFd::new(c.stream.as_fd(), ev));
                     ids.push(i);
                 }
-                match poll(&mut fds, PollTimeout::NONE) {
+                match poll(&mut fds, self.poll_timeout()) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
@@ -261,6 +272,31 @@ impl Broker<'_> {
         }
     }
 
+    /// False while accepting is paused after accept(2) failed for want of a
+    /// descriptor: the pending connection keeps the listener readable, and polling
+    /// it would spin.
+    fn accepting(&mut self) -> bool {
+        match self.accept_paused_until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                self.accept_paused_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Until the accept pause ends, or for ever.
+    fn poll_timeout(&self) -> PollTimeout {
+        match self.accept_paused_until {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            }
+        }
+    }
+
     fn accept_all(&mut self) {
         let listeners: Vec<&UnixListener> = std::iter::once(self.listener)
             .chain(self.own_listener.as_ref())
@@ -269,11 +305,17 @@ impl Broker<'_> {
         for l in listeners {
             for _ in 0..64 {
                 match l.accept() {
-                    Ok((s, _)) => accepted.push(s),
+                    Ok((s, _)) => {
+                        self.accept_errors.on_success();
+                        accepted.push(s)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        log::warn!("chat broker: accept: {e}");
+                        let path = self.config.ipc_path.display();
+                        if let Some(pause) = self.accept_errors.on_error("chat broker", &path, &e) {
+                            self.accept_paused_until = Some(Instant::now() + pause);
+                        }
                         break;
                     }
                 }
@@ -283,15 +325,20 @@ impl Broker<'_> {
             match getsockopt(&s, PeerCredentials) {
                 Ok(c) if c.uid() == self.uid => {}
                 Ok(c) => {
-                    log::warn!(
-                        "chat broker: refused IPC connection from uid {} (pid {})",
-                        c.uid(),
-                        c.pid()
-                    );
+                    self.refusals.log(|n| {
+                        log::warn!(
+                            "chat broker: refused IPC connection from uid {} (pid {}){}",
+                            c.uid(),
+                            c.pid(),
+                            RateLimitedLog::more(n)
+                        )
+                    });
                     continue;
                 }
                 Err(e) => {
-                    log::warn!("chat broker: SO_PEERCRED: {e}");
+                    self.refusals.log(|n| {
+                        log::warn!("chat broker: SO_PEERCRED: {e}{}", RateLimitedLog::more(n))
+                    });
                     continue;
                 }
             }
@@ -485,6 +532,7 @@ impl Broker<'_> {
 
     fn handle(&mut self, i: usize, req: Request) {
         match req {
+            Request::Ping => self.send(i, &Event::Pong),
             Request::Register {
                 name,
                 room,

@@ -57,11 +57,13 @@
 //! | 0x08 | worker → broker | Kick | user, reason | disconnect USER (admins) |
 //! | 0x09 | worker → broker | Quit | | the client leaves; answered by Close |
 //! | 0x0a | worker → broker | Echo | text | send TEXT back to me as Text |
+//! | 0x0b | worker → broker | Ping | | are you there? (heartbeat) |
 //! | 0x81 | broker → worker | Accepted | room | registered, in ROOM |
 //! | 0x82 | broker → worker | Refused | reason | not registered (name taken) |
 //! | 0x83 | broker → worker | Text | text | complete lines for the client |
 //! | 0x84 | broker → worker | Moved | room | the user's room is now ROOM |
 //! | 0x85 | broker → worker | Close | text | show TEXT, then disconnect |
+//! | 0x86 | broker → worker | Pong | | the answer to Ping |
 //!
 //! # Broker restarts
 //!
@@ -70,6 +72,17 @@
 //! sends `Register` with `restore` set and the room it was in. The client does
 //! nothing. **History does not survive a broker restart**: it lives only in the
 //! broker's memory, so rooms start empty again; so do lines that were in flight.
+//!
+//! # A broker that stops answering
+//!
+//! A broker can be alive and still not answer (stopped with SIGSTOP, stuck). A
+//! worker that has heard nothing from it for 2 s sends `Ping`; when 3 s more pass
+//! without a frame, it logs a warning and tells a logged-in client `* chat service
+//! is not answering; your lines wait until it does`. Meanwhile its queue towards
+//! the broker is bounded (64 KiB beyond the socket buffer): further lines get
+//! `error: the chat service is not answering; line not sent`. The first frame from
+//! the broker ends the stall: `* chat service is answering again`, and the lines
+//! that waited are delivered.
 //!
 //! # Client protocol
 //!
@@ -91,6 +104,7 @@
 //! systemd `Accept=yes` (one process per connection, no companion).
 
 mod broker;
+mod heartbeat;
 mod names;
 mod protocol;
 mod texts;
@@ -227,7 +241,7 @@ pub fn service(
             "--rate: expected at least 1 line a second",
         ));
     }
-    let rt = crate::listener::runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+    let rt = crate::listener::runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
     let (ipc_path, listener) = bind_ipc(&rt)?;
     if let Some(name) = run_as {
         hand_ipc_to(&ipc_path, name)?;

@@ -44,6 +44,8 @@ pub enum Request {
     /// Send `text` back to me: the worker's own answers (errors, /help) pass through
     /// the broker so they reach the client in order with the broker's.
     Echo { text: String },
+    /// Are you there? The broker answers `Pong` (the worker's heartbeat).
+    Ping,
 }
 
 /// What the broker tells a worker.
@@ -59,6 +61,8 @@ pub enum Event {
     Moved { room: String },
     /// Show `text` to the client, then close the connection (kicked, dropped).
     Close { text: String },
+    /// The answer to `Ping`.
+    Pong,
 }
 
 mod tag {
@@ -72,11 +76,13 @@ mod tag {
     pub const KICK: u8 = 0x08;
     pub const QUIT: u8 = 0x09;
     pub const ECHO: u8 = 0x0a;
+    pub const PING: u8 = 0x0b;
     pub const ACCEPTED: u8 = 0x81;
     pub const REFUSED: u8 = 0x82;
     pub const TEXT: u8 = 0x83;
     pub const MOVED: u8 = 0x84;
     pub const CLOSE: u8 = 0x85;
+    pub const PONG: u8 = 0x86;
 }
 
 /// Writes one frame into `out`.
@@ -173,6 +179,7 @@ impl Request {
             }
             Request::Quit => FrameWriter::new(out, QUIT).finish(),
             Request::Echo { text } => FrameWriter::new(out, ECHO).str(text).finish(),
+            Request::Ping => FrameWriter::new(out, PING).finish(),
         }
     }
 
@@ -201,6 +208,7 @@ impl Request {
             },
             QUIT => Request::Quit,
             ECHO => Request::Echo { text: f.str()? },
+            PING => Request::Ping,
             t => return Err(bad(&format!("unknown request type {t:#04x}"))),
         })
     }
@@ -216,6 +224,7 @@ impl Event {
             Event::Text { text } => FrameWriter::new(out, TEXT).str(text).finish(),
             Event::Moved { room } => FrameWriter::new(out, MOVED).str(room).finish(),
             Event::Close { text } => FrameWriter::new(out, CLOSE).str(text).finish(),
+            Event::Pong => FrameWriter::new(out, PONG).finish(),
         }
     }
 
@@ -228,6 +237,7 @@ impl Event {
             TEXT => Event::Text { text: f.str()? },
             MOVED => Event::Moved { room: f.str()? },
             CLOSE => Event::Close { text: f.str()? },
+            PONG => Event::Pong,
             t => return Err(bad(&format!("unknown event type {t:#04x}"))),
         })
     }
@@ -321,6 +331,7 @@ mod tests {
             Request::Echo {
                 text: "error: x\n".into(),
             },
+            Request::Ping,
         ];
         let mut wire = Vec::new();
         for r in &reqs {
@@ -351,6 +362,7 @@ mod tests {
             Event::Close {
                 text: "bye\n".into(),
             },
+            Event::Pong,
         ];
         let mut wire = Vec::new();
         for e in &evs {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::heartbeat::{self, Beat, Heartbeat};
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, LOBBY, MAX_LINE, name_key, room_name, user_name};
 use crate::handler::{Connection, Model};
@@ -127,6 +128,8 @@ struct Worker<'a> {
     /// When the pending registration was sent.
     registering_since: Option<Instant>,
     last_input: Instant,
+    /// Whether the broker answers (see `heartbeat.rs`).
+    heartbeat: Heartbeat,
 }
 
 /// Serves one chat client until it leaves, is kicked or dropped, or goes silent for
@@ -160,6 +163,7 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
         done: None,
         registering_since: None,
         last_input: now,
+        heartbeat: Heartbeat::new(now),
     };
     match connect_broker(config) {
         Ok(s) => w.ipc = Some(s),
@@ -278,6 +282,7 @@ impl Worker<'_> {
             }
             self.take_paused_line();
             self.handle_input();
+            self.beat();
         }
     }
 
@@ -291,6 +296,7 @@ impl Worker<'_> {
             self.config_idle().map(|idle| self.last_input + idle)
         };
         let until = earliest(until, self.partial_line_due());
+        let until = earliest(until, self.heartbeat_due());
         match until {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -366,7 +372,9 @@ impl Worker<'_> {
     }
 
     fn send(&mut self, req: Request) {
-        req.encode(&mut self.ipc_out);
+        if !self.queue_for_broker(&req) {
+            return;
+        }
         self.flush_ipc();
     }
 
@@ -699,6 +707,7 @@ impl Worker<'_> {
             Ok(0) => true,
             Ok(n) => {
                 self.ipc_in.extend(&buf[..n]);
+                self.broker_heard();
                 false
             }
             Err(e)
@@ -765,6 +774,7 @@ impl Worker<'_> {
                 self.ipc = None;
                 self.finish();
             }
+            Event::Pong => {}
         }
     }
 
@@ -799,7 +809,10 @@ impl Worker<'_> {
         }
         log::debug!("chat: {}: broker connection lost; reconnecting", self.who());
         match connect_broker(self.config) {
-            Ok(s) => self.ipc = Some(s),
+            Ok(s) => {
+                self.ipc = Some(s);
+                self.heartbeat.reset(Instant::now());
+            }
             Err(e) => {
                 log::error!(
                     "chat: {}: broker unreachable after a restart: {e}",
@@ -840,5 +853,57 @@ fn line_or_too_long(mut line: Vec<u8>) -> Input {
         Input::TooLong
     } else {
         Input::Line(line)
+    }
+}
+
+/// The broker-connection side of the heartbeat (`heartbeat.rs`): ping a quiet
+/// broker, tell the client when it stalls and when it answers again, and bound the
+/// queue of requests meanwhile.
+impl Worker<'_> {
+    /// When the heartbeat needs the loop again (None: no broker connection).
+    fn heartbeat_due(&self) -> Option<Instant> {
+        (self.ipc.is_some() && self.done.is_none()).then(|| self.heartbeat.due())
+    }
+
+    fn beat(&mut self) {
+        if self.heartbeat_due().is_none() {
+            return;
+        }
+        match self.heartbeat.check(Instant::now()) {
+            Beat::Idle => {}
+            Beat::Ping => self.send(Request::Ping),
+            Beat::Stalled => {
+                log::warn!(
+                    "chat: {}: the broker has not answered for {}s",
+                    self.who(),
+                    (heartbeat::QUIET + heartbeat::PATIENCE).as_secs()
+                );
+                if self.state == State::Chatting {
+                    self.say("* chat service is not answering; your lines wait until it does\n");
+                }
+            }
+        }
+    }
+
+    fn broker_heard(&mut self) {
+        if self.heartbeat.heard(Instant::now()) {
+            log::info!("chat: {}: the broker answers again", self.who());
+            if self.state == State::Chatting {
+                self.say("* chat service is answering again\n");
+            }
+        }
+    }
+
+    /// Appends `req` to the queue for the broker, unless the queue is over its bound
+    /// (a stalled broker): then the client is told its line was not sent. `Quit`
+    /// and `Ping` always go.
+    fn queue_for_broker(&mut self, req: &Request) -> bool {
+        let small = matches!(req, Request::Quit | Request::Ping);
+        if !small && self.ipc_out.len() >= heartbeat::MAX_QUEUED {
+            self.say("error: the chat service is not answering; line not sent\n");
+            return false;
+        }
+        req.encode(&mut self.ipc_out);
+        true
     }
 }

@@ -1,0 +1,209 @@
+//! The master's way in: accept a connection (or receive a datagram), check the
+//! per-source share, fork its worker. When accept(2) fails for want of a resource
+//! the listeners are paused (see [`AcceptErrors`](crate::listener::AcceptErrors));
+//! when fork(2) fails an accepted connection waits in the
+//! [`Pending`](super::pending::Pending) queue and is forked again after a back-off.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use super::children::{Role, log_refusal};
+use super::master::Master;
+use super::pending::{self, Waiting};
+use super::{Handler, fork, worker};
+use crate::logging::RateLimitedLog;
+use crate::peer::Peer;
+use crate::sys::{self, Forked};
+
+/// How many connections (or datagrams) one wake-up may take from one listener
+/// before the loop looks at signals and the other listeners again.
+const ACCEPT_BATCH: usize = 64;
+
+impl Master {
+    /// A listener is readable: take what it has.
+    pub(super) fn serve_ready(&mut self, s: usize, l: usize) {
+        match self.svcs[s].conf.handler {
+            Handler::Stream(_) => self.accept_connections(s, l),
+            Handler::Datagram(_) => self.receive_datagrams(s, l),
+        }
+    }
+
+    /// Counts `peer` in its source, or logs (at most once a second) why not.
+    fn admit(&mut self, s: usize, peer: &Peer) -> bool {
+        let svc = &mut self.svcs[s];
+        let key = peer.source_key();
+        let (policy, max) = (svc.conf.per_source, svc.conf.max_children);
+        if svc.sources.try_add(key, policy, svc.active, max) {
+            return true;
+        }
+        let held = svc.sources.get(key);
+        log_refusal(&mut svc.refusals, &svc.conf.name, peer, held, policy, max);
+        false
+    }
+
+    /// Records a forked worker.
+    fn started(&mut self, s: usize, pid: i32, peer: Peer) {
+        let svc = &mut self.svcs[s];
+        svc.active += 1;
+        svc.served += 1;
+        self.served_total += 1;
+        self.children.insert(pid, Role::Worker { service: s, peer });
+        self.title_dirty = true;
+        self.pending.fork_worked();
+    }
+
+    /// accept(2) or recvfrom(2) on listener `l` of service `s` failed: pause the
+    /// listeners if it would fail again at once.
+    fn accept_failed(&mut self, s: usize, l: usize, e: &std::io::Error) {
+        let svc = &self.svcs[s];
+        if let Some(pause) = self
+            .accept_errors
+            .on_error(&svc.conf.name, svc.listeners[l].addr(), e)
+        {
+            self.accept_paused_until = Some(Instant::now() + pause);
+        }
+    }
+
+    fn accept_connections(&mut self, s: usize, l: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.svcs[s].active >= self.svcs[s].conf.max_children || !self.pending.is_empty() {
+                return;
+            }
+            let (fd, addr) = match sys::accept(self.svcs[s].listeners[l].as_fd()) {
+                Ok(x) => x,
+                Err(e) => return self.accept_failed(s, l, &e),
+            };
+            self.accept_errors.on_success();
+            let peer = worker::stream_peer(fd.as_fd(), &addr);
+            if !self.admit(s, &peer) {
+                continue;
+            }
+            let since = Instant::now();
+            let w = Waiting {
+                service: s,
+                listener: l,
+                fd,
+                peer,
+                since,
+            };
+            self.fork_or_keep(w, false);
+        }
+    }
+
+    /// Forks the worker of an accepted connection; when fork fails the connection
+    /// waits for the next attempt (or is closed when too many already wait).
+    /// `was_waiting`: it comes from the queue, and goes back to its front.
+    fn fork_or_keep(&mut self, w: Waiting, was_waiting: bool) {
+        let (s, l) = (w.service, w.listener);
+        match sys::fork() {
+            Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
+            Ok(Forked::Parent(pid)) => {
+                drop(w.fd);
+                self.started(s, pid, w.peer);
+            }
+            Err(e) => {
+                let name = self.svcs[s].conf.name.clone();
+                match self.pending.keep(w, was_waiting) {
+                    Ok(wait) => self.fork_failures.log(|n| {
+                        log::error!(
+                            "{name}: fork failed: {e}; the connection waits, trying again in {} ms{}",
+                            wait.as_millis(),
+                            RateLimitedLog::more(n)
+                        )
+                    }),
+                    Err(w) => {
+                        self.fork_failures.log(|n| {
+                            log::error!(
+                                "{name}: fork failed: {e}; {} connections already wait, closing {}{}",
+                                pending::CAPACITY,
+                                w.peer,
+                                RateLimitedLog::more(n)
+                            )
+                        });
+                        self.forget(w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes a connection that never got a process, uncounting its source.
+    fn forget(&mut self, w: Waiting) {
+        let svc = &mut self.svcs[w.service];
+        svc.sources.remove(w.peer.source_key(), svc.conf.per_source);
+        drop::<OwnedFd>(w.fd);
+    }
+
+    /// Forks again for the connections that wait, while forks work and their
+    /// services have room; closes those that waited too long.
+    pub(super) fn retry_pending(&mut self, now: Instant) {
+        for w in self.pending.take_expired(now) {
+            log::error!(
+                "{}: no process for {} after {}s; closing it",
+                self.svcs[w.service].conf.name,
+                w.peer,
+                pending::MAX_WAIT.as_secs()
+            );
+            self.forget(w);
+        }
+        while let Some(w) = self.pending.take_due(now) {
+            let svc = &self.svcs[w.service];
+            if svc.active >= svc.conf.max_children {
+                // A worker's exit frees the slot; the reaper calls us again.
+                self.pending.put_back(w);
+                return;
+            }
+            self.fork_or_keep(w, true);
+            if self.pending.due().is_some_and(|d| d > now) {
+                return;
+            }
+        }
+    }
+
+    /// Closes every waiting connection (a stop, or the drain deadline).
+    pub(super) fn drop_pending(&mut self) {
+        for w in self.pending.take_all() {
+            log::warn!(
+                "{}: closing {}: it never got a process",
+                self.svcs[w.service].conf.name,
+                w.peer
+            );
+            self.forget(w);
+        }
+    }
+
+    fn receive_datagrams(&mut self, s: usize, l: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.svcs[s].active >= self.svcs[s].conf.max_children {
+                return;
+            }
+            let got = sys::recv_into(self.svcs[s].listeners[l].as_fd(), &mut self.dgram_buf);
+            let n = self.dgram_buf.len();
+            let (addr, cred) = match got {
+                Ok(x) => x,
+                Err(e) => return self.accept_failed(s, l, &e),
+            };
+            let (peer, reply_to) = worker::datagram_peer(addr, cred);
+            if !self.admit(s, &peer) {
+                continue;
+            }
+            match sys::fork() {
+                Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
+                Ok(Forked::Parent(pid)) => self.started(s, pid, peer),
+                Err(e) => {
+                    let name = self.svcs[s].conf.name.clone();
+                    self.fork_failures.log(|k| {
+                        log::error!(
+                            "{name}: fork failed: {e}; dropping a datagram from {peer}{}",
+                            RateLimitedLog::more(k)
+                        )
+                    });
+                    let svc = &mut self.svcs[s];
+                    svc.sources.remove(peer.source_key(), svc.conf.per_source);
+                    self.accept_paused_until = Some(Instant::now() + pending::FIRST_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+}
