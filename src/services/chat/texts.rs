@@ -368,6 +368,26 @@ impl Texts {
             Lang::Es => "error: el servicio de chat no responde, desconectando\n",
         }
     }
+    pub fn stalled(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "* chat service is not answering; your lines wait until it does\n",
+            Lang::Es => {
+                "* el servicio de chat no responde; tus mensajes esperan hasta que responda\n"
+            }
+        }
+    }
+    pub fn answering_again(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "* chat service is answering again\n",
+            Lang::Es => "* el servicio de chat vuelve a responder\n",
+        }
+    }
+    pub fn line_not_sent(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "error: the chat service is not answering; line not sent\n",
+            Lang::Es => "error: el servicio de chat no responde; mensaje no enviado\n",
+        }
+    }
     pub fn internal_error(&self) -> &'static str {
         match self.lang {
             Lang::En => "error: internal error, disconnecting\n",

@@ -879,7 +879,7 @@ impl Worker<'_> {
                     (heartbeat::QUIET + heartbeat::PATIENCE).as_secs()
                 );
                 if self.state == State::Chatting {
-                    self.say("* chat service is not answering; your lines wait until it does\n");
+                    self.say(self.config.texts.stalled());
                 }
             }
         }
@@ -889,7 +889,7 @@ impl Worker<'_> {
         if self.heartbeat.heard(Instant::now()) {
             log::info!("chat: {}: the broker answers again", self.who());
             if self.state == State::Chatting {
-                self.say("* chat service is answering again\n");
+                self.say(self.config.texts.answering_again());
             }
         }
     }
@@ -900,7 +900,7 @@ impl Worker<'_> {
     fn queue_for_broker(&mut self, req: &Request) -> bool {
         let small = matches!(req, Request::Quit | Request::Ping);
         if !small && self.ipc_out.len() >= heartbeat::MAX_QUEUED {
-            self.say("error: the chat service is not answering; line not sent\n");
+            self.say(self.config.texts.line_not_sent());
             return false;
         }
         req.encode(&mut self.ipc_out);
