@@ -195,7 +195,19 @@ fn connect_from(from: &str, addr: &str) -> std::net::TcpStream {
 #[test]
 fn slow_clients_from_one_source_leave_room_for_another_source() {
     let fs = echo(&[]);
-    slow_source_then_another(&fs, || fs.wait_children("echo worker", 30).len());
+    let mut slow = slow_source_then_another(&fs, || fs.wait_children("echo worker", 30).len());
+    // The source's connections past its share were held, not reset: once ten of
+    // its served connections end, the ten held ones are served, in full.
+    fs.wait_log(" waits: 30 already open from 127.0.0.1");
+    assert!(!fs.has_log("refused"), "{}", fs.log_text());
+    let held = slow.split_off(30);
+    drop(slow);
+    for mut c in held {
+        c.write_all(b"z\n").unwrap();
+        let mut r = [0u8; 3];
+        c.read_exact(&mut r).unwrap();
+        assert_eq!(&r, b"XZ\n");
+    }
 }
 
 #[test]
@@ -212,14 +224,19 @@ fn slow_clients_under_the_thread_model_leave_room_too() {
     slow_source_then_another(&fs, || {
         wait_until("30 connection threads", || (threads() == 30).then_some(30))
     });
+    fs.wait_log("refused 127.0.0.1");
 }
 
 /// Default settings: 40 slots. One source opens 40 connections and trickles a
 /// byte into each, never a whole line (a slowloris): its silence never lasts long
 /// enough for any idle timeout. The last quarter of the slots is kept for other
-/// sources, so 30 are served (`served` waits for them) and the rest refused.
-/// Another source is then served at once.
-fn slow_source_then_another(fs: &Forkserve, served: impl Fn() -> usize) {
+/// sources, so 30 are served (`served` waits for them) and the rest wait (fork
+/// model) or are refused (thread model). Another source is then served at once.
+/// Returns the slow source's connections, in the order they were opened.
+fn slow_source_then_another(
+    fs: &Forkserve,
+    served: impl Fn() -> usize,
+) -> Vec<std::net::TcpStream> {
     let mut slow: Vec<std::net::TcpStream> = (0..40)
         .map(|_| connect_from("127.0.0.1", fs.addr(0)))
         .collect();
@@ -238,6 +255,7 @@ fn slow_source_then_another(fs: &Forkserve, served: impl Fn() -> usize) {
     let mut r = [0u8; 3];
     slow[0].read_exact(&mut r).unwrap();
     assert_eq!(&r, b"XY\n");
+    slow
 }
 
 /// Reads from a chat connection until `until` has arrived; returns all of it.

@@ -2,12 +2,14 @@
 //! per-source share, fork its worker. When accept(2) fails for want of a resource
 //! the listeners are paused (see [`AcceptErrors`](crate::listener::AcceptErrors));
 //! when fork(2) fails an accepted connection waits in the
-//! [`Pending`](super::pending::Pending) queue and is forked again after a back-off.
+//! [`Pending`](super::pending::Pending) queue and is forked again after a back-off;
+//! a connection over its source's fair share waits in the
+//! [`Held`](super::pending::Held) queue until its source may take a slot.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use super::children::{Role, log_refusal};
+use super::children::{PerSource, Role, log_refusal};
 use super::master::Master;
 use super::pending::{self, Waiting};
 use super::{Handler, fork, worker};
@@ -28,17 +30,97 @@ impl Master {
         }
     }
 
-    /// Counts `peer` in its source, or logs (at most once a second) why not.
-    fn admit(&mut self, s: usize, peer: &Peer) -> bool {
+    /// Counts `peer` in its source; false when its source may take no more now.
+    fn try_admit(&mut self, s: usize, peer: &Peer) -> bool {
         let svc = &mut self.svcs[s];
-        let key = peer.source_key();
         let (policy, max) = (svc.conf.per_source, svc.conf.max_children);
-        if svc.sources.try_add(key, policy, svc.active, max) {
-            return true;
-        }
-        let held = svc.sources.get(key);
+        svc.sources
+            .try_add(peer.source_key(), policy, svc.active, max)
+    }
+
+    /// Logs (at most once a second) that `peer` was refused.
+    fn log_refused(&mut self, s: usize, peer: &Peer) {
+        let svc = &mut self.svcs[s];
+        let held = svc.sources.get(peer.source_key());
+        let (policy, max) = (svc.conf.per_source, svc.conf.max_children);
         log_refusal(&mut svc.refusals, &svc.conf.name, peer, held, policy, max);
-        false
+    }
+
+    /// Counts `peer` in its source, or logs why not.
+    fn admit(&mut self, s: usize, peer: &Peer) -> bool {
+        self.try_admit(s, peer) || {
+            self.log_refused(s, peer);
+            false
+        }
+    }
+
+    /// A connection whose source has its share: under the fair share it waits for
+    /// a slot its source may take (see [`pending::hold_limit`]);
+    /// under `--max-per-source N`, or when too many wait, it is closed.
+    fn hold_or_refuse(&mut self, w: Waiting) {
+        let s = w.service;
+        let (policy, max) = (self.svcs[s].conf.per_source, self.svcs[s].conf.max_children);
+        let w = if policy == PerSource::FairShare {
+            let (peer, key) = (w.peer.clone(), w.peer.source_key());
+            match self.held.hold(w, pending::hold_limit(max)) {
+                Ok(()) => {
+                    let svc = &mut self.svcs[s];
+                    let open = svc.sources.get(key);
+                    let name = &svc.conf.name;
+                    svc.refusals.log(|n| {
+                        log::info!(
+                            "{name}: {peer} waits: {open} already open from {key} ({}){}",
+                            policy.describe(max),
+                            RateLimitedLog::more(n)
+                        )
+                    });
+                    return;
+                }
+                Err(w) => w,
+            }
+        } else {
+            w
+        };
+        self.log_refused(s, &w.peer);
+    }
+
+    /// Starts the held connections whose sources may now take a slot, oldest
+    /// first; closes those that waited [`pending::HOLD_MAX_WAIT`].
+    pub(super) fn serve_held(&mut self, now: Instant) {
+        for w in self.held.take_expired(now) {
+            log::warn!(
+                "{}: closing {}: no slot for its source within {}s",
+                self.svcs[w.service].conf.name,
+                w.peer,
+                pending::HOLD_MAX_WAIT.as_secs()
+            );
+        }
+        // While forks fail, the connections already waiting for one go first.
+        while self.pending.is_empty() {
+            let svcs = &self.svcs;
+            let Some(w) = self.held.take_first(|w| {
+                let svc = &svcs[w.service];
+                let max = svc.conf.max_children;
+                let open = svc.sources.get(w.peer.source_key());
+                svc.active < max && svc.conf.per_source.allows(open, svc.active, max)
+            }) else {
+                return;
+            };
+            let admitted = self.try_admit(w.service, &w.peer);
+            debug_assert!(admitted, "checked above");
+            self.fork_or_keep(w, false);
+        }
+    }
+
+    /// Closes every held connection (a stop, or the drain deadline).
+    pub(super) fn drop_held(&mut self) {
+        for w in self.held.take_all() {
+            log::warn!(
+                "{}: closing {}: its source never got a slot",
+                self.svcs[w.service].conf.name,
+                w.peer
+            );
+        }
     }
 
     /// Records a forked worker.
@@ -65,6 +147,9 @@ impl Master {
     }
 
     fn accept_connections(&mut self, s: usize, l: usize) {
+        if !self.held.is_empty() {
+            self.serve_held(Instant::now());
+        }
         for _ in 0..ACCEPT_BATCH {
             if self.svcs[s].active >= self.svcs[s].conf.max_children || !self.pending.is_empty() {
                 return;
@@ -75,18 +160,20 @@ impl Master {
             };
             self.accept_errors.on_success();
             let peer = worker::stream_peer(fd.as_fd(), &addr);
-            if !self.admit(s, &peer) {
-                continue;
-            }
-            let since = Instant::now();
             let w = Waiting {
                 service: s,
                 listener: l,
                 fd,
+                since: Instant::now(),
                 peer,
-                since,
             };
-            self.fork_or_keep(w, false);
+            // Behind its own source's held connections, never ahead of them.
+            let queued = self.held.has(s, w.peer.source_key());
+            if !queued && self.try_admit(s, &w.peer) {
+                self.fork_or_keep(w, false);
+            } else {
+                self.hold_or_refuse(w);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
-use super::pending::Pending;
+use super::pending::{Held, Pending};
 use super::signals::Signals;
 use super::{Error, Server, Service, fork};
 use crate::addr::ListenAddr;
@@ -88,6 +88,7 @@ pub(crate) struct Master {
     pub accept_paused_until: Option<Instant>,
     pub accept_errors: AcceptErrors,
     pub pending: Pending,
+    pub held: Held,
     pub fork_failures: RateLimitedLog,
     last_status: Option<Instant>,
     last_watchdog: Instant,
@@ -137,6 +138,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         accept_paused_until: None,
         accept_errors: AcceptErrors::default(),
         pending: Pending::default(),
+        held: Held::default(),
         fork_failures: RateLimitedLog::default(),
         last_status: None,
         last_watchdog: Instant::now(),
@@ -408,7 +410,7 @@ impl Master {
         if let Some(fd) = self.notifier.raw_fd() {
             sys::close_fd(fd);
         }
-        for fd in self.pending.raw_fds() {
+        for fd in self.pending.raw_fds().chain(self.held.raw_fds()) {
             sys::close_fd(fd);
         }
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -457,7 +459,11 @@ impl Master {
                 }
             }
             self.run_timers();
-            if self.shutdown.is_some() && self.children.is_empty() && self.pending.is_empty() {
+            if self.shutdown.is_some()
+                && self.children.is_empty()
+                && self.pending.is_empty()
+                && self.held.is_empty()
+            {
                 return;
             }
         }
@@ -512,6 +518,9 @@ impl Master {
             consider(t);
         }
         if let Some(t) = self.pending.due() {
+            consider(t);
+        }
+        if let Some(t) = self.held.next_expiry() {
             consider(t);
         }
         if self.title_dirty {
@@ -592,6 +601,7 @@ impl Master {
     fn stop_now(&mut self, why: &str) {
         log::info!("{why}: stopping now");
         self.drop_pending();
+        self.drop_held();
         if self.shutdown.is_none() {
             self.notifier.notify("STOPPING=1");
             self.close_listeners();
@@ -629,6 +639,9 @@ impl Master {
         let now = Instant::now();
         if !self.pending.is_empty() {
             self.retry_pending(now);
+        }
+        if !self.held.is_empty() {
+            self.serve_held(now);
         }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
@@ -683,9 +696,10 @@ impl Master {
         let Some(deadline) = self.shutdown.as_ref().map(|sd| sd.deadline) else {
             return;
         };
-        if now >= deadline && !self.pending.is_empty() {
+        if now >= deadline && !(self.pending.is_empty() && self.held.is_empty()) {
             // Still no process for them at the end of the drain.
             self.drop_pending();
+            self.drop_held();
         }
         let Some(sd) = &mut self.shutdown else {
             return;
