@@ -80,16 +80,16 @@ pub(crate) struct Master {
     pub notifier: Notifier,
     drain_timeout: Duration,
     shutdown: Option<Shutdown>,
-    title_dirty: bool,
+    pub(super) title_dirty: bool,
     title: String,
     last_title: Instant,
     pollfds: Vec<sys::PollFd>,
     pollmap: Vec<(usize, usize)>,
     pub dgram_buf: Vec<u8>,
-    accept_paused_until: Option<Instant>,
+    pub(super) accept_paused_until: Option<Instant>,
     last_status: Option<Instant>,
     last_watchdog: Instant,
-    served_total: u64,
+    pub(super) served_total: u64,
 }
 
 /// Entry point of [`Server::run`].
@@ -526,7 +526,7 @@ impl Master {
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
         if self.signals.take(libc::SIGHUP) {
-            log::info!("SIGHUP received: nothing to reload (reserved for a later use)");
+            self.reload();
         }
         if self.signals.take(libc::SIGUSR1) {
             log::info!(
@@ -815,6 +815,10 @@ impl Master {
             let limit = self.svcs[s].conf.max_per_source;
             if !self.svcs[s].sources.try_add(key, limit) {
                 self.refuse(s, &peer);
+                continue;
+            }
+            if self.svcs[s].conf.spawner.is_some() {
+                self.spawn_for(s, l, fd, peer);
                 continue;
             }
             match sys::fork() {

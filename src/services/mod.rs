@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod exec;
 pub mod files;
 pub mod http;
 pub mod models;
