@@ -433,12 +433,42 @@ fn datagram_service(addrs: &[ListenAddr]) -> Result<bool, Error> {
     }
 }
 
+/// Under socket activation with no `-l`, every socket systemd passed, by name
+/// (`unknown` for unnamed ones, as systemd-socket-activate passes them): the one
+/// service takes them all.
+fn passed_sockets() -> Vec<ListenAddr> {
+    let n = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names: Vec<&str> = names
+        .split(':')
+        .chain(std::iter::repeat(""))
+        .take(n)
+        .collect();
+    for name in names.iter_mut().filter(|n| n.is_empty()) {
+        *name = "unknown";
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| ListenAddr::Systemd(n.to_string()))
+        .collect()
+}
+
 /// Builds the `exec` service from its options and listen addresses. Usage errors
 /// (no program, not executable, mixed socket types) and a bad rules file come
 /// back before anything is bound.
 pub fn service(args: &ExecArgs, addrs: Vec<ListenAddr>, inetd: bool) -> Result<Service, Error> {
     let name = "exec";
     let program = program(&args.program)?;
+    let addrs = if addrs.is_empty() {
+        passed_sockets()
+    } else {
+        addrs
+    };
     let datagram = datagram_service(&addrs)?;
     let rules = match &args.rules {
         Some(path) => {
