@@ -269,7 +269,11 @@ fn max_children_holds_back_the_next_client_until_a_program_exits() {
     let dir = TempDir::new("exec-limit");
     let sock = dir.path("l.sock");
     let addr = format!("unix:{}", sock.display());
-    let fs = exec(&["--max-children", "2"], &[addr.clone()], &["cat"]);
+    let fs = exec(
+        &["--max-children", "2"],
+        std::slice::from_ref(&addr),
+        &["cat"],
+    );
     let mut held: Vec<Conn> = (0..2)
         .map(|i| {
             let mut c = Conn::connect(&addr);
@@ -306,7 +310,11 @@ fn drain_lets_programs_finish_then_ends_those_that_outstay() {
     let dir = TempDir::new("exec-drain");
     let sock = dir.path("d.sock");
     let addr = format!("unix:{}", sock.display());
-    let mut fs = exec(&["--drain-timeout", "30"], &[addr.clone()], &["cat"]);
+    let mut fs = exec(
+        &["--drain-timeout", "30"],
+        std::slice::from_ref(&addr),
+        &["cat"],
+    );
     let mut c = Conn::connect(&addr);
     writeln!(c, "before").unwrap();
     assert_eq!(c.read_line().unwrap(), "before");
@@ -325,7 +333,7 @@ fn drain_lets_programs_finish_then_ends_those_that_outstay() {
     let addr = format!("unix:{}", sock.display());
     let mut fs = exec(
         &["--drain-timeout", "0.2"],
-        &[addr.clone()],
+        std::slice::from_ref(&addr),
         &["sleep", "600"],
     );
     let _c = Conn::connect(&addr);
