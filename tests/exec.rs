@@ -83,6 +83,23 @@ fn fetch_tcp(addr: &str) -> (String, u16) {
     (out, port)
 }
 
+/// Asserts the exact UCSPI variables a TCP client of `fs` on `ip` sees.
+fn assert_tcp_env(fs: &Forkserve, ip: &str, mode: &str) {
+    let addr = fs.addr(0).to_string();
+    let (out, client_port) = fetch_tcp(&addr);
+    assert_eq!(
+        ucspi_vars(&out),
+        expect(&[
+            ("PROTO", "TCP".into()),
+            ("TCPLOCALIP", ip.into()),
+            ("TCPLOCALPORT", port_of(&addr)),
+            ("TCPREMOTEIP", ip.into()),
+            ("TCPREMOTEPORT", client_port.to_string()),
+        ]),
+        "--start {mode}:\n{out}"
+    );
+}
+
 const MODES: [&str; 2] = ["spawn", "fork"];
 
 #[test]
@@ -98,19 +115,7 @@ fn tcp_v4_environment_is_exactly_ucspi_tcp() {
             .args(["exec", "--start", mode, "-l", "tcp:127.0.0.1:0", "--"])
             .arg(&prog)
             .start();
-        let addr = fs.addr(0).to_string();
-        let (out, client_port) = fetch_tcp(&addr);
-        assert_eq!(
-            ucspi_vars(&out),
-            expect(&[
-                ("PROTO", "TCP".into()),
-                ("TCPLOCALIP", "127.0.0.1".into()),
-                ("TCPLOCALPORT", port_of(&addr)),
-                ("TCPREMOTEIP", "127.0.0.1".into()),
-                ("TCPREMOTEPORT", client_port.to_string()),
-            ]),
-            "--start {mode}:\n{out}"
-        );
+        assert_tcp_env(&fs, "127.0.0.1", mode);
     }
 }
 
@@ -155,19 +160,7 @@ fn tcp_v6_environment() {
     let dir = TempDir::new("exec-env6");
     let prog = env_script(&dir);
     let fs = exec(&[], &["tcp:[::1]:0".into()], &[prog.to_str().unwrap()]);
-    let addr = fs.addr(0).to_string();
-    let (out, client_port) = fetch_tcp(&addr);
-    assert_eq!(
-        ucspi_vars(&out),
-        expect(&[
-            ("PROTO", "TCP".into()),
-            ("TCPLOCALIP", "::1".into()),
-            ("TCPLOCALPORT", port_of(&addr)),
-            ("TCPREMOTEIP", "::1".into()),
-            ("TCPREMOTEPORT", client_port.to_string()),
-        ]),
-        "{out}"
-    );
+    assert_tcp_env(&fs, "::1", "spawn");
 }
 
 #[test]
