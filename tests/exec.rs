@@ -299,6 +299,32 @@ fn max_children_holds_back_the_next_client_until_a_program_exits() {
 }
 
 #[test]
+fn max_per_source_refuses_the_extra_client_before_any_program_starts() {
+    let dir = TempDir::new("exec-persource");
+    let sock = dir.path("p.sock");
+    let addr = format!("unix:{}", sock.display());
+    let fs = exec(
+        &["--max-per-source", "1"],
+        std::slice::from_ref(&addr),
+        &["cat"],
+    );
+    let mut first = Conn::connect(&addr);
+    writeln!(first, "first").unwrap();
+    assert_eq!(first.read_line().unwrap(), "first");
+    // Same uid: refused, closed with nothing read.
+    let mut second = Conn::connect(&addr);
+    assert_eq!(second.read_to_end_string(), "");
+    fs.wait_log("refused uid=");
+    assert_eq!(
+        fs.children()
+            .into_iter()
+            .filter(|&p| comm(p) == "cat")
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn drain_lets_programs_finish_then_ends_those_that_outstay() {
     let dir = TempDir::new("exec-drain");
     let sock = dir.path("d.sock");

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use super::children::Role;
@@ -37,7 +38,11 @@ impl Master {
         let Some(spawner) = self.svcs[s].conf.spawner.clone() else {
             return;
         };
-        let result = spawner.spawn(fd.as_fd(), &peer, &self.svcs[s].contexts[l]);
+        let ctx = &self.svcs[s].contexts[l];
+        // A panicking spawner must not take the master down: it costs this
+        // connection only (the panic hook has logged it).
+        let result = catch_unwind(AssertUnwindSafe(|| spawner.spawn(fd.as_fd(), &peer, ctx)))
+            .unwrap_or_else(|_| Err(io::Error::other("the spawner panicked")));
         drop(fd);
         let key = peer.source_key();
         let svc = &mut self.svcs[s];
