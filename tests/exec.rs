@@ -100,6 +100,29 @@ fn assert_tcp_env(fs: &Forkserve, ip: &str, mode: &str) {
     );
 }
 
+/// Starts `forkserve exec OPTS -l unix:DIR/NAME -- cat`; returns it and the address.
+fn cat_on_unix(dir: &TempDir, name: &str, opts: &[&str]) -> (Forkserve, String) {
+    let addr = format!("unix:{}", dir.path(name).display());
+    let fs = exec(opts, std::slice::from_ref(&addr), &["cat"]);
+    (fs, addr)
+}
+
+/// Connects, sends `line` and checks that `cat` sends it back; returns the connection.
+fn talk(addr: &str, line: &str) -> Conn {
+    let mut c = Conn::connect(addr);
+    writeln!(c, "{line}").unwrap();
+    assert_eq!(c.read_line().unwrap(), line);
+    c
+}
+
+/// How many `cat` programs the master has.
+fn cats(fs: &Forkserve) -> usize {
+    fs.children()
+        .into_iter()
+        .filter(|&p| comm(p) == "cat")
+        .count()
+}
+
 const MODES: [&str; 2] = ["spawn", "fork"];
 
 #[test]
@@ -260,21 +283,8 @@ fn bad_rules_file_is_a_config_error_before_binding() {
 #[test]
 fn max_children_holds_back_the_next_client_until_a_program_exits() {
     let dir = TempDir::new("exec-limit");
-    let sock = dir.path("l.sock");
-    let addr = format!("unix:{}", sock.display());
-    let fs = exec(
-        &["--max-children", "2"],
-        std::slice::from_ref(&addr),
-        &["cat"],
-    );
-    let mut held: Vec<Conn> = (0..2)
-        .map(|i| {
-            let mut c = Conn::connect(&addr);
-            writeln!(c, "held {i}").unwrap();
-            assert_eq!(c.read_line().unwrap(), format!("held {i}"));
-            c
-        })
-        .collect();
+    let (fs, addr) = cat_on_unix(&dir, "l.sock", &["--max-children", "2"]);
+    let mut held: Vec<Conn> = (0..2).map(|i| talk(&addr, &format!("held {i}"))).collect();
     let mut third = Conn::connect(&addr);
     writeln!(third, "third").unwrap();
     third.set_timeout(Some(Duration::from_millis(300)));
@@ -284,13 +294,7 @@ fn max_children_holds_back_the_next_client_until_a_program_exits() {
         e.kind(),
         ErrorKind::WouldBlock | ErrorKind::TimedOut
     ));
-    assert_eq!(
-        fs.children()
-            .into_iter()
-            .filter(|&p| comm(p) == "cat")
-            .count(),
-        2
-    );
+    assert_eq!(cats(&fs), 2);
     // One program ends: the third client is served.
     held.remove(0).shutdown_write();
     third.set_timeout(Some(WAIT));
@@ -301,42 +305,21 @@ fn max_children_holds_back_the_next_client_until_a_program_exits() {
 #[test]
 fn max_per_source_refuses_the_extra_client_before_any_program_starts() {
     let dir = TempDir::new("exec-persource");
-    let sock = dir.path("p.sock");
-    let addr = format!("unix:{}", sock.display());
-    let fs = exec(
-        &["--max-per-source", "1"],
-        std::slice::from_ref(&addr),
-        &["cat"],
-    );
-    let mut first = Conn::connect(&addr);
-    writeln!(first, "first").unwrap();
-    assert_eq!(first.read_line().unwrap(), "first");
+    let (fs, addr) = cat_on_unix(&dir, "p.sock", &["--max-per-source", "1"]);
+    let _first = talk(&addr, "first");
     // Same uid: refused, closed with nothing read.
     let mut second = Conn::connect(&addr);
     assert_eq!(second.read_to_end_string(), "");
     fs.wait_log("refused uid=");
-    assert_eq!(
-        fs.children()
-            .into_iter()
-            .filter(|&p| comm(p) == "cat")
-            .count(),
-        1
-    );
+    assert_eq!(cats(&fs), 1);
 }
 
 #[test]
 fn drain_lets_programs_finish_then_ends_those_that_outstay() {
     let dir = TempDir::new("exec-drain");
     let sock = dir.path("d.sock");
-    let addr = format!("unix:{}", sock.display());
-    let mut fs = exec(
-        &["--drain-timeout", "30"],
-        std::slice::from_ref(&addr),
-        &["cat"],
-    );
-    let mut c = Conn::connect(&addr);
-    writeln!(c, "before").unwrap();
-    assert_eq!(c.read_line().unwrap(), "before");
+    let (mut fs, addr) = cat_on_unix(&dir, "d.sock", &["--drain-timeout", "30"]);
+    let mut c = talk(&addr, "before");
     fs.signal(libc::SIGTERM);
     fs.wait_log("draining 1 worker(s)");
     // The program keeps serving during the drain.
@@ -458,15 +441,8 @@ fn stderr_lines_are_logged_with_the_pid_or_inherited() {
 #[test]
 fn idle_timeout_applies_to_the_programs_reads() {
     let dir = TempDir::new("exec-idle");
-    let sock = dir.path("i.sock");
-    let fs = exec(
-        &["--idle-timeout", "0.3"],
-        &[format!("unix:{}", sock.display())],
-        &["cat"],
-    );
-    let mut c = Conn::connect(fs.addr(0));
-    writeln!(c, "talk").unwrap();
-    assert_eq!(c.read_line().unwrap(), "talk");
+    let (_fs, addr) = cat_on_unix(&dir, "i.sock", &["--idle-timeout", "0.3"]);
+    let mut c = talk(&addr, "talk");
     // Silent: cat's read times out, it exits, the client reads end-of-file.
     assert_eq!(c.read_line(), None);
 }
