@@ -81,7 +81,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks[::2]))
 EOF
 }
-read -r -a PORTS <<<"$(free_ports 16)"
+read -r -a PORTS <<<"$(free_ports 18)"
 next=0
 port() { PORT=${PORTS[$next]}; next=$((next + 1)); }
 
@@ -104,6 +104,14 @@ for model in fork prefork thread sequential; do
     serve "forkserve $model" tcp "tcp:127.0.0.1:$PORT" \
         "$FS" echo --model "$model" "${FSOPTS[@]}" -l "tcp:127.0.0.1:$PORT" -l "unix:$WORK/fs-$model.sock"
     NAMES+=("forkserve $model"); KINDS+=(unix); ADDRS+=("unix:$WORK/fs-$model.sock")
+done
+# forkserve exec runs the same upper program as the peers below; --start fork is
+# the fork-then-exec alternative to the default posix_spawn from the master.
+for start in spawn fork; do
+    port
+    serve "forkserve exec --start $start + upper" tcp "tcp:127.0.0.1:$PORT" \
+        "$FS" exec --start "$start" "${FSOPTS[@]}" -l "tcp:127.0.0.1:$PORT" -l "unix:$WORK/fs-exec-$start.sock" -- "$BIN/upper"
+    NAMES+=("forkserve exec --start $start + upper"); KINDS+=(unix); ADDRS+=("unix:$WORK/fs-exec-$start.sock")
 done
 port; serve "python ForkingTCPServer" tcp "tcp:127.0.0.1:$PORT" python3 bench/pyserver.py tcp "$PORT"
 serve "python ForkingUnixStreamServer" unix "unix:$WORK/py.sock" python3 bench/pyserver.py unix "$WORK/py.sock"

@@ -44,7 +44,7 @@ pub mod users;
 pub use addr::ListenAddr;
 pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler};
 pub use peer::{Peer, SourceKey};
-pub use server::{Companion, Error, Server, Service};
+pub use server::{Companion, Error, Server, Service, Spawner};
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
-use forkserve::services::{Lang, chat, echo, files, http, models, time};
+use forkserve::services::{Lang, chat, echo, exec, files, http, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -56,6 +56,9 @@ enum Command {
     },
     /// HTTP/1.1: /, /time, /info, /echo/TEXT (default tcp:127.0.0.1:8080, unix:RUNDIR/http.sock)
     Http,
+    /// Run PROGRAM for each connection or datagram, with the UCSPI environment:
+    /// exec -l ADDR [-l ADDR…] [--rules FILE] -- PROGRAM [ARGS…]
+    Exec(exec::ExecArgs),
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
@@ -74,6 +77,7 @@ impl Command {
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
             Command::Models => Some("models"),
+            Command::Exec(_) => None,
         }
     }
 }
@@ -327,6 +331,19 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         .ready_fd(opts.ready_fd)
         .user(opts.user.clone(), opts.group.clone())
         .inetd(opts.inetd);
+    if let Some(Command::Exec(args)) = &cli.command {
+        let addrs = opts
+            .listen
+            .iter()
+            .map(|a| parse_addr(a))
+            .collect::<Result<_, _>>()?;
+        if opts.listen.is_empty() && !systemd {
+            return Err(usage(
+                "exec: give at least one -l ADDR (or run under systemd socket activation)",
+            ));
+        }
+        return Ok(server.service(configure(exec::service(args, addrs, opts.inetd)?, opts)?));
+    }
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).
         Some(name) => BUILTINS

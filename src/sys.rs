@@ -838,3 +838,215 @@ pub fn local_time(secs: i64) -> LocalTime {
 pub fn utc_time(secs: i64) -> LocalTime {
     broken_down(secs, false)
 }
+
+// ---------------------------------------------------------------------------
+// running programs
+
+/// The descriptors a started program gets as its stdin, stdout and stderr.
+#[derive(Clone, Copy)]
+pub struct ProgramFds<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// A NULL-terminated array of pointers to C strings, for argv and envp.
+fn c_array(items: &[&std::ffi::CStr]) -> Vec<*const libc::c_char> {
+    let mut v: Vec<*const libc::c_char> = Vec::with_capacity(items.len() + 1);
+    v.extend(items.iter().map(|s| s.as_ptr()));
+    v.push(std::ptr::null());
+    v
+}
+
+/// Starts `path` with `argv` and exactly the environment `env`, its stdin, stdout
+/// and stderr from `stdio`, every other descriptor closed, every signal at its
+/// default disposition and none blocked (SIGPIPE is ignored in a Rust process and
+/// an ignored signal would survive exec). glibc's posix_spawn runs the child on
+/// the caller's memory (clone with CLONE_VM|CLONE_VFORK): nothing of the caller is
+/// copied, and an exec failure comes back as the error, not as an exit status
+/// (glibc reaps such a child itself). Returns the child's pid.
+pub fn spawn(
+    path: &std::ffi::CStr,
+    argv: &[&std::ffi::CStr],
+    env: &[&std::ffi::CStr],
+    stdio: ProgramFds<'_>,
+) -> io::Result<libc::pid_t> {
+    let argv = c_array(argv);
+    let envp = c_array(env);
+    let fds = [
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
+    ];
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: the attribute and file-action objects are initialised before use and
+    // destroyed on every path; argv and envp are NULL-terminated arrays of pointers
+    // to C strings that outlive the call; the pid is written by posix_spawn only.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = zeroed();
+        let mut attr: libc::posix_spawnattr_t = zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| {
+            // A source among 0..=2 could be overwritten by an earlier dup2: copy
+            // such sources above 2 first (in the child, by a dup2 of its own).
+            let mut src = fds;
+            for (i, fd) in src.iter_mut().enumerate() {
+                if *fd <= 2 && *fd != i as RawFd {
+                    let high = 10 + i as RawFd;
+                    check(libc::posix_spawn_file_actions_adddup2(
+                        &mut actions,
+                        *fd,
+                        high,
+                    ))?;
+                    *fd = high;
+                }
+            }
+            for (i, fd) in src.iter().enumerate() {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut actions,
+                    *fd,
+                    i as RawFd,
+                ))?;
+            }
+            check(libc::posix_spawn_file_actions_addclosefrom_np(
+                &mut actions,
+                3,
+            ))?;
+            let mut all: libc::sigset_t = zeroed();
+            let mut none: libc::sigset_t = zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut none);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
+}
+
+/// Replaces the calling process with `path` (a forked worker that becomes the
+/// program): stdin, stdout and stderr from `stdio`, every other descriptor marked
+/// close-on-exec, signals at their defaults and unblocked. Returns only on failure.
+pub fn exec(
+    path: &std::ffi::CStr,
+    argv: &[&std::ffi::CStr],
+    env: &[&std::ffi::CStr],
+    stdio: ProgramFds<'_>,
+) -> io::Error {
+    let argv = c_array(argv);
+    let envp = c_array(env);
+    // SAFETY: fcntl, dup2, close_range, signal and execve on descriptors and
+    // NULL-terminated arrays that stay alive until execve replaces the process.
+    unsafe {
+        let mut high = [0; 3];
+        for (i, fd) in [stdio.stdin, stdio.stdout, stdio.stderr].iter().enumerate() {
+            match cvt(libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3)) {
+                Ok(h) => high[i] = h,
+                Err(e) => return e,
+            }
+        }
+        for (i, h) in high.iter().enumerate() {
+            if let Err(e) = cvt(libc::dup2(*h, i as RawFd)) {
+                return e;
+            }
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        unblock_all_signals();
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    io::Error::last_os_error()
+}
+
+/// An anonymous in-memory file holding `data`, positioned at its start (a
+/// datagram handed to a program as its stdin).
+pub fn memfd_with(name: &std::ffi::CStr, data: &[u8]) -> io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    // SAFETY: memfd_create returns a new descriptor we take ownership of.
+    let fd = unsafe { cvt(libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC))? };
+    // SAFETY: fd is new and owned by nobody else.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.write_all(data)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// True when the calling process may execute `path` (access X_OK).
+pub fn executable(path: &std::ffi::CStr) -> bool {
+    // SAFETY: path is a valid C string.
+    unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
+}
+
+/// Makes `cmd` start its program with a parent-death signal: if the calling
+/// process dies (a worker killed at the end of a drain), the program gets SIGTERM
+/// instead of living on as an orphan. std's Command builds everything before it
+/// forks and resets SIGPIPE and the signal mask in the child.
+pub fn die_with_spawner(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = getpid();
+    // SAFETY: the closure runs between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the starting process has already exited"));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The kind of an inherited descriptor, without taking it (is fd 3 a connection
+/// systemd passed?); `Err` when it is no socket or not open.
+pub fn socket_kind_of(fd: RawFd) -> io::Result<SocketKind> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only checks that the number is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open and is only borrowed for this call.
+    socket_kind(unsafe { BorrowedFd::borrow_raw(fd) })
+}

@@ -123,8 +123,8 @@ impl Master {
         }
     }
 
-    /// Records a forked worker.
-    fn started(&mut self, s: usize, pid: i32, peer: Peer) {
+    /// Records a forked worker (or a spawned program).
+    pub(super) fn started(&mut self, s: usize, pid: i32, peer: Peer) {
         let svc = &mut self.svcs[s];
         svc.active += 1;
         svc.served += 1;
@@ -177,45 +177,53 @@ impl Master {
         }
     }
 
-    /// Forks the worker of an accepted connection; when fork fails the connection
+    /// Forks the worker of an accepted connection (or has its service's spawner
+    /// start its program); when that fails for want of processes the connection
     /// waits for the next attempt (or is closed when too many already wait).
     /// `was_waiting`: it comes from the queue, and goes back to its front.
     fn fork_or_keep(&mut self, w: Waiting, was_waiting: bool) {
         let (s, l) = (w.service, w.listener);
-        match sys::fork() {
-            Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
-            Ok(Forked::Parent(pid)) => {
-                drop(w.fd);
-                self.started(s, pid, w.peer);
+        let (w, e) = if self.svcs[s].conf.spawner.is_some() {
+            match self.spawn_for(w) {
+                Ok(()) => return,
+                Err(failed) => failed,
             }
-            Err(e) => {
-                let name = self.svcs[s].conf.name.clone();
-                match self.pending.keep(w, was_waiting) {
-                    Ok(wait) => self.fork_failures.log(|n| {
-                        log::error!(
-                            "{name}: fork failed: {e}; the connection waits, trying again in {} ms{}",
-                            wait.as_millis(),
-                            RateLimitedLog::more(n)
-                        )
-                    }),
-                    Err(w) => {
-                        self.fork_failures.log(|n| {
-                            log::error!(
-                                "{name}: fork failed: {e}; {} connections already wait, closing {}{}",
-                                pending::CAPACITY,
-                                w.peer,
-                                RateLimitedLog::more(n)
-                            )
-                        });
-                        self.forget(w);
-                    }
+        } else {
+            match sys::fork() {
+                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
+                Ok(Forked::Parent(pid)) => {
+                    drop(w.fd);
+                    self.started(s, pid, w.peer);
+                    return;
                 }
+                Err(e) => (w, e),
+            }
+        };
+        let name = self.svcs[s].conf.name.clone();
+        match self.pending.keep(w, was_waiting) {
+            Ok(wait) => self.fork_failures.log(|n| {
+                log::error!(
+                    "{name}: fork failed: {e}; the connection waits, trying again in {} ms{}",
+                    wait.as_millis(),
+                    RateLimitedLog::more(n)
+                )
+            }),
+            Err(w) => {
+                self.fork_failures.log(|n| {
+                    log::error!(
+                        "{name}: fork failed: {e}; {} connections already wait, closing {}{}",
+                        pending::CAPACITY,
+                        w.peer,
+                        RateLimitedLog::more(n)
+                    )
+                });
+                self.forget(w);
             }
         }
     }
 
     /// Closes a connection that never got a process, uncounting its source.
-    fn forget(&mut self, w: Waiting) {
+    pub(super) fn forget(&mut self, w: Waiting) {
         let svc = &mut self.svcs[w.service];
         svc.sources.remove(w.peer.source_key(), svc.conf.per_source);
         drop::<OwnedFd>(w.fd);

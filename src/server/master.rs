@@ -555,7 +555,7 @@ impl Master {
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
         if self.signals.take(libc::SIGHUP) {
-            log::info!("SIGHUP received: nothing to reload (reserved for a later use)");
+            self.reload();
         }
         if self.signals.take(libc::SIGUSR1) {
             log::info!(

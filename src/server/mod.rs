@@ -26,7 +26,9 @@ mod fork;
 mod master;
 mod pending;
 mod process;
+mod reload;
 mod signals;
+mod spawn;
 mod worker;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -39,6 +41,7 @@ use crate::listener::Listener;
 
 pub use crate::logging::RateLimitedLog;
 pub use children::PerSource;
+pub use spawn::Spawner;
 
 /// The handler a service runs, by socket type.
 #[derive(Clone)]
@@ -86,6 +89,8 @@ pub struct Service {
     pub(crate) workers: usize,
     pub(crate) max_requests: Option<u64>,
     pub(crate) companions: Vec<Companion>,
+    pub(crate) spawner: Option<Arc<dyn Spawner>>,
+    pub(crate) reloads: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Service {
@@ -101,6 +106,8 @@ impl Service {
             workers: 4,
             max_requests: None,
             companions: Vec::new(),
+            spawner: None,
+            reloads: Vec::new(),
         }
     }
 
@@ -166,6 +173,21 @@ impl Service {
     /// Adds a helper process (see [`Companion`]).
     pub fn companion(mut self, c: Companion) -> Service {
         self.companions.push(c);
+        self
+    }
+
+    /// Under the fork model, the master starts a process for each connection with
+    /// `spawner` instead of forking a worker that runs the handler (see
+    /// [`Spawner`]). The handler still serves under the other models and inetd.
+    pub fn spawner(mut self, spawner: impl Spawner) -> Service {
+        self.spawner = Some(Arc::new(spawner));
+        self
+    }
+
+    /// Runs `hook` in the master on SIGHUP (re-read a file; keep the old state
+    /// and log why when the new one is bad).
+    pub fn on_reload(mut self, hook: impl Fn() + Send + Sync + 'static) -> Service {
+        self.reloads.push(Arc::new(hook));
         self
     }
 

@@ -7,6 +7,7 @@ mod lang;
 
 pub mod chat;
 pub mod echo;
+pub mod exec;
 pub mod files;
 pub mod http;
 pub mod models;
