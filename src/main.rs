@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{chat, echo, files, http, models, time};
+use forkserve::services::{chat, echo, files, http, metrics, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -59,6 +59,11 @@ enum Command {
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
+    /// Metrics collector and its HTTP API/dashboard (metrics=udp:127.0.0.1:8125,
+    /// unixgram:RUNDIR/metrics.sock; metrics-http=tcp:127.0.0.1:8081, unix:RUNDIR/metrics-http.sock)
+    Metrics,
+    /// Send this host's CPU, memory, TCP connections and load to a metrics collector
+    MetricsAgent(metrics::agent::AgentArgs),
 }
 
 impl Command {
@@ -74,6 +79,8 @@ impl Command {
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
             Command::Models => Some("models"),
+            Command::Metrics => Some("metrics"),
+            Command::MetricsAgent(_) => None,
         }
     }
 }
@@ -83,6 +90,7 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::MetricsAgent(args) => Some(metrics::agent::run(args)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -159,6 +167,8 @@ struct ServeOpts {
     chat: chat::ChatOpts,
     #[command(flatten)]
     http: http::HttpOpts,
+    #[command(flatten)]
+    metrics: metrics::MetricsOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -226,6 +236,26 @@ const BUILTINS: &[Builtin] = &[
         },
     },
     Builtin {
+        name: "metrics",
+        defaults: |rt| {
+            vec![
+                "udp:127.0.0.1:8125".into(),
+                format!("unixgram:{}/metrics.sock", rt.display()),
+            ]
+        },
+        make: |o| metrics::make("metrics", &o.metrics, &o.http),
+    },
+    Builtin {
+        name: "metrics-http",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:8081".into(),
+                format!("unix:{}/metrics-http.sock", rt.display()),
+            ]
+        },
+        make: |o| metrics::make("metrics-http", &o.metrics, &o.http),
+    },
+    Builtin {
         name: "models-sequential",
         defaults: |rt| models::defaults("models-sequential", rt),
         make: |_| Ok(Some(models::service("models-sequential"))),
@@ -267,7 +297,9 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
         .idle_timeout
         .map(|t| secs("--idle-timeout", t))
         .transpose()?;
-    let model = models::fixed_model(svc.name()).unwrap_or(opts.model);
+    let model = models::fixed_model(svc.name())
+        .or_else(|| metrics::fixed_model(svc.name()))
+        .unwrap_or(opts.model);
     let svc = if idle.is_some() {
         svc.idle_timeout(idle)
     } else {

@@ -83,6 +83,7 @@ pub struct Service {
     pub(crate) workers: usize,
     pub(crate) max_requests: Option<u64>,
     pub(crate) companions: Vec<Companion>,
+    pub(crate) recv_buffer: Option<usize>,
 }
 
 impl Service {
@@ -98,6 +99,7 @@ impl Service {
             workers: 4,
             max_requests: None,
             companions: Vec::new(),
+            recv_buffer: None,
         }
     }
 
@@ -156,6 +158,14 @@ impl Service {
     /// Under prefork, a worker exits (and is replaced) after serving this many.
     pub fn max_requests(mut self, n: Option<u64>) -> Service {
         self.max_requests = n;
+        self
+    }
+
+    /// Asks for a socket receive buffer of this many bytes on the service's datagram
+    /// sockets (SO_RCVBUFFORCE when privileged, else SO_RCVBUF, which the kernel
+    /// caps at net.core.rmem_max), so a burst waits in the kernel, not dropped.
+    pub fn recv_buffer(mut self, bytes: Option<usize>) -> Service {
+        self.recv_buffer = bytes;
         self
     }
 

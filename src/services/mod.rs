@@ -5,5 +5,6 @@ pub mod chat;
 pub mod echo;
 pub mod files;
 pub mod http;
+pub mod metrics;
 pub mod models;
 pub mod time;

@@ -61,12 +61,19 @@ impl Response {
         let mut head = String::with_capacity(256);
         let _ = write!(
             head,
-            "HTTP/1.1 {} {}\r\nDate: {date}\r\nServer: {SERVER}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nDate: {date}\r\nServer: {SERVER}\r\n",
             self.status,
             reason(self.status),
-            self.content_type,
-            self.body.len()
         );
+        // A 304 has no body and no type or length of its own (RFC 9110 15.4.5).
+        if self.status != 304 {
+            let _ = write!(
+                head,
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
+                self.body.len()
+            );
+        }
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
@@ -87,6 +94,7 @@ impl Response {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -95,6 +103,7 @@ pub fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
