@@ -255,7 +255,7 @@ fn range(
         .and_then(|b| String::from_utf8(b).ok())
         .filter(|n| line::valid_name(n))
         .ok_or_else(|| bad_request(format!("'{raw_name}' is not a metric name ([A-Za-z0-9_.-], 1-200 bytes)")))?;
-    let now_ms = crate::unix_now() * 1000;
+    let now_ms = super::now_ms();
     let r = parse_range(settings, &q, now_ms).map_err(bad_request)?;
     let id = store::metric_id(conn, &name)
         .map_err(db_error)?

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::Settings;
+use super::{Settings, now_ms};
 use super::line::{self, Reason};
 use super::store::{Pending, Writer};
 use crate::Reply;
@@ -144,8 +144,8 @@ impl Collector {
                 st.counters.flushes -= 1;
                 st.counters.flush_errors += 1;
                 let n = st.pending.len();
-                st.error_log.log(|more| {
-                    log::error!("metrics: writing {n} points: {e} (kept for the next flush; {more} more errors)")
+                st.error_log.log(|_| {
+                    log::error!("metrics: writing {n} points: {e} (kept for the next flush)")
                 });
                 if n > MAX_BACKLOG {
                     let excess = n - MAX_BACKLOG;
@@ -160,12 +160,16 @@ impl Collector {
         st.last_housekeeping = Instant::now();
         if let Some(now) = kernel_drops() {
             let base = *st.drops_base.get_or_insert(now - st.counters.kernel_drops);
-            st.counters.kernel_drops = now - base;
+            if now - base != st.counters.kernel_drops {
+                st.counters.kernel_drops = now - base;
+                // New drops are news even when nothing else arrives: flush them.
+                st.oldest.get_or_insert_with(Instant::now);
+            }
         }
         let Some(writer) = st.writer.as_mut() else {
             return;
         };
-        let now = crate::unix_now() * 1000;
+        let now = now_ms();
         let raw_before = now - self.settings.raw_retention.as_millis() as i64;
         let rollup_before = now - self.settings.retention.as_millis() as i64;
         match writer.expire(raw_before, rollup_before, EXPIRE_BUDGET) {
@@ -209,14 +213,6 @@ impl Collector {
     }
 }
 
-/// Milliseconds since the epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl crate::DatagramHandler for Collector {
     fn handle(&self, datagram: &[u8], reply: &Reply<'_>) -> io::Result<()> {
         let mut st = self.state();
@@ -235,8 +231,13 @@ impl crate::DatagramHandler for Collector {
                 let shown = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
                 let peer = reply.peer();
                 st.bad_log.log(|more| {
+                    let more = if more > 0 {
+                        format!(" ({more} more since the last one logged)")
+                    } else {
+                        String::new()
+                    };
                     log::warn!(
-                        "metrics: {peer}: bad line ({}): {shown:?} ({more} more bad lines not logged)",
+                        "metrics: {peer}: bad line ({}): {shown:?}{more}",
                         reason.as_str()
                     )
                 });
