@@ -243,7 +243,7 @@ const BUILTINS: &[Builtin] = &[
                 format!("unixgram:{}/metrics.sock", rt.display()),
             ]
         },
-        make: |o| metrics::make("metrics", &o.metrics, &o.http),
+        make: |o| metrics::make("metrics", &o.metrics, &o.http, &o.listen, o.user.as_deref()),
     },
     Builtin {
         name: "metrics-http",
@@ -253,7 +253,15 @@ const BUILTINS: &[Builtin] = &[
                 format!("unix:{}/metrics-http.sock", rt.display()),
             ]
         },
-        make: |o| metrics::make("metrics-http", &o.metrics, &o.http),
+        make: |o| {
+            metrics::make(
+                "metrics-http",
+                &o.metrics,
+                &o.http,
+                &o.listen,
+                o.user.as_deref(),
+            )
+        },
     },
     Builtin {
         name: "models-sequential",

@@ -174,7 +174,9 @@ fn expected(points: &[(f64, f64)], step: f64) -> BTreeMap<i64, (i64, f64, f64, f
     let mut out: BTreeMap<i64, (i64, f64, f64, f64)> = BTreeMap::new();
     for &(t, v) in points {
         let b = ((t / step).floor() * step) as i64;
-        let e = out.entry(b).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        let e = out
+            .entry(b)
+            .or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
         e.0 += 1;
         e.1 += v;
         e.2 = e.2.min(v);
@@ -192,7 +194,10 @@ fn check_buckets(resp: &Value, want: &BTreeMap<i64, (i64, f64, f64, f64)>) {
         assert_eq!(b["min"].as_f64().unwrap(), *min);
         assert_eq!(b["max"].as_f64().unwrap(), *max);
         let avg = b["avg"].as_f64().unwrap();
-        assert!((avg - sum / *count as f64).abs() < 1e-9, "{avg} vs {sum}/{count}");
+        assert!(
+            (avg - sum / *count as f64).abs() < 1e-9,
+            "{avg} vs {sum}/{count}"
+        );
     }
     let n: i64 = want.values().map(|w| w.0).sum();
     let sum: f64 = want.values().map(|w| w.1).sum();
@@ -232,7 +237,10 @@ fn api_aggregates_equal_those_computed_from_the_points_sent() {
     // A range over 3 h reads the per-minute rollups: the same buckets.
     let r = get(
         &fs,
-        &format!("/api/metrics/load.x?from={}&to={to}&step=60", to - 4.0 * 3600.0),
+        &format!(
+            "/api/metrics/load.x?from={}&to={to}&step=60",
+            to - 4.0 * 3600.0
+        ),
         "",
     )
     .json();
@@ -246,7 +254,11 @@ fn api_aggregates_equal_those_computed_from_the_points_sent() {
         .collect();
     let r = get(
         &fs,
-        &format!("/api/metrics/load.x?from={}&to={}&step=300", from + 600.0, from + 1200.0),
+        &format!(
+            "/api/metrics/load.x?from={}&to={}&step=300",
+            from + 600.0,
+            from + 1200.0
+        ),
         "",
     )
     .json();
@@ -373,7 +385,11 @@ fn prometheus_exposition_passes_promtool() {
     wait_count(&fs, "9lives", 1);
     let r = get(&fs, "/metrics", "");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     assert_eq!(r.header("cache-control"), Some("no-cache"));
     for line in [
         "cpu_user 12.5\n",
@@ -425,7 +441,10 @@ fn dashboard_is_cacheable_with_an_etag_and_the_api_is_not() {
     assert_eq!(again.header("etag"), Some(tag.as_str()));
     let other = get(&fs, "/", "If-None-Match: \"other\"\r\n");
     assert_eq!(other.status, 200);
-    assert_eq!(get(&fs, "/api/metrics", "").header("cache-control"), Some("no-cache"));
+    assert_eq!(
+        get(&fs, "/api/metrics", "").header("cache-control"),
+        Some("no-cache")
+    );
     let post = {
         let addr = fs.addr_of("metrics-http", "tcp");
         let mut s = TcpStream::connect(&addr[4..]).unwrap();
@@ -497,17 +516,27 @@ fn dashboard_renders_every_metric_in_headless_chromium() {
         &url,
     );
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && dom.contains("</html>"), "chromium: {dom}");
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium: {dom}"
+    );
     for (name, m) in &want {
         let open = format!("<section class=\"metric\" data-name=\"{name}\">");
         let section = between(&dom, &open, "</section>")
             .unwrap_or_else(|| panic!("no section for {name} in:\n{dom}"));
         let last = between(section, "data-value=\"", "\"").unwrap();
-        assert_eq!(last.parse::<f64>().unwrap(), m["last"].as_f64().unwrap(), "{name}");
+        assert_eq!(
+            last.parse::<f64>().unwrap(),
+            m["last"].as_f64().unwrap(),
+            "{name}"
+        );
         let path = between(section, "<path class=\"avg\" d=\"", "\"")
             .unwrap_or_else(|| panic!("no chart line for {name}: {section}"));
         assert!(path.starts_with('M') && path.len() > 5, "{name}: {path}");
-        let points: usize = between(section, "data-points=\"", "\"").unwrap().parse().unwrap();
+        let points: usize = between(section, "data-points=\"", "\"")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(points >= 1, "{name}");
     }
     assert!(dom.contains("4 metrics ·"), "status line missing");
@@ -528,9 +557,16 @@ fn dashboard_renders_every_metric_in_headless_chromium() {
             ],
             &url,
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let bytes = std::fs::read(&png).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{file}");
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{file}"
+        );
     }
 }
 
@@ -572,7 +608,11 @@ fn agent_sends_cpu_memory_connections_and_load() {
 fn a_corrupt_or_unwritable_database_stops_start_up() {
     let dir = TempDir::new("metrics-baddb");
     let corrupt = dir.path("corrupt.db");
-    std::fs::write(&corrupt, b"this is not a database, just some text\n".repeat(100)).unwrap();
+    std::fs::write(
+        &corrupt,
+        b"this is not a database, just some text\n".repeat(100),
+    )
+    .unwrap();
     let blocker = dir.path("file");
     std::fs::write(&blocker, b"x").unwrap();
     for (db, code, says) in [

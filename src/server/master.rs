@@ -261,8 +261,14 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
         if let Some(bytes) = conf.recv_buffer {
             for l in listeners.iter().filter(|l| !l.is_stream()) {
                 match l.set_recv_buffer(bytes) {
-                    Ok(got) => log::debug!("{}: {}: receive buffer {got} bytes", conf.name, l.addr()),
-                    Err(e) => log::warn!("{}: {}: setting the receive buffer: {e}", conf.name, l.addr()),
+                    Ok(got) => {
+                        log::debug!("{}: {}: receive buffer {got} bytes", conf.name, l.addr())
+                    }
+                    Err(e) => log::warn!(
+                        "{}: {}: setting the receive buffer: {e}",
+                        conf.name,
+                        l.addr()
+                    ),
                 }
             }
         }

@@ -107,8 +107,14 @@ fn percent(part: u64, whole: u64) -> f64 {
 fn cpu_lines(prev: CpuTimes, now: CpuTimes, out: &mut Vec<(String, f64)>) {
     let total = now.total.saturating_sub(prev.total);
     let idle = now.idle.saturating_sub(prev.idle);
-    out.push(("cpu.usage".into(), percent(total.saturating_sub(idle), total)));
-    out.push(("cpu.user".into(), percent(now.user.saturating_sub(prev.user), total)));
+    out.push((
+        "cpu.usage".into(),
+        percent(total.saturating_sub(idle), total),
+    ));
+    out.push((
+        "cpu.user".into(),
+        percent(now.user.saturating_sub(prev.user), total),
+    ));
     out.push((
         "cpu.system".into(),
         percent(now.system.saturating_sub(prev.system), total),
@@ -189,7 +195,10 @@ fn sample(prefix: &str, prev_cpu: &mut Option<CpuTimes>) -> String {
     }
     *prev_cpu = now_cpu;
     mem_lines(&read("/proc/meminfo"), &mut values);
-    tcp_lines(&[read("/proc/net/tcp"), read("/proc/net/tcp6")], &mut values);
+    tcp_lines(
+        &[read("/proc/net/tcp"), read("/proc/net/tcp6")],
+        &mut values,
+    );
     load_lines(&read("/proc/loadavg"), &mut values);
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -240,7 +249,10 @@ mod tests {
         cpu_lines(a, b, &mut out);
         assert_eq!(out[0], ("cpu.usage".to_string(), 15.0));
         let mut out = Vec::new();
-        mem_lines("MemTotal:  1000 kB\nMemFree: 1 kB\nMemAvailable:   400 kB\n", &mut out);
+        mem_lines(
+            "MemTotal:  1000 kB\nMemFree: 1 kB\nMemAvailable:   400 kB\n",
+            &mut out,
+        );
         assert_eq!(out[2], ("mem.used".to_string(), 600.0 * 1024.0));
         let tcp = "  sl local rem st\n   0: 0100007F:1F90 00000000:0000 0A 0\n   1: x y 01 0\n"
             .to_string();

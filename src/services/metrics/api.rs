@@ -68,7 +68,8 @@ pub fn respond(settings: &Settings, req: &Request) -> Response {
             None => Err(Response::error(404, &format!("Nothing is at {p}."))),
         },
     };
-    resp.unwrap_or_else(|r| r).header("Cache-Control", "no-cache")
+    resp.unwrap_or_else(|r| r)
+        .header("Cache-Control", "no-cache")
 }
 
 /// A strong validator for the page: a hash of its bytes (FNV-1a, 64 bits).
@@ -177,11 +178,7 @@ struct Range {
     source: Source,
 }
 
-fn parse_range(
-    settings: &Settings,
-    q: &[(String, String)],
-    now_ms: i64,
-) -> Result<Range, String> {
+fn parse_range(settings: &Settings, q: &[(String, String)], now_ms: i64) -> Result<Range, String> {
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if let Some((k, _)) = q
         .iter()
@@ -192,7 +189,9 @@ fn parse_range(
     let from_ms = parse_time("from", get("from").unwrap_or("-1h"), now_ms)?;
     let to_ms = parse_time("to", get("to").unwrap_or("now"), now_ms)?;
     if from_ms >= to_ms {
-        return Err(format!("from ({from_ms} ms) must be before to ({to_ms} ms)"));
+        return Err(format!(
+            "from ({from_ms} ms) must be before to ({to_ms} ms)"
+        ));
     }
     let span = to_ms - from_ms;
     let step_ms = match get("step") {
@@ -254,14 +253,18 @@ fn range(
     let name = percent_decode(raw_name)
         .and_then(|b| String::from_utf8(b).ok())
         .filter(|n| line::valid_name(n))
-        .ok_or_else(|| bad_request(format!("'{raw_name}' is not a metric name ([A-Za-z0-9_.-], 1-200 bytes)")))?;
+        .ok_or_else(|| {
+            bad_request(format!(
+                "'{raw_name}' is not a metric name ([A-Za-z0-9_.-], 1-200 bytes)"
+            ))
+        })?;
     let now_ms = super::now_ms();
     let r = parse_range(settings, &q, now_ms).map_err(bad_request)?;
     let id = store::metric_id(conn, &name)
         .map_err(db_error)?
         .ok_or_else(|| Response::error(404, &format!("No metric named '{name}'.")))?;
-    let buckets = store::buckets(conn, id, r.from_ms, r.to_ms, r.step_ms, r.source)
-        .map_err(db_error)?;
+    let buckets =
+        store::buckets(conn, id, r.from_ms, r.to_ms, r.step_ms, r.source).map_err(db_error)?;
     let count: i64 = buckets.iter().map(|b| b.count).sum();
     let sum: f64 = buckets.iter().map(|b| b.sum).sum();
     let summary = if count == 0 {
@@ -317,12 +320,32 @@ fn prom_value(v: f64) -> String {
 
 /// Collector counters in the exposition: (stored name, exposed name, help).
 const OWN: &[(&str, &str, &str)] = &[
-    ("datagrams", "datagrams", "Datagrams the collector received."),
+    (
+        "datagrams",
+        "datagrams",
+        "Datagrams the collector received.",
+    ),
     ("points", "points", "Points the collector accepted."),
-    ("flushes", "flushes", "Transactions the collector committed."),
-    ("flush_errors", "flush_errors", "Flushes that failed (their points were kept for the next)."),
-    ("kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the collector's UDP sockets (full receive buffer)."),
-    ("backlog_dropped", "backlog_dropped", "Points dropped because the database refused writes for too long."),
+    (
+        "flushes",
+        "flushes",
+        "Transactions the collector committed.",
+    ),
+    (
+        "flush_errors",
+        "flush_errors",
+        "Flushes that failed (their points were kept for the next).",
+    ),
+    (
+        "kernel_drops",
+        "kernel_drops",
+        "Datagrams the kernel dropped on the collector's UDP sockets (full receive buffer).",
+    ),
+    (
+        "backlog_dropped",
+        "backlog_dropped",
+        "Points dropped because the database refused writes for too long.",
+    ),
 ];
 
 fn prometheus(conn: &Connection) -> Result<Response, Response> {
@@ -354,8 +377,18 @@ fn prometheus(conn: &Connection) -> Result<Response, Response> {
         let base = prometheus_name(&m.name);
         let (name, ty, value, what) = match m.kind {
             Kind::Gauge => (base, "gauge", m.last_v, "Last value of"),
-            Kind::Counter => (format!("{base}_total"), "counter", m.total, "Sum of the increments of"),
-            Kind::Timer => (format!("{base}_seconds"), "gauge", m.last_v / 1000.0, "Last duration (seconds) of"),
+            Kind::Counter => (
+                format!("{base}_total"),
+                "counter",
+                m.total,
+                "Sum of the increments of",
+            ),
+            Kind::Timer => (
+                format!("{base}_seconds"),
+                "gauge",
+                m.last_v / 1000.0,
+                "Last duration (seconds) of",
+            ),
         };
         if !taken.insert(name.clone()) || name.starts_with("forkserve_metrics_") {
             // Two names that differ only in characters Prometheus cannot carry.

@@ -12,9 +12,9 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Settings, now_ms};
 use super::line::{self, Reason};
 use super::store::{Pending, Writer};
+use super::{Settings, now_ms};
 use crate::Reply;
 use crate::server::RateLimitedLog;
 
@@ -289,6 +289,9 @@ impl crate::DatagramHandler for Collector {
         let mut st = self.state();
         let n = st.pending.len();
         self.flush(&mut st);
+        if let Some(Err(e)) = st.writer.as_ref().map(Writer::checkpoint) {
+            log::warn!("metrics: checkpoint on stop: {e}");
+        }
         log::info!("metrics: collector stopping; flushed the last {n} points");
     }
 }
@@ -323,7 +326,9 @@ fn own_socket_inodes() -> Option<Vec<String>> {
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .filter_map(|t| {
                 let t = t.to_string_lossy().into_owned();
-                t.strip_prefix("socket:[")?.strip_suffix(']').map(String::from)
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')
+                    .map(String::from)
             })
             .collect(),
     )

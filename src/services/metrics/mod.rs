@@ -73,9 +73,7 @@ pub(crate) fn now_ms() -> i64 {
 /// Parses `250ms`, `5s`, `15m`, `1h`, `30d`, or plain seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let scale = match unit {
         "ms" => 0.001,
@@ -113,7 +111,12 @@ fn default_db() -> Result<PathBuf, Error> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     if let Some(dirs) = env("STATE_DIRECTORY") {
         // systemd lists several directories separated by colons: take the first.
-        let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_string();
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
         return Ok(PathBuf::from(first).join("metrics.db"));
     }
     if let Some(state) = env("XDG_STATE_HOME") {
@@ -129,9 +132,10 @@ fn default_db() -> Result<PathBuf, Error> {
 }
 
 /// Resolves the options and checks the database once, in a throwaway child (so
-/// SQLite never runs in the master): a corrupt or unwritable file stops start-up
-/// with a sysexits code.
-fn settings(opts: &MetricsOpts) -> Result<Settings, Error> {
+/// SQLite never runs in the master) running as `user` (the `--user` the
+/// collector will run as): a corrupt or unwritable file stops start-up with a
+/// sysexits code.
+fn settings(opts: &MetricsOpts, user: Option<&str>) -> Result<Settings, Error> {
     static CHECKED: OnceLock<Result<Settings, (i32, String)>> = OnceLock::new();
     let checked = CHECKED.get_or_init(|| {
         let db = opts
@@ -143,10 +147,36 @@ fn settings(opts: &MetricsOpts) -> Result<Settings, Error> {
             return Err((Error::USAGE, "--flush-points: expected at least 1".into()));
         }
         if opts.flush_interval.is_zero() {
-            return Err((Error::USAGE, "--flush-interval: expected more than 0".into()));
+            return Err((
+                Error::USAGE,
+                "--flush-interval: expected more than 0".into(),
+            ));
         }
-        crate::sys::run_in_child(|| store::check(&db))
-            .map_err(|e| (Error::OSERR, format!("metrics: checking {}: {e}", db.display())))??;
+        let user = match user {
+            None => None,
+            Some(name) => Some(
+                crate::users::lookup_user(name)
+                    .map_err(|e| (Error::OSERR, format!("--user {name}: {e}")))?
+                    .ok_or_else(|| (Error::CONFIG, format!("--user {name}: no such user")))?,
+            ),
+        };
+        let check = || {
+            if let Some(u) = &user {
+                crate::sys::drop_privileges(u.uid, u.gid, &[]).map_err(|e| {
+                    (
+                        Error::OSERR,
+                        format!("metrics: checking the database as {}: {e}", u.name),
+                    )
+                })?;
+            }
+            store::check(&db)
+        };
+        crate::sys::run_in_child(check).map_err(|e| {
+            (
+                Error::OSERR,
+                format!("metrics: checking {}: {e}", db.display()),
+            )
+        })??;
         Ok(Settings {
             db,
             max_skew: opts.max_skew,
@@ -167,13 +197,30 @@ pub fn fixed_model(service: &str) -> Option<Model> {
     (service == "metrics").then_some(Model::Sequential)
 }
 
-/// Builds `metrics` (the collector) or `metrics-http` (API and dashboard).
+/// True under socket activation when systemd passed named sockets, none named
+/// `name`, and no `--listen` was given: the service would not run, so neither
+/// it nor its database check is set up.
+fn not_passed(name: &str, listen: &[String]) -> bool {
+    if !listen.is_empty() || std::env::var_os("LISTEN_FDS").is_none() {
+        return false;
+    }
+    std::env::var("LISTEN_FDNAMES").is_ok_and(|names| !names.split(':').any(|n| n == name))
+}
+
+/// Builds `metrics` (the collector) or `metrics-http` (API and dashboard);
+/// `listen` is every `--listen` given, `user` the `--user` to run as.
 pub fn make(
     name: &str,
     opts: &MetricsOpts,
     http_opts: &http::HttpOpts,
+    listen: &[String],
+    user: Option<&str>,
 ) -> Result<Option<Service>, Error> {
-    let settings = settings(opts)?;
+    if not_passed(name, listen) {
+        log::info!("{name}: systemd passed no socket named '{name}'; service not started");
+        return Ok(None);
+    }
+    let settings = settings(opts, user)?;
     if name == "metrics" {
         let c = collector::Collector::new(settings);
         return Ok(Some(
@@ -195,7 +242,10 @@ mod tests {
     fn parses_durations_and_sizes() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("5x").is_err() && parse_duration("-1s").is_err());
         assert_eq!(parse_bytes("8M").unwrap(), 8 << 20);
         assert!(parse_bytes("9G").is_err());
