@@ -106,14 +106,13 @@ run_python() { # RATE -> same
 echo "metrics ingest: $SENDERS UDP senders, $LINES lines per datagram, ${SECS}s runs ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 row() { printf '%-32s %11s %11s %10s %10s %10s\n' "$@"; }
 row run "points sent" stored "drops(dg)" "points/s" "per CPU-s"
-read -r s st d r c < <(run_forkserve "$RATE")
-row "forkserve, paced $RATE/s" "$s" "$st" "$d" "$r" "$c"
-read -r s st d r c < <(run_python "$RATE")
-row "python, paced $RATE/s" "$s" "$st" "$d" "$r" "$c"
-py_paced=$r; py_cpu=$c
+read -r s st d r fs_paced_cpu < <(run_forkserve "$RATE")
+row "forkserve, paced $RATE/s" "$s" "$st" "$d" "$r" "$fs_paced_cpu"
+read -r s st d r py_paced_cpu < <(run_python "$RATE")
+row "python, paced $RATE/s" "$s" "$st" "$d" "$r" "$py_paced_cpu"
 read -r s st d fs_rate fs_cpu < <(run_forkserve 0)
 row "forkserve, flat out" "$s" "$st" "$d" "$fs_rate" "$fs_cpu"
-read -r s st d py_rate c < <(run_python 0)
-row "python, flat out" "$s" "$st" "$d" "$py_rate" "$c"
-awk -v a="$fs_rate" -v b="$py_rate" -v c="$fs_cpu" -v d="$py_cpu" \
-    'BEGIN { printf "ratio forkserve / python: %.1fx flat out, %.1fx points per CPU-second\n", a / b, c / d }'
+read -r s st d py_rate py_cpu < <(run_python 0)
+row "python, flat out" "$s" "$st" "$d" "$py_rate" "$py_cpu"
+awk -v a="$fs_rate" -v b="$py_rate" -v c="$fs_cpu" -v d="$py_cpu" -v e="$fs_paced_cpu" -v f="$py_paced_cpu" \
+    'BEGIN { printf "ratio forkserve / python: %.1fx points/s flat out; per CPU-second %.1fx flat out, %.1fx paced\n", a / b, c / d, e / f }'

@@ -337,7 +337,7 @@ fn reads_during_heavy_writes_all_succeed_and_nothing_is_lost() {
                 let text: String = (0..100).map(|i| format!("heavy:{i}:{t}\n")).collect();
                 sock.send_to(text.as_bytes(), &addr).unwrap();
                 sent += 1;
-                if sent % 50 == 0 {
+                if sent.is_multiple_of(50) {
                     // Let the collector breathe on a loaded machine.
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -630,4 +630,48 @@ fn a_corrupt_or_unwritable_database_stops_start_up() {
     }
     // The corrupt file was left as it was.
     assert!(std::fs::read(&corrupt).unwrap().starts_with(b"this is not"));
+}
+
+#[test]
+fn raw_points_expire_while_rollups_keep_serving_the_range() {
+    let dir = TempDir::new("metrics-retention");
+    let fs = forkserve()
+        .args(["metrics", "-l", "metrics=udp:127.0.0.1:0"])
+        .args(["-l", "metrics-http=tcp:127.0.0.1:0", "--db"])
+        .arg(dir.path("m.db"))
+        .args(["--flush-interval", "200ms", "--raw-retention", "30m"])
+        .listeners(2)
+        .start();
+    let t = (now() / 60.0).floor() * 60.0 - 3600.0;
+    let lines: String = (0..120)
+        .map(|i| format!("old.x:{i}:{}\n", t + i as f64 * 0.5))
+        .collect();
+    send_udp(&fs, &lines);
+    wait_count(&fs, "old.x", 120);
+    // Expiry runs every few seconds: the raw points leave the file...
+    let raw = || {
+        let out = Command::new("sqlite3")
+            .arg(dir.path("m.db"))
+            .arg("SELECT count(*) FROM point")
+            .output()
+            .expect("run sqlite3 (Debian package sqlite3)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_until("raw points older than 30 min to be deleted", || {
+        (raw() == "0").then_some(())
+    });
+    // ...and the per-minute rollups still answer for that hour.
+    let r = get(
+        &fs,
+        &format!(
+            "/api/metrics/old.x?from={}&to={}&step=1m",
+            t - 60.0,
+            t + 120.0
+        ),
+        "",
+    )
+    .json();
+    assert_eq!(r["source"], "rollup");
+    assert_eq!(r["summary"]["count"], 120);
+    assert_eq!(r["summary"]["max"], 119.0);
 }

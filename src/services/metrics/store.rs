@@ -3,8 +3,10 @@
 //! each with its own read-only connection, and never block the writer.
 //!
 //! Tables: `metric` (one row per name: kind, last value and time, points received,
-//! counter total), `point` (raw points, `t` in Unix milliseconds), `rollup` (per
-//! metric and minute: count, sum, min, max) and `counter` (the collector's own).
+//! counter total), `point` (raw points, `t` in Unix milliseconds, clustered by
+//! metric and time: one B-tree, no separate index; `n` tells apart points of the
+//! same metric and millisecond), `rollup` (per metric and minute: count, sum, min,
+//! max), `counter` (the collector's own) and `meta` (the batch sequence).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,8 +26,14 @@ CREATE TABLE IF NOT EXISTS metric(
     last_v REAL NOT NULL DEFAULT 0,
     total REAL NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS point(metric INTEGER NOT NULL, t INTEGER NOT NULL, v REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS point_by_metric_time ON point(metric, t);
+CREATE TABLE IF NOT EXISTS point(
+    metric INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    v REAL NOT NULL,
+    PRIMARY KEY(metric, t, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup(
     metric INTEGER NOT NULL,
     minute INTEGER NOT NULL,
@@ -167,17 +175,31 @@ struct Latest {
     increments: f64,
 }
 
+/// A point's `n` is its batch number shifted by this, plus its place in the batch.
+const BATCH_SHIFT: u32 = 24;
+
 /// The collector's connection: writes batches, expires old data.
 pub struct Writer {
     conn: Connection,
     ids: HashMap<String, i64>,
+    /// The number of the last batch committed.
+    batch: i64,
 }
 
 impl Writer {
     pub fn open(path: &Path) -> Result<Writer, String> {
+        let conn = open_for_writing(path)?;
+        let batch = conn
+            .query_row("SELECT value FROM meta WHERE key = 'batch'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| context(path, "reading the batch number", e))?
+            .unwrap_or(0);
         Ok(Writer {
-            conn: open_for_writing(path)?,
+            conn,
             ids: HashMap::new(),
+            batch,
         })
     }
 
@@ -220,9 +242,14 @@ impl Writer {
         points: &[Pending],
         counters: &[(String, i64)],
     ) -> rusqlite::Result<()> {
+        assert!(points.len() < 1 << BATCH_SHIFT, "batch too large");
         self.conn.execute_batch("BEGIN")?;
         match self.write_batch(points, counters) {
-            Ok(()) => self.conn.execute_batch("COMMIT"),
+            Ok(()) => {
+                self.conn.execute_batch("COMMIT")?;
+                self.batch += 1;
+                Ok(())
+            }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 // Names created in the rolled-back transaction are gone again.
@@ -243,11 +270,17 @@ impl Writer {
             .iter()
             .map(|p| self.id_of(&p.name, p.kind))
             .collect::<rusqlite::Result<Vec<i64>>>()?;
+        let batch = self.batch + 1;
+        // In key order: consecutive inserts land on the same leaf pages.
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_unstable_by_key(|&i| (ids[i], points[i].t_ms, i));
         let mut insert = self
             .conn
-            .prepare_cached("INSERT INTO point(metric, t, v) VALUES (?1, ?2, ?3)")?;
-        for (p, &id) in points.iter().zip(&ids) {
-            insert.execute(params![id, p.t_ms, p.value])?;
+            .prepare_cached("INSERT INTO point(metric, t, n, v) VALUES (?1, ?2, ?3, ?4)")?;
+        for i in order {
+            let (p, id) = (&points[i], ids[i]);
+            let n = (batch << BATCH_SHIFT) + i as i64;
+            insert.execute(params![id, p.t_ms, n, p.value])?;
             let minute = p.t_ms.div_euclid(60_000) * 60;
             rollups
                 .entry((id, minute))
@@ -300,6 +333,12 @@ impl Writer {
                     l.last_v
                 ])?;
         }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES ('batch', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([batch])?;
         for (name, value) in counters {
             self.conn
                 .prepare_cached(
@@ -337,8 +376,8 @@ impl Writer {
         let minute_before = rollup_before_ms.div_euclid(60_000) * 60;
         let statements = [
             (
-                "DELETE FROM point WHERE rowid IN
-                   (SELECT rowid FROM point WHERE metric = ?1 AND t < ?2 LIMIT ?3)",
+                "DELETE FROM point WHERE metric = ?1 AND (t, n) IN
+                   (SELECT t, n FROM point WHERE metric = ?1 AND t < ?2 LIMIT ?3)",
                 raw_before_ms,
             ),
             (
