@@ -28,6 +28,17 @@ const EXPIRE_BUDGET: usize = 20_000;
 /// oldest are dropped (and counted).
 const MAX_BACKLOG: usize = 1_000_000;
 
+/// Past this size of the write-ahead log the collector checkpoints itself (the
+/// checkpointer companion normally keeps it far smaller).
+const WAL_BACKSTOP: u64 = 256 << 20;
+
+/// The size of the database's write-ahead log (0 when there is none).
+fn wal_bytes(db: &std::path::Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map_or(0, |m| m.len())
+}
+
 /// The collector's own counters, as `/metrics` and `/api/metrics` show them.
 #[derive(Debug, Default, Clone)]
 struct Counters {
@@ -169,6 +180,12 @@ impl Collector {
         let Some(writer) = st.writer.as_mut() else {
             return;
         };
+        if wal_bytes(&self.settings.db) > WAL_BACKSTOP {
+            log::warn!("metrics: the write-ahead log passed {WAL_BACKSTOP} bytes (is the checkpointer running?); checkpointing here");
+            if let Err(e) = writer.checkpoint_passive() {
+                log::warn!("metrics: checkpoint: {e}");
+            }
+        }
         let now = now_ms();
         let raw_before = now - self.settings.raw_retention.as_millis() as i64;
         let rollup_before = now - self.settings.retention.as_millis() as i64;

@@ -7,9 +7,11 @@
 //! memory, TCP connection and load figures to a collector.
 //!
 //! The database lives with the processes that use it, never in the master: the
-//! collector opens the only writing connection after it is forked, every HTTP
-//! worker opens its own read-only one, and the start-up check that reports a
-//! corrupt or unwritable file runs in a throwaway child.
+//! collector opens the only writing connection after it is forked, a companion
+//! (`metrics checkpointer`) moves the write-ahead log into the file every 2 s so
+//! the checkpoint's fsync never stalls ingestion, every HTTP worker opens its own
+//! read-only connection, and the start-up check that reports a corrupt or
+//! unwritable file runs in a throwaway child.
 
 pub mod agent;
 pub mod api;
@@ -50,6 +52,9 @@ pub struct MetricsOpts {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes, global = true)]
     pub recv_buffer: usize,
 }
+
+/// How often the checkpointer companion moves the write-ahead log into the file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// What the collector and the API need to know, resolved once.
 #[derive(Debug, Clone)]
@@ -222,9 +227,15 @@ pub fn make(
     }
     let settings = settings(opts, user)?;
     if name == "metrics" {
+        let db = settings.db.clone();
+        let checkpointer = crate::Companion::new("metrics checkpointer", move || {
+            store::run_checkpointer(&db, CHECKPOINT_EVERY)
+        });
         let c = collector::Collector::new(settings);
         return Ok(Some(
-            Service::datagram("metrics", c).recv_buffer(Some(opts.recv_buffer)),
+            Service::datagram("metrics", c)
+                .recv_buffer(Some(opts.recv_buffer))
+                .companion(checkpointer),
         ));
     }
     let h = http::Http::new(http_opts.max_requests_per_connection)

@@ -187,8 +187,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Opens the writing connection. It never checkpoints on its own: the
+    /// checkpointer companion does, so the checkpoint's fsync never stalls
+    /// ingestion (see [`run_checkpointer`]).
     pub fn open(path: &Path) -> Result<Writer, String> {
         let conn = open_for_writing(path)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
+            .map_err(|e| context(path, "turning off automatic checkpoints", e))?;
         let batch = conn
             .query_row("SELECT value FROM meta WHERE key = 'batch'", [], |r| {
                 r.get(0)
@@ -357,6 +362,13 @@ impl Writer {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     }
 
+    /// A checkpoint that never waits for readers or blocks writers, for when the
+    /// log has grown past what the checkpointer should have let it.
+    pub fn checkpoint_passive(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
+
     /// Deletes raw points older than `raw_before_ms` and rollups older than
     /// `rollup_before_ms`, at most `budget` rows in all, in short transactions of
     /// at most 1000 rows each so ingestion never waits long. Returns the rows
@@ -405,6 +417,33 @@ impl Writer {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// The body of the `metrics checkpointer` companion: every `every`, copies what
+/// the write-ahead log holds into the database file (a PASSIVE checkpoint: it
+/// neither waits for readers nor blocks the collector), so the fsync that a
+/// checkpoint costs happens here and not in the process that receives points.
+/// Runs until the master stops it.
+pub fn run_checkpointer(path: &Path, every: Duration) -> i32 {
+    let conn = match open_for_writing(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("metrics checkpointer: {e}");
+            return 73;
+        }
+    };
+    let mut failing = false;
+    loop {
+        std::thread::sleep(every);
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                log::warn!("metrics checkpointer: {}: {e}", path.display());
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
