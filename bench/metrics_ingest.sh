@@ -8,8 +8,10 @@
 #   2. flat out: the senders as fast as they can.
 #
 # "points/s" is points stored / (time from the first send until the last point was
-# stored); "per CPU-s" is points stored per second of the collector process's own
-# CPU time (user + system), which a loaded machine does not distort. Needs gcc,
+# stored); "lag" the seconds from the senders' end to the last point stored
+# (forkserve batches: up to its 1 s flush interval even when it keeps up); "per
+# CPU-s" is points stored per second of the collector process's own CPU time (user
+# + system), which a loaded machine distorts least. Needs gcc,
 # curl, python3 and a release build.
 #
 #   bench/metrics_ingest.sh [SECS] [RATE] [LINES_PER_DATAGRAM]   (default 10 200000 50)
@@ -38,6 +40,7 @@ collector_pid() { # the metrics server process under the master $1
         tr '\0' ' ' <"/proc/$c/cmdline" | grep -q "metrics server" && { echo "$c"; return; }
     done
 }
+lag() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b > a ? b - a : 0) }'; }
 per_cpu() { awk -v n="$1" -v t="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (t > 0 ? n / (t / hz) : 0) }'; }
 counter() { # NAME: a collector counter from the API
     curl -s "http://127.0.0.1:$HTTP_PORT/api/metrics" |
@@ -79,11 +82,12 @@ run_forkserve() { # RATE -> "points_sent points_stored drops rate per_cpu"
     c0=$(cpu_ticks "$col")
     t0=$(now)
     read -r _ sent _ < <(target/bench/udpsend "$FS_PORT" "$SENDERS" "$SECS" "$1" "$LINES")
+    local t1=$(now)
     read -r stored changed < <(settle "$sent" counter points)
     drops=$(counter kernel_drops)
     local cpu=$(( $(cpu_ticks "$col") - c0 ))
     stop_forkserve
-    echo "$sent $stored $drops $(awk -v n="$stored" -v a="$t0" -v b="$changed" 'BEGIN { printf "%.0f", n / (b - a) }') $(per_cpu "$stored" "$cpu")"
+    echo "$sent $stored $drops $(awk -v n="$stored" -v a="$t0" -v b="$changed" 'BEGIN { printf "%.0f", n / (b - a) }') $(per_cpu "$stored" "$cpu") $(lag "$t1" "$changed")"
 }
 
 run_python() { # RATE -> same
@@ -96,23 +100,24 @@ run_python() { # RATE -> same
     c0=$(cpu_ticks "$py")
     t0=$(now)
     read -r _ sent _ < <(target/bench/udpsend "$PY_PORT" "$SENDERS" "$SECS" "$1" "$LINES")
+    local t1=$(now)
     read -r stored changed < <(settle "$sent" sh -c "wc -l < '$TMP/py.out'")
     drops=$(udp_drops "$PY_PORT")
     local cpu=$(( $(cpu_ticks "$py") - c0 ))
     kill "$py"; wait "$py" 2>/dev/null || true
-    echo "$sent $stored $drops $(awk -v n="$stored" -v a="$t0" -v b="$changed" 'BEGIN { printf "%.0f", n / (b - a) }') $(per_cpu "$stored" "$cpu")"
+    echo "$sent $stored $drops $(awk -v n="$stored" -v a="$t0" -v b="$changed" 'BEGIN { printf "%.0f", n / (b - a) }') $(per_cpu "$stored" "$cpu") $(lag "$t1" "$changed")"
 }
 
 echo "metrics ingest: $SENDERS UDP senders, $LINES lines per datagram, ${SECS}s runs ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-row() { printf '%-32s %11s %11s %10s %10s %10s\n' "$@"; }
-row run "points sent" stored "drops(dg)" "points/s" "per CPU-s"
-read -r s st d r fs_paced_cpu < <(run_forkserve "$RATE")
-row "forkserve, paced $RATE/s" "$s" "$st" "$d" "$r" "$fs_paced_cpu"
-read -r s st d r py_paced_cpu < <(run_python "$RATE")
-row "python, paced $RATE/s" "$s" "$st" "$d" "$r" "$py_paced_cpu"
-read -r s st d fs_rate fs_cpu < <(run_forkserve 0)
-row "forkserve, flat out" "$s" "$st" "$d" "$fs_rate" "$fs_cpu"
-read -r s st d py_rate py_cpu < <(run_python 0)
-row "python, flat out" "$s" "$st" "$d" "$py_rate" "$py_cpu"
+row() { printf '%-30s %11s %11s %10s %10s %6s %10s\n' "$@"; }
+row run "points sent" stored "drops(dg)" "points/s" "lag s" "per CPU-s"
+read -r s st d r fs_paced_cpu l < <(run_forkserve "$RATE")
+row "forkserve, paced $RATE/s" "$s" "$st" "$d" "$r" "$l" "$fs_paced_cpu"
+read -r s st d r py_paced_cpu l < <(run_python "$RATE")
+row "python, paced $RATE/s" "$s" "$st" "$d" "$r" "$l" "$py_paced_cpu"
+read -r s st d fs_rate fs_cpu l < <(run_forkserve 0)
+row "forkserve, flat out" "$s" "$st" "$d" "$fs_rate" "$l" "$fs_cpu"
+read -r s st d py_rate py_cpu l < <(run_python 0)
+row "python, flat out" "$s" "$st" "$d" "$py_rate" "$l" "$py_cpu"
 awk -v a="$fs_rate" -v b="$py_rate" -v c="$fs_cpu" -v d="$py_cpu" -v e="$fs_paced_cpu" -v f="$py_paced_cpu" \
     'BEGIN { printf "ratio forkserve / python: %.1fx points/s flat out; per CPU-second %.1fx flat out, %.1fx paced\n", a / b, c / d, e / f }'

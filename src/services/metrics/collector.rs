@@ -181,7 +181,9 @@ impl Collector {
             return;
         };
         if wal_bytes(&self.settings.db) > WAL_BACKSTOP {
-            log::warn!("metrics: the write-ahead log passed {WAL_BACKSTOP} bytes (is the checkpointer running?); checkpointing here");
+            log::warn!(
+                "metrics: the write-ahead log passed {WAL_BACKSTOP} bytes (is the checkpointer running?); checkpointing here"
+            );
             if let Err(e) = writer.checkpoint_passive() {
                 log::warn!("metrics: checkpoint: {e}");
             }

@@ -148,8 +148,8 @@ fn settings(opts: &MetricsOpts, user: Option<&str>) -> Result<Settings, Error> {
             .clone()
             .map_or_else(default_db, Ok)
             .map_err(|e| (e.code, e.message))?;
-        if opts.flush_points == 0 {
-            return Err((Error::USAGE, "--flush-points: expected at least 1".into()));
+        if !(1..=1_000_000).contains(&opts.flush_points) {
+            return Err((Error::USAGE, "--flush-points: expected 1 to 1000000".into()));
         }
         if opts.flush_interval.is_zero() {
             return Err((
