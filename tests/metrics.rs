@@ -295,6 +295,8 @@ fn flushed_points_survive_kill_9_and_a_restart() {
     };
     send_udp(&fs, &batch(0, 100));
     wait_count(&fs, "dur", 100);
+    // Beside the collector, the companion that checkpoints the log.
+    fs.wait_children("metrics checkpointer", 1);
     let old = collector_pid(&fs);
     // SAFETY: kill(2) on the collector process this test started.
     unsafe { libc::kill(old, libc::SIGKILL) };

@@ -8,7 +8,7 @@
 //!
 //! The database lives with the processes that use it, never in the master: the
 //! collector opens the only writing connection after it is forked, a companion
-//! (`metrics checkpointer`) moves the write-ahead log into the file every 2 s so
+//! (`metrics checkpointer`) moves the write-ahead log into the file (every second once caught up) so
 //! the checkpoint's fsync never stalls ingestion, every HTTP worker opens its own
 //! read-only connection, and the start-up check that reports a corrupt or
 //! unwritable file runs in a throwaway child.
@@ -46,7 +46,7 @@ pub struct MetricsOpts {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
     pub flush_interval: Duration,
     /// metrics: write as soon as this many points are buffered
-    #[arg(long, value_name = "N", default_value_t = 20_000, global = true)]
+    #[arg(long, value_name = "N", default_value_t = 100_000, global = true)]
     pub flush_points: usize,
     /// metrics: receive buffer of the collector's sockets, in bytes (K and M suffixes allowed)
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes, global = true)]
@@ -54,7 +54,7 @@ pub struct MetricsOpts {
 }
 
 /// How often the checkpointer companion moves the write-ahead log into the file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the collector and the API need to know, resolved once.
 #[derive(Debug, Clone)]
