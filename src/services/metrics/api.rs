@@ -318,31 +318,21 @@ fn prom_value(v: f64) -> String {
     }
 }
 
-/// Collector counters in the exposition: (stored name, exposed name, help).
-const OWN: &[(&str, &str, &str)] = &[
+/// Collector counters in the exposition: (stored name, help); each is exposed as
+/// `forkserve_metrics_NAME_total`.
+const OWN: &[(&str, &str)] = &[
+    ("datagrams", "Datagrams the collector received."),
+    ("points", "Points the collector accepted."),
+    ("flushes", "Transactions the collector committed."),
     (
-        "datagrams",
-        "datagrams",
-        "Datagrams the collector received.",
-    ),
-    ("points", "points", "Points the collector accepted."),
-    (
-        "flushes",
-        "flushes",
-        "Transactions the collector committed.",
-    ),
-    (
-        "flush_errors",
         "flush_errors",
         "Flushes that failed (their points were kept for the next).",
     ),
     (
         "kernel_drops",
-        "kernel_drops",
         "Datagrams the kernel dropped on the collector's UDP sockets (full receive buffer).",
     ),
     (
-        "backlog_dropped",
         "backlog_dropped",
         "Points dropped because the database refused writes for too long.",
     ),
@@ -354,8 +344,8 @@ fn prometheus(conn: &Connection) -> Result<Response, Response> {
     let get = |k: &str| counters.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
     let mut out = String::new();
     let mut taken = std::collections::HashSet::new();
-    for (stored, exposed, help) in OWN {
-        let name = format!("forkserve_metrics_{exposed}_total");
+    for (stored, help) in OWN {
+        let name = format!("forkserve_metrics_{stored}_total");
         let _ = write!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",

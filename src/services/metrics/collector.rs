@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::line::{self, Reason};
+use super::line::{self, Kind, Reason};
 use super::store::{Pending, Writer};
 use super::{Settings, now_ms};
 use crate::Reply;
@@ -88,6 +88,9 @@ impl Counters {
 struct State {
     writer: Option<Writer>,
     pending: Vec<Pending>,
+    /// The newest buffered value of each gauge, for signed statsd gauges (a
+    /// look-up, not a scan of the buffer: no sender can make it quadratic).
+    gauges: HashMap<String, f64>,
     /// When the oldest unflushed point arrived.
     oldest: Option<Instant>,
     counters: Counters,
@@ -111,6 +114,7 @@ impl Collector {
             state: Mutex::new(State {
                 writer: None,
                 pending: Vec::new(),
+                gauges: HashMap::new(),
                 oldest: None,
                 counters: Counters::default(),
                 drops_base: None,
@@ -149,6 +153,7 @@ impl Collector {
                     started.elapsed().as_secs_f64() * 1000.0
                 );
                 st.pending.clear();
+                st.gauges.clear();
                 st.oldest = None;
             }
             Err(e) => {
@@ -203,8 +208,8 @@ impl Collector {
     /// The value a signed statsd gauge changes: the newest buffered point of the
     /// name, else the stored last value, else 0.
     fn gauge_base(st: &State, name: &str) -> f64 {
-        if let Some(p) = st.pending.iter().rev().find(|p| p.name == name) {
-            return p.value;
+        if let Some(&v) = st.gauges.get(name) {
+            return v;
         }
         st.writer
             .as_ref()
@@ -221,6 +226,14 @@ impl Collector {
         } else {
             p.value
         };
+        if p.kind == Kind::Gauge {
+            match st.gauges.get_mut(p.name) {
+                Some(v) => *v = value,
+                None => {
+                    st.gauges.insert(p.name.to_string(), value);
+                }
+            }
+        }
         st.pending.push(Pending {
             name: p.name.to_string(),
             kind: p.kind,

@@ -175,6 +175,9 @@ struct Latest {
     increments: f64,
 }
 
+/// How many metrics one expiry pass looks at.
+const METRICS_PER_PASS: i64 = 500;
+
 /// A point's `n` is its batch number shifted by this, plus its place in the batch.
 const BATCH_SHIFT: u32 = 24;
 
@@ -184,6 +187,8 @@ pub struct Writer {
     ids: HashMap<String, i64>,
     /// The number of the last batch committed.
     batch: i64,
+    /// The metric id the next expiry pass starts from.
+    expire_from: i64,
 }
 
 impl Writer {
@@ -205,6 +210,7 @@ impl Writer {
             conn,
             ids: HashMap::new(),
             batch,
+            expire_from: 0,
         })
     }
 
@@ -370,9 +376,11 @@ impl Writer {
     }
 
     /// Deletes raw points older than `raw_before_ms` and rollups older than
-    /// `rollup_before_ms`, at most `budget` rows in all, in short transactions of
-    /// at most 1000 rows each so ingestion never waits long. Returns the rows
-    /// deleted (fewer than `budget`: nothing old is left).
+    /// `rollup_before_ms` for the next [`METRICS_PER_PASS`] metrics (a pass
+    /// continues where the last one stopped, and wraps around), at most `budget`
+    /// rows in all, in short transactions of at most 1000 rows each, so that
+    /// neither many metrics nor much old data makes ingestion wait long. Returns
+    /// the rows deleted.
     pub fn expire(
         &mut self,
         raw_before_ms: i64,
@@ -381,9 +389,15 @@ impl Writer {
     ) -> rusqlite::Result<usize> {
         const CHUNK: i64 = 1000;
         let ids: Vec<i64> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id FROM metric")?;
-            stmt.query_map([], |r| r.get(0))?
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id FROM metric WHERE id >= ?1 ORDER BY id LIMIT ?2")?;
+            stmt.query_map(params![self.expire_from, METRICS_PER_PASS], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
+        };
+        self.expire_from = match ids.last() {
+            Some(last) if ids.len() as i64 == METRICS_PER_PASS => last + 1,
+            _ => 0,
         };
         let minute_before = rollup_before_ms.div_euclid(60_000) * 60;
         let statements = [
@@ -403,6 +417,8 @@ impl Writer {
             for (sql, before) in statements {
                 loop {
                     if deleted >= budget {
+                        // More to do here: the next pass starts with this metric.
+                        self.expire_from = id;
                         return Ok(deleted);
                     }
                     let n = self
