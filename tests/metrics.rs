@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Forkserve, TempDir, WAIT, forkserve, wait_until};
+use common::{Forkserve, Resp, TempDir, WAIT, forkserve, wait_until};
 use serde_json::Value;
 
 fn now() -> f64 {
@@ -39,24 +39,10 @@ fn start(dir: &TempDir) -> Forkserve {
         .start()
 }
 
-/// A response: status, headers (lower-case names), body.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        assert_eq!(self.status, 200, "body: {}", self.body);
-        serde_json::from_str(&self.body).unwrap()
-    }
+/// The body of a 200 response as JSON.
+fn json(r: &Resp) -> Value {
+    assert_eq!(r.status, 200, "body: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
 }
 
 /// One HTTP/1.1 request on its own connection.
@@ -76,7 +62,7 @@ fn get(fs: &Forkserve, path: &str, extra: &str) -> Resp {
     let status = lines.next().unwrap()[9..12].parse().unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     Resp {
         status,
@@ -101,7 +87,7 @@ fn send_unix(fs: &Forkserve, data: &str) {
 
 /// `/api/metrics` as name -> entry.
 fn metrics(fs: &Forkserve) -> (BTreeMap<String, Value>, Value) {
-    let v = get(fs, "/api/metrics", "").json();
+    let v = json(&get(fs, "/api/metrics", ""));
     let by_name = v["metrics"]
         .as_array()
         .unwrap()
@@ -165,7 +151,7 @@ fn both_formats_over_udp_and_unixgram_with_bad_lines_counted() {
     assert_eq!(collector["points"], 9);
     fs.wait_log("bad line (syntax): \"bad line\"");
     // The relative gauge was applied to the value before it.
-    let r = get(&fs, "/api/metrics/temp?from=-1h", "").json();
+    let r = json(&get(&fs, "/api/metrics/temp?from=-1h", ""));
     assert_eq!(r["summary"]["max"], 23.0);
 }
 
@@ -225,25 +211,23 @@ fn api_aggregates_equal_those_computed_from_the_points_sent() {
     let (from, to) = (base, base + 3000.0);
     // Raw points, 1-minute and 7-second buckets.
     for step in [60.0, 7.0] {
-        let r = get(
+        let r = json(&get(
             &fs,
             &format!("/api/metrics/load.x?from={from}&to={to}&step={step}"),
             "",
-        )
-        .json();
+        ));
         assert_eq!(r["source"], "raw");
         check_buckets(&r, &expected(&points, step));
     }
     // A range over 3 h reads the per-minute rollups: the same buckets.
-    let r = get(
+    let r = json(&get(
         &fs,
         &format!(
             "/api/metrics/load.x?from={}&to={to}&step=60",
             to - 4.0 * 3600.0
         ),
         "",
-    )
-    .json();
+    ));
     assert_eq!(r["source"], "rollup");
     check_buckets(&r, &expected(&points, 60.0));
     // A sub-range, relative times, and errors.
@@ -252,7 +236,7 @@ fn api_aggregates_equal_those_computed_from_the_points_sent() {
         .copied()
         .filter(|(t, _)| *t >= from + 600.0 && *t <= from + 1200.0)
         .collect();
-    let r = get(
+    let r = json(&get(
         &fs,
         &format!(
             "/api/metrics/load.x?from={}&to={}&step=300",
@@ -260,10 +244,9 @@ fn api_aggregates_equal_those_computed_from_the_points_sent() {
             from + 1200.0
         ),
         "",
-    )
-    .json();
+    ));
     check_buckets(&r, &expected(&part, 300.0));
-    let r = get(&fs, "/api/metrics/load.x?from=-2h", "").json();
+    let r = json(&get(&fs, "/api/metrics/load.x?from=-2h", ""));
     assert_eq!(r["summary"]["count"], 600);
     for (q, status) in [
         ("load.x?from=yesterday", 400),
@@ -318,7 +301,7 @@ fn flushed_points_survive_kill_9_and_a_restart() {
     let fs = start(&dir);
     let m = wait_count(&fs, "dur", 150);
     assert_eq!(m["last"], 149.0);
-    let r = get(&fs, "/api/metrics/dur?from=-1h&step=1h", "").json();
+    let r = json(&get(&fs, "/api/metrics/dur?from=-1h&step=1h", ""));
     assert_eq!(r["summary"]["count"], 150);
     assert_eq!(r["summary"]["max"], 149.0);
 }
@@ -663,7 +646,7 @@ fn raw_points_expire_while_rollups_keep_serving_the_range() {
         (raw() == "0").then_some(())
     });
     // ...and the per-minute rollups still answer for that hour.
-    let r = get(
+    let r = json(&get(
         &fs,
         &format!(
             "/api/metrics/old.x?from={}&to={}&step=1m",
@@ -671,8 +654,7 @@ fn raw_points_expire_while_rollups_keep_serving_the_range() {
             t + 120.0
         ),
         "",
-    )
-    .json();
+    ));
     assert_eq!(r["source"], "rollup");
     assert_eq!(r["summary"]["count"], 120);
     assert_eq!(r["summary"]["max"], 119.0);
