@@ -661,3 +661,21 @@ fn raw_points_expire_while_rollups_keep_serving_the_range() {
     assert_eq!(r["summary"]["count"], 120);
     assert_eq!(r["summary"]["max"], 119.0);
 }
+
+#[test]
+fn new_names_beyond_max_metrics_are_refused_and_counted() {
+    let dir = TempDir::new("metrics-limit");
+    let fs = forkserve()
+        .args(["metrics", "-l", "metrics=udp:127.0.0.1:0"])
+        .args(["-l", "metrics-http=tcp:127.0.0.1:0", "--db"])
+        .arg(dir.path("m.db"))
+        .args(["--flush-interval", "200ms", "--max-metrics", "3"])
+        .listeners(2)
+        .start();
+    send_udp(&fs, "a:1\nb:1\nc:1\nd:1\ne:1\na:2\n");
+    wait_count(&fs, "a", 2);
+    let (m, collector) = metrics(&fs);
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(collector["bad_lines.limit"], 2);
+    fs.wait_log("bad line (limit): \"d:1\"");
+}

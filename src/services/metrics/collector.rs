@@ -88,6 +88,8 @@ impl Counters {
 struct State {
     writer: Option<Writer>,
     pending: Vec<Pending>,
+    /// Every name stored or buffered, for `--max-metrics`.
+    names: std::collections::HashSet<String>,
     /// The newest buffered value of each gauge, for signed statsd gauges (a
     /// look-up, not a scan of the buffer: no sender can make it quadratic).
     gauges: HashMap<String, f64>,
@@ -114,6 +116,7 @@ impl Collector {
             state: Mutex::new(State {
                 writer: None,
                 pending: Vec::new(),
+                names: std::collections::HashSet::new(),
                 gauges: HashMap::new(),
                 oldest: None,
                 counters: Counters::default(),
@@ -221,6 +224,12 @@ impl Collector {
         let text = std::str::from_utf8(raw).map_err(|_| Reason::Syntax)?;
         let max_skew = self.settings.max_skew.as_millis() as i64;
         let p = line::parse(text, now_ms, max_skew)?;
+        if !st.names.contains(p.name) {
+            if st.names.len() >= self.settings.max_metrics {
+                return Err(Reason::Limit);
+            }
+            st.names.insert(p.name.to_string());
+        }
         let value = if p.delta {
             Self::gauge_base(st, p.name) + p.value
         } else {
@@ -284,8 +293,10 @@ impl crate::DatagramHandler for Collector {
     fn start(&self) -> io::Result<()> {
         let writer = Writer::open(&self.settings.db).map_err(io::Error::other)?;
         let stored = writer.counters().map_err(io::Error::other)?;
+        let names = writer.names().map_err(io::Error::other)?;
         let mut st = self.state();
         st.counters = Counters::load(&stored);
+        st.names = names.into_iter().collect();
         st.writer = Some(writer);
         log::info!(
             "metrics: collector storing in {} (flush every {:?} or {} points)",

@@ -64,16 +64,20 @@ pub enum Reason {
     Skew,
     /// A statsd type other than g, c, ms, or a bad sample rate.
     Type,
+    /// A new name when `--max-metrics` names are already known (the collector
+    /// decides this one; parsing never returns it).
+    Limit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Syntax,
         Reason::Name,
         Reason::Value,
         Reason::Timestamp,
         Reason::Skew,
         Reason::Type,
+        Reason::Limit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Reason {
             Reason::Timestamp => "timestamp",
             Reason::Skew => "skew",
             Reason::Type => "type",
+            Reason::Limit => "limit",
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct MetricsOpts {
     /// metrics: write as soon as this many points are buffered
     #[arg(long, value_name = "N", default_value_t = 100_000, global = true)]
     pub flush_points: usize,
+    /// metrics: refuse points of new names once this many names are known
+    #[arg(long, value_name = "N", default_value_t = 100_000, global = true)]
+    pub max_metrics: usize,
     /// metrics: receive buffer of the collector's sockets, in bytes (K and M suffixes allowed)
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes, global = true)]
     pub recv_buffer: usize,
@@ -65,6 +68,7 @@ pub struct Settings {
     pub retention: Duration,
     pub flush_interval: Duration,
     pub flush_points: usize,
+    pub max_metrics: usize,
 }
 
 /// Milliseconds since the epoch, now.
@@ -189,6 +193,7 @@ fn settings(opts: &MetricsOpts, user: Option<&str>) -> Result<Settings, Error> {
             retention: opts.retention.max(opts.raw_retention),
             flush_interval: opts.flush_interval,
             flush_points: opts.flush_points,
+            max_metrics: opts.max_metrics,
         })
     });
     checked

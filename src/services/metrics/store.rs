@@ -221,6 +221,13 @@ impl Writer {
         rows.collect()
     }
 
+    /// Every metric name in the database.
+    pub fn names(&self) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT name FROM metric")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    }
+
     /// The last stored value of `name`, if it has one.
     pub fn last_value(&self, name: &str) -> rusqlite::Result<Option<f64>> {
         self.conn
