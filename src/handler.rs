@@ -357,7 +357,32 @@ impl<'a> Reply<'a> {
 }
 
 /// Serves datagram sockets (UDP, Unix datagram): one call per datagram received.
+///
+/// In a long-lived server process (the sequential, thread and prefork models) the
+/// handler also has a life of its own: `start` once before the first datagram,
+/// `tick` after every wake-up of the process (at the latest `tick_interval` after
+/// the last one), `stop` once on SIGTERM after the last datagram. A collector
+/// that batches its input uses them to flush on time and on shutdown. Under the
+/// fork model only `handle` is called.
 pub trait DatagramHandler: Send + Sync + 'static {
     /// Handles one datagram; answer through `reply`.
     fn handle(&self, datagram: &[u8], reply: &Reply<'_>) -> io::Result<()>;
+
+    /// Runs once in a server process before it serves; an error ends the process
+    /// (status 71), and the master starts another with back-off.
+    fn start(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The longest the server process may wait for a datagram before calling
+    /// `tick` (None, the default: until one arrives).
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called after every wake-up of the server process, datagram or not.
+    fn tick(&self) {}
+
+    /// Runs once when the server process stops.
+    fn stop(&self) {}
 }

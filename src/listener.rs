@@ -248,6 +248,23 @@ impl Listener {
         &self.addr
     }
 
+    /// Sets the socket's receive buffer to `bytes` (SO_RCVBUFFORCE when the process
+    /// may, else SO_RCVBUF, capped by net.core.rmem_max); returns what the kernel
+    /// granted (it reports double the asked size, its bookkeeping included). A
+    /// buffer already as large (systemd's ReceiveBuffer=) is left alone.
+    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+        let want = i32::try_from(bytes).unwrap_or(i32::MAX);
+        let fd = self.as_fd();
+        let current = sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+        if current / 2 >= want {
+            return Ok(current.max(0) as usize);
+        }
+        if sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+            sys::set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)?;
+        }
+        sys::get_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).map(|n| n.max(0) as usize)
+    }
+
     /// True for stream (connection) sockets, false for datagram sockets.
     pub fn is_stream(&self) -> bool {
         self.stream

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
-use forkserve::services::{Lang, chat, echo, exec, files, http, models, time};
+use forkserve::services::{Lang, chat, echo, exec, files, http, metrics, models, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -62,6 +62,11 @@ enum Command {
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
+    /// Metrics collector and its HTTP API/dashboard (metrics=udp:127.0.0.1:8125,
+    /// unixgram:RUNDIR/metrics.sock; metrics-http=tcp:127.0.0.1:8081, unix:RUNDIR/metrics-http.sock)
+    Metrics,
+    /// Send this host's CPU, memory, TCP connections and load to a metrics collector
+    MetricsAgent(metrics::agent::AgentArgs),
 }
 
 impl Command {
@@ -78,6 +83,8 @@ impl Command {
             Command::Http => Some("http"),
             Command::Models => Some("models"),
             Command::Exec(_) => None,
+            Command::Metrics => Some("metrics"),
+            Command::MetricsAgent(_) => None,
         }
     }
 }
@@ -87,6 +94,7 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::MetricsAgent(args) => Some(metrics::agent::run(args)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -167,6 +175,8 @@ struct ServeOpts {
     chat: chat::ChatOpts,
     #[command(flatten)]
     http: http::HttpOpts,
+    #[command(flatten)]
+    metrics: metrics::MetricsOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -234,6 +244,34 @@ const BUILTINS: &[Builtin] = &[
         },
     },
     Builtin {
+        name: "metrics",
+        defaults: |rt| {
+            vec![
+                "udp:127.0.0.1:8125".into(),
+                format!("unixgram:{}/metrics.sock", rt.display()),
+            ]
+        },
+        make: |o| metrics::make("metrics", &o.metrics, &o.http, &o.listen, o.user.as_deref()),
+    },
+    Builtin {
+        name: "metrics-http",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:8081".into(),
+                format!("unix:{}/metrics-http.sock", rt.display()),
+            ]
+        },
+        make: |o| {
+            metrics::make(
+                "metrics-http",
+                &o.metrics,
+                &o.http,
+                &o.listen,
+                o.user.as_deref(),
+            )
+        },
+    },
+    Builtin {
         name: "models-sequential",
         defaults: |rt| models::defaults("models-sequential", rt),
         make: |o| Ok(Some(models::service("models-sequential", o.lang))),
@@ -275,7 +313,9 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
         .idle_timeout
         .map(|t| secs("--idle-timeout", t))
         .transpose()?;
-    let model = models::fixed_model(svc.name()).unwrap_or(opts.model);
+    let model = models::fixed_model(svc.name())
+        .or_else(|| metrics::fixed_model(svc.name()))
+        .unwrap_or(opts.model);
     let svc = if idle.is_some() {
         svc.idle_timeout(idle)
     } else {

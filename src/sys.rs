@@ -120,6 +120,63 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
     }
 }
 
+/// Waits (blocking) for the child `pid` to end.
+fn wait_child(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes only to the status integer we pass.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    })
+}
+
+/// Runs `f` in a throwaway child and waits for it, for work whose memory and
+/// descriptors must never live in the calling process (the master opening a
+/// database to check it before it forks workers). Returns `f`'s verdict: `Ok`,
+/// or its exit code and message (or how the child died, with code 70).
+pub fn run_in_child(
+    f: impl FnOnce() -> Result<(), (i32, String)>,
+) -> io::Result<Result<(), (i32, String)>> {
+    use std::io::{Read, Write};
+    let (mut reader, mut writer) = io::pipe()?;
+    match fork()? {
+        Forked::Child => {
+            drop(reader);
+            let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err((70, "the check panicked".to_string())));
+            let code = match verdict {
+                Ok(()) => 0,
+                Err((code, msg)) => {
+                    let _ = writer.write_all(msg.as_bytes());
+                    code.max(1)
+                }
+            };
+            exit_now(code)
+        }
+        Forked::Parent(pid) => {
+            drop(writer);
+            let mut msg = String::new();
+            let _ = reader.read_to_string(&mut msg);
+            Ok(match wait_child(pid)? {
+                ExitStatus::Code(0) => Ok(()),
+                ExitStatus::Code(code) if !msg.is_empty() => Err((code, msg)),
+                other => Err((70, format!("the check process ended with {other}"))),
+            })
+        }
+    }
+}
+
 /// Sends `sig` to `pid`; a process that is already gone is not an error.
 pub fn kill(pid: libc::pid_t, sig: i32) {
     // SAFETY: kill has no memory effects.
@@ -324,6 +381,10 @@ fn setsockopt<T>(fd: BorrowedFd<'_>, level: i32, opt: i32, val: &T) -> io::Resul
         ))?
     };
     Ok(())
+}
+
+pub fn get_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
+    getsockopt_int(fd, level, opt)
 }
 
 pub fn set_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, val: i32) -> io::Result<()> {

@@ -9,23 +9,6 @@ use std::time::Instant;
 
 use common::*;
 
-/// One parsed response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Splits a byte stream into responses (bodies by Content-Length; none for HEAD).
 fn parse_all(raw: &[u8], heads: &[bool]) -> Vec<Resp> {
     let mut out = Vec::new();

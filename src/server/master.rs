@@ -265,6 +265,20 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 ));
             }
         }
+        if let Some(bytes) = conf.recv_buffer {
+            for l in listeners.iter().filter(|l| !l.is_stream()) {
+                match l.set_recv_buffer(bytes) {
+                    Ok(got) => {
+                        log::debug!("{}: {}: receive buffer {got} bytes", conf.name, l.addr())
+                    }
+                    Err(e) => log::warn!(
+                        "{}: {}: setting the receive buffer: {e}",
+                        conf.name,
+                        l.addr()
+                    ),
+                }
+            }
+        }
         if listeners.is_empty() && conf.addrs.is_empty() && activated {
             log::info!(
                 "{}: systemd passed no socket named '{}'; service not started",

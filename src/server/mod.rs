@@ -91,6 +91,7 @@ pub struct Service {
     pub(crate) companions: Vec<Companion>,
     pub(crate) spawner: Option<Arc<dyn Spawner>>,
     pub(crate) reloads: Vec<Arc<dyn Fn() + Send + Sync>>,
+    pub(crate) recv_buffer: Option<usize>,
 }
 
 impl Service {
@@ -108,6 +109,7 @@ impl Service {
             companions: Vec::new(),
             spawner: None,
             reloads: Vec::new(),
+            recv_buffer: None,
         }
     }
 
@@ -167,6 +169,14 @@ impl Service {
     /// Under prefork, a worker exits (and is replaced) after serving this many.
     pub fn max_requests(mut self, n: Option<u64>) -> Service {
         self.max_requests = n;
+        self
+    }
+
+    /// Asks for a socket receive buffer of this many bytes on the service's datagram
+    /// sockets (SO_RCVBUFFORCE when privileged, else SO_RCVBUF, which the kernel
+    /// caps at net.core.rmem_max), so a burst waits in the kernel, not dropped.
+    pub fn recv_buffer(mut self, bytes: Option<usize>) -> Service {
+        self.recv_buffer = bytes;
         self
     }
 

@@ -99,15 +99,32 @@ pub(crate) fn serve(
             }
         }
     }
+    if let Some(h) = p.datagram_handler()
+        && let Err(e) = h.start()
+    {
+        log::error!("{}: cannot start: {e}", conf.name);
+        return 71;
+    }
     p.set_title(None);
     p.run()
 }
+
+/// How many datagrams one wake-up of a sequential or prefork process takes from
+/// one socket before it looks at signals and the other sockets again.
+const DATAGRAM_BATCH: usize = 64;
 
 impl Proc<'_> {
     fn stopping(&self) -> bool {
         self.signals.peek(libc::SIGTERM)
             || self.signals.peek(libc::SIGINT)
             || self.signals.peek(libc::SIGQUIT)
+    }
+
+    fn datagram_handler(&self) -> Option<&dyn crate::handler::DatagramHandler> {
+        match &self.conf.handler {
+            Handler::Datagram(h) => Some(h.as_ref()),
+            Handler::Stream(_) => None,
+        }
     }
 
     fn active(&self) -> usize {
@@ -174,7 +191,8 @@ impl Proc<'_> {
                     fds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
                 }
             }
-            if let Err(e) = sys::poll(&mut fds, None) {
+            let timeout = self.datagram_handler().and_then(|h| h.tick_interval());
+            if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!("{}: poll: {e}", self.conf.name);
                 return 71;
             }
@@ -193,6 +211,9 @@ impl Proc<'_> {
                 if !self.stopping() {
                     self.serve_one(l);
                 }
+            }
+            if let Some(h) = self.datagram_handler() {
+                h.tick();
             }
         }
     }
@@ -231,6 +252,9 @@ impl Proc<'_> {
             let _ = sys::poll(&mut fds, Some(Duration::from_millis(500)));
             self.signals.drain();
             self.drain_done_pipe();
+        }
+        if let Some(h) = self.datagram_handler() {
+            h.stop();
         }
         0
     }
@@ -280,63 +304,15 @@ impl Proc<'_> {
                     }
                 }
             }
-            Handler::Datagram(h) => {
-                let h = Arc::clone(h);
-                let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf)
-                {
-                    Ok(x) => x,
-                    Err(e) => {
-                        if let Some(pause) = self.accept_errors.on_error(
-                            &self.conf.name,
-                            self.listeners[l].addr(),
-                            &e,
-                        ) {
-                            self.wait_for_signal(pause);
-                        }
+            Handler::Datagram(_) if self.threads.is_none() => {
+                for _ in 0..DATAGRAM_BATCH {
+                    if !self.serve_datagram(l) {
                         return;
                     }
-                };
-                let (peer, reply_to) = worker::datagram_peer(addr, cred);
-                self.served += 1;
-                match &self.threads {
-                    None => {
-                        if self.conf.model == Model::Prefork {
-                            self.set_title(Some(&peer));
-                        }
-                        let ctx = &self.contexts[l];
-                        worker::serve_datagram(
-                            h.as_ref(),
-                            self.listeners[l].as_fd(),
-                            &self.buf[..n],
-                            reply_to,
-                            peer,
-                            ctx,
-                        );
-                        if self.conf.model == Model::Prefork {
-                            self.set_title(None);
-                        }
-                    }
-                    Some(ts) => {
-                        let ts = Arc::clone(ts);
-                        let key = peer.source_key();
-                        if !self.admit(&ts, &peer) {
-                            return;
-                        }
-                        let data = self.buf[..n].to_vec();
-                        let sock = Arc::clone(&self.shared_socks[l]);
-                        let ctx = self.contexts[l].clone();
-                        self.spawn(ts, key, move || {
-                            worker::serve_datagram(
-                                h.as_ref(),
-                                sock.as_fd(),
-                                &data,
-                                reply_to,
-                                peer,
-                                &ctx,
-                            );
-                        });
-                    }
                 }
+            }
+            Handler::Datagram(_) => {
+                self.serve_datagram(l);
             }
         }
     }
@@ -354,6 +330,54 @@ impl Proc<'_> {
         let held = sources.get(key);
         log_refusal(&mut self.refusals, &self.conf.name, peer, held, policy, max);
         false
+    }
+
+    /// Receives one datagram from listener `l` and serves it (or hands it to a
+    /// thread); false when there was none to receive (or receiving failed: a
+    /// resource error pauses, as accept errors do).
+    fn serve_datagram(&mut self, l: usize) -> bool {
+        let Handler::Datagram(h) = &self.conf.handler else {
+            return false;
+        };
+        let h = Arc::clone(h);
+        let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(pause) =
+                    self.accept_errors
+                        .on_error(&self.conf.name, self.listeners[l].addr(), &e)
+                {
+                    self.wait_for_signal(pause);
+                }
+                return false;
+            }
+        };
+        let (peer, reply_to) = worker::datagram_peer(addr, cred);
+        self.served += 1;
+        let Some(ts) = &self.threads else {
+            if self.conf.model == Model::Prefork {
+                self.set_title(Some(&peer));
+            }
+            let sock = self.listeners[l].as_fd();
+            let data = &self.buf[..n];
+            worker::serve_datagram(h.as_ref(), sock, data, reply_to, peer, &self.contexts[l]);
+            if self.conf.model == Model::Prefork {
+                self.set_title(None);
+            }
+            return true;
+        };
+        let ts = Arc::clone(ts);
+        let key = peer.source_key();
+        if !self.admit(&ts, &peer) {
+            return true;
+        }
+        let data = self.buf[..n].to_vec();
+        let sock = Arc::clone(&self.shared_socks[l]);
+        let ctx = self.contexts[l].clone();
+        self.spawn(ts, key, move || {
+            worker::serve_datagram(h.as_ref(), sock.as_fd(), &data, reply_to, peer, &ctx);
+        });
+        true
     }
 
     fn spawn(

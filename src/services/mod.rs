@@ -10,6 +10,7 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod http;
+pub mod metrics;
 pub mod models;
 pub mod time;
 

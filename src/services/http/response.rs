@@ -76,6 +76,7 @@ impl Response {
             self.status,
             reason(self.status),
         );
+        // A 304 has no body and no type or length of its own (RFC 9110 15.4.5).
         if self.status != 304 {
             let _ = write!(
                 head,
@@ -116,6 +117,7 @@ pub fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
