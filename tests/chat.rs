@@ -4,10 +4,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::chat_client::*;
 use common::*;
 
 /// A chat server on a TCP port and a Unix socket, with its IPC directory in `dir`.
@@ -48,83 +49,6 @@ impl Chat {
     }
 }
 
-/// One chat client.
-struct Client {
-    conn: Conn,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        Client {
-            conn: Conn::connect(addr),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Connects and logs in as `name` (no password).
-    fn login(addr: &str, name: &str) -> Client {
-        let mut c = Client::connect(addr);
-        c.expect("Username: ");
-        c.send(name);
-        c.expect(&format!(
-            "Welcome, {name}! Type /help for commands, quit to leave.\n"
-        ));
-        c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes());
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.conn.write_all(bytes).expect("send to chat");
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut b = [0u8; 65536];
-        match self.conn.read(&mut b) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-            Err(e) => panic!(
-                "read: {e}; got so far: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            ),
-        }
-    }
-
-    /// Reads until `needle` arrives; returns everything up to and including it.
-    fn expect(&mut self, needle: &str) -> String {
-        loop {
-            if let Some(p) = find(&self.buf, needle.as_bytes()) {
-                let out: Vec<u8> = self.buf.drain(..p + needle.len()).collect();
-                return String::from_utf8_lossy(&out).into_owned();
-            }
-            if !self.fill() {
-                panic!(
-                    "EOF before {needle:?}; got: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        }
-    }
-
-    /// The next line, without its newline.
-    fn line(&mut self) -> String {
-        let l = self.expect("\n");
-        l[..l.len() - 1].to_string()
-    }
-
-    /// Reads to end of file; returns what came.
-    fn rest(&mut self) -> String {
-        while self.fill() {}
-        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
-    }
-}
-
 /// Inodes of the sockets a process holds.
 fn socket_inodes(pid: i32) -> Vec<String> {
     let mut out = Vec::new();
@@ -157,10 +81,6 @@ fn tcp_inodes() -> Vec<String> {
         }
     }
     out
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The worker serving the client whose local port or pid is unknown: the master's

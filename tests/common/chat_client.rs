@@ -1,0 +1,88 @@
+//! A line-based chat client for the tests of the chat service (`chat.rs`, `chat_redis.rs`).
+
+use std::io::{Read, Write};
+
+use super::Conn;
+
+/// One chat client.
+pub struct Client {
+    pub conn: Conn,
+    pub buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Client {
+        Client {
+            conn: Conn::connect(addr),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and logs in as `name` (no password).
+    pub fn login(addr: &str, name: &str) -> Client {
+        let mut c = Client::connect(addr);
+        c.expect("Username: ");
+        c.send(name);
+        c.expect(&format!(
+            "Welcome, {name}! Type /help for commands, quit to leave.\n"
+        ));
+        c
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.conn.write_all(bytes).expect("send to chat");
+    }
+
+    pub fn fill(&mut self) -> bool {
+        let mut b = [0u8; 65536];
+        match self.conn.read(&mut b) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Err(e) => panic!(
+                "read: {e}; got so far: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Reads until `needle` arrives; returns everything up to and including it.
+    pub fn expect(&mut self, needle: &str) -> String {
+        loop {
+            if let Some(p) = find(&self.buf, needle.as_bytes()) {
+                let out: Vec<u8> = self.buf.drain(..p + needle.len()).collect();
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            if !self.fill() {
+                panic!(
+                    "EOF before {needle:?}; got: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
+    /// The next line, without its newline.
+    pub fn line(&mut self) -> String {
+        let l = self.expect("\n");
+        l[..l.len() - 1].to_string()
+    }
+
+    /// Reads to end of file; returns what came.
+    pub fn rest(&mut self) -> String {
+        while self.fill() {}
+        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
+    }
+}
+
+
+/// Where `needle` starts in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
