@@ -98,7 +98,9 @@ fn wait_redis(port: u16, mut child: Child) -> Result<Child, String> {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut b = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n"
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut b).is_ok()
+                && &b == b"+PONG\r\n"
             {
                 return Ok(child);
             }
@@ -378,6 +380,120 @@ fn an_unreachable_backend_stops_start_up_unless_optional() {
     let mut bob = b.login("bob");
     assert_eq!(ann.line(), "* bob joined #lobby");
     bob.send("/list all");
-    assert_eq!(bob.line(), "* online (3): amy (#lobby), ann (#lobby), bob (#lobby)");
+    assert_eq!(
+        bob.line(),
+        "* online (3): amy (#lobby), ann (#lobby), bob (#lobby)"
+    );
 }
 
+/// Fan-out figures for `bench/chat_redis.sh` (ignored: a benchmark, not a test):
+/// one sender, `per_host` receivers on each host, p50/p99 of the time from the
+/// sender's write to each receiver's read, then lines/s sustained.
+fn fanout(hosts: &[&Host], per_host: usize, label: &str) {
+    const ROUNDS: usize = 50;
+    const BURST: usize = 2000;
+    let mut sender = hosts[0].login("sender");
+    let mut receivers = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        for i in 0..per_host {
+            receivers.push(host.login(&format!("r{h}x{i}")));
+        }
+    }
+    let n = receivers.len();
+    // Everyone is in: the last receiver's arrival was announced to the sender.
+    sender.expect(&format!(
+        "* r{}x{} joined #lobby\n",
+        hosts.len() - 1,
+        per_host - 1
+    ));
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .map(|mut c| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    c.expect(&format!("[sender]: round {round}\n"));
+                    tx.send((round, Instant::now())).unwrap();
+                }
+                c.expect(&format!("[sender]: burst {}\n", BURST - 1));
+                tx.send((ROUNDS, Instant::now())).unwrap();
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for round in 0..ROUNDS {
+        let t0 = Instant::now();
+        sender.send(&format!("round {round}"));
+        for _ in 0..n {
+            let (r, at) = rx.recv().unwrap();
+            assert_eq!(r, round);
+            lat.push(at - t0);
+        }
+        sender.expect(&format!("[sender]: round {round}\n"));
+    }
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    // Sustained: a burst of lines written as fast as the sender can, until every
+    // receiver has read the last one.
+    let t0 = Instant::now();
+    let Conn::Tcp(s) = &sender.conn else {
+        panic!("the sender is on TCP")
+    };
+    let mut out = s
+        .try_clone()
+        .expect("a second handle on the sender's socket");
+    let writer = std::thread::spawn(move || {
+        for i in 0..BURST {
+            out.write_all(format!("burst {i}\n").as_bytes()).unwrap();
+        }
+    });
+    sender.expect(&format!("[sender]: burst {}\n", BURST - 1));
+    writer.join().unwrap();
+    for _ in 0..n {
+        rx.recv().unwrap();
+    }
+    let took = t0.elapsed();
+    for h in handles {
+        h.join().unwrap();
+    }
+    println!(
+        "{label}: fan-out of one line to {n} clients: {} samples, p50 {:?}, p99 {:?}, max {:?}; \
+         {BURST} lines to {n} clients in {took:?}: {:.0} lines/s ({:.0} deliveries/s)",
+        lat.len(),
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1],
+        BURST as f64 / took.as_secs_f64(),
+        (BURST * n) as f64 / took.as_secs_f64(),
+    );
+}
+
+#[test]
+#[ignore]
+fn fanout_figures_through_redis_and_local() {
+    let args = [
+        "--max-children",
+        "300",
+        "--rate",
+        "100000",
+        "--history",
+        "10",
+    ];
+    let redis = Redis::start();
+    {
+        let a = Host::start(&redis.url(), &args);
+        let b = Host::start(&redis.url(), &args);
+        fanout(&[&a, &b], 100, "redis, 2 hosts");
+    }
+    let dir = TempDir::new("chat-local");
+    let local = Host {
+        fs: forkserve()
+            .env("RUNTIME_DIRECTORY", &dir.0)
+            .args(["chat", "-l", "tcp:127.0.0.1:0"])
+            .args(args)
+            .start(),
+        _dir: dir,
+    };
+    fanout(&[&local], 200, "local broker, 1 host");
+}

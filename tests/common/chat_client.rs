@@ -81,7 +81,6 @@ impl Client {
     }
 }
 
-
 /// Where `needle` starts in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

@@ -22,6 +22,7 @@
 //! |---|---|---|
 //! | `forkserve:chat:name:KEY` | string, `PX` [`CLAIM_TTL`] | `HOST\nNAME`: the host that holds the name (KEY is the case-folded name) |
 //! | `forkserve:chat:host:HOST` | hash, `PX` [`CLAIM_TTL`] | NAME → ROOM for each user on HOST (`/list`, `/rooms`, room limits) |
+//! | `forkserve:chat:hosts` | set | the HOSTs that have users (one whose hash is gone is removed by the next reader; a host with users adds itself again at its next refresh) |
 //! | `forkserve:chat:history:ROOM` | list, newest first | the last `--history` lines said in ROOM (`LPUSH` + `LTRIM`) |
 //! | `forkserve:chat:DB:events` | channel | JSON events: room notices, whispers, kicks (every host hears all) |
 //!
@@ -146,6 +147,7 @@ fn name_key(name: &str) -> String {
 fn host_key(host: &str) -> String {
     format!("{PREFIX}:host:{host}")
 }
+const HOSTS_KEY: &str = "forkserve:chat:hosts";
 fn history_key(room: &str) -> String {
     format!("{PREFIX}:history:{room}")
 }
@@ -153,13 +155,30 @@ fn history_key(room: &str) -> String {
 /// Something a room's members read, told on every host.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
-    Said { name: String, text: String },
-    JoinedChat { name: String },
-    JoinedRoom { name: String },
-    LeftRoom { name: String },
-    LeftChat { name: String },
-    Dropped { name: String },
-    Kicked { name: String, by: String, why: String },
+    Said {
+        name: String,
+        text: String,
+    },
+    JoinedChat {
+        name: String,
+    },
+    JoinedRoom {
+        name: String,
+    },
+    LeftRoom {
+        name: String,
+    },
+    LeftChat {
+        name: String,
+    },
+    Dropped {
+        name: String,
+    },
+    Kicked {
+        name: String,
+        by: String,
+        why: String,
+    },
 }
 
 impl Notice {
@@ -183,7 +202,11 @@ pub enum Wire {
     /// A notice for the members of `room`.
     Room { room: String, notice: Notice },
     /// A private line for the user `to`, wherever they are.
-    Whisper { to: String, from: String, text: String },
+    Whisper {
+        to: String,
+        from: String,
+        text: String,
+    },
     /// The host of `to` disconnects them: `by` kicked them.
     Kick { to: String, by: String, why: String },
 }
@@ -238,7 +261,11 @@ impl Wire {
                     "left_room" => Notice::LeftRoom { name },
                     "left_chat" => Notice::LeftChat { name },
                     "dropped" => Notice::Dropped { name },
-                    "kicked" => Notice::Kicked { name, by: a, why: b },
+                    "kicked" => Notice::Kicked {
+                        name,
+                        by: a,
+                        why: b,
+                    },
                     _ => return None,
                 };
                 Wire::Room {
@@ -288,7 +315,12 @@ impl Relay {
 
     /// Publishes `wire`; a line said also goes into the room's history, capped
     /// at `history` lines (one round trip).
-    pub fn publish(&mut self, wire: &Wire, said: Option<&str>, history: usize) -> redis::RedisResult<()> {
+    pub fn publish(
+        &mut self,
+        wire: &Wire,
+        said: Option<&str>,
+        history: usize,
+    ) -> redis::RedisResult<()> {
         let mut p = redis::pipe();
         if let (Some(line), Wire::Room { room, .. }) = (said, wire)
             && history > 0
@@ -343,6 +375,10 @@ impl Relay {
     pub fn set_presence(&mut self, name: &str, room: &str) -> redis::RedisResult<()> {
         let key = host_key(&self.host);
         redis::pipe()
+            .cmd("SADD")
+            .arg(HOSTS_KEY)
+            .arg(&self.host)
+            .ignore()
             .cmd("HSET")
             .arg(&key)
             .arg(name)
@@ -358,7 +394,11 @@ impl Relay {
     /// Refreshes the claims of `users` (NAME, ROOM) and writes this host's presence
     /// hash from scratch when `reset` (after a reconnection), else adds to it.
     /// Returns, for each user, whether the name is still ours.
-    pub fn refresh(&mut self, users: &[(&str, &str)], reset: bool) -> redis::RedisResult<Vec<bool>> {
+    pub fn refresh(
+        &mut self,
+        users: &[(&str, &str)],
+        reset: bool,
+    ) -> redis::RedisResult<Vec<bool>> {
         let names: Vec<&str> = users.iter().map(|(n, _)| *n).collect();
         let ours = self.claim(&names)?;
         let key = host_key(&self.host);
@@ -373,6 +413,7 @@ impl Relay {
             .map(|(u, _)| *u)
             .collect();
         if !kept.is_empty() {
+            p.cmd("SADD").arg(HOSTS_KEY).arg(&self.host).ignore();
             p.cmd("HSET").arg(&key);
             for (n, r) in &kept {
                 p.arg(*n).arg(*r);
@@ -392,37 +433,42 @@ impl Relay {
         for n in names {
             self.release(n)?;
         }
-        redis::cmd("DEL").arg(host_key(&self.host)).exec(&mut self.cmd)
+        redis::pipe()
+            .cmd("DEL")
+            .arg(host_key(&self.host))
+            .ignore()
+            .cmd("SREM")
+            .arg(HOSTS_KEY)
+            .arg(&self.host)
+            .ignore()
+            .exec(&mut self.cmd)
     }
 
-    /// Everyone on the other hosts: (NAME, ROOM).
+    /// Everyone on the other hosts: (NAME, ROOM). Hosts whose presence expired
+    /// (crashed) are dropped from the set of hosts.
     pub fn others(&mut self) -> redis::RedisResult<Vec<(String, String)>> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{PREFIX}:host:*"))
-                .arg("COUNT")
-                .arg(500)
-                .query(&mut self.cmd)?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        let mine = host_key(&self.host);
-        keys.retain(|k| *k != mine);
-        if keys.is_empty() {
+        let mut hosts: Vec<String> = redis::cmd("SMEMBERS").arg(HOSTS_KEY).query(&mut self.cmd)?;
+        hosts.retain(|h| *h != self.host);
+        if hosts.is_empty() {
             return Ok(Vec::new());
         }
         let mut p = redis::pipe();
-        for k in &keys {
-            p.cmd("HGETALL").arg(k);
+        for h in &hosts {
+            p.cmd("HGETALL").arg(host_key(h));
         }
         let maps: Vec<Vec<(String, String)>> = p.query(&mut self.cmd)?;
+        let gone: Vec<&String> = hosts
+            .iter()
+            .zip(&maps)
+            .filter(|(_, m)| m.is_empty())
+            .map(|(h, _)| h)
+            .collect();
+        if !gone.is_empty() {
+            redis::cmd("SREM")
+                .arg(HOSTS_KEY)
+                .arg(gone)
+                .exec(&mut self.cmd)?;
+        }
         Ok(maps.into_iter().flatten().collect())
     }
 
@@ -572,7 +618,12 @@ mod tests {
             let s = w.encode("h1");
             assert_eq!(Wire::decode(s.as_bytes()), Some(("h1".to_string(), w)));
         }
-        assert_eq!(Wire::decode(b"{\"h\":\"x\",\"t\":\"nope\",\"a\":\"\",\"b\":\"\",\"name\":\"n\",\"room\":\"r\"}"), None);
+        assert_eq!(
+            Wire::decode(
+                b"{\"h\":\"x\",\"t\":\"nope\",\"a\":\"\",\"b\":\"\",\"name\":\"n\",\"room\":\"r\"}"
+            ),
+            None
+        );
         assert_eq!(Wire::decode(b"not json"), None);
     }
 }

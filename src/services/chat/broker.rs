@@ -741,7 +741,9 @@ impl Broker<'_> {
             return;
         }
         if self.users.contains_key(&name)
-            || self.redis(|r| r.claim(&[&name])).is_some_and(|ours| !ours[0])
+            || self
+                .redis(|r| r.claim(&[&name]))
+                .is_some_and(|ours| !ours[0])
         {
             self.send(
                 i,
@@ -779,7 +781,11 @@ impl Broker<'_> {
             return;
         }
         self.send_history(i, &room);
-        self.announce(&room, Notice::JoinedChat { name: name.clone() }, Some(&name));
+        self.announce(
+            &room,
+            Notice::JoinedChat { name: name.clone() },
+            Some(&name),
+        );
     }
 
     /// Sends the history of `room`: from Redis when relaying, else from memory.
@@ -934,7 +940,11 @@ impl Broker<'_> {
 
     fn relay_lost(&mut self, e: &redis::RedisError) {
         self.relay = None;
-        let shown = self.config.backend.as_ref().map_or("", |b| b.shown.as_str());
+        let shown = self
+            .config
+            .backend
+            .as_ref()
+            .map_or("", |b| b.shown.as_str());
         log::warn!("chat broker: backend {shown}: {e}; chat is local-only until it is back");
         self.backoff = backend::FIRST_BACKOFF;
         self.retry_at = Some(Instant::now() + self.backoff);
@@ -974,7 +984,14 @@ impl Broker<'_> {
                 }
             }
             Err(e) => {
-                log::debug!("chat broker: backend {}: {e}", conf.shown);
+                if self.backoff == backend::FIRST_BACKOFF {
+                    log::warn!(
+                        "chat broker: backend {}: {e}; retrying with back-off",
+                        conf.shown
+                    );
+                } else {
+                    log::debug!("chat broker: backend {}: {e}", conf.shown);
+                }
                 self.backoff = (self.backoff * 2).min(backend::MAX_BACKOFF);
                 self.retry_at = Some(Instant::now() + self.backoff);
             }

@@ -70,8 +70,23 @@
 //! When its IPC connection ends without a `Close`, a worker tells its client
 //! `* chat service restarting`, connects again (the listener is still there), and
 //! sends `Register` with `restore` set and the room it was in. The client does
-//! nothing. **History does not survive a broker restart**: it lives only in the
-//! broker's memory, so rooms start empty again; so do lines that were in flight.
+//! nothing. **History does not survive a broker restart** without `--backend`: it
+//! lives only in the broker's memory, so rooms start empty again; so do lines that
+//! were in flight.
+//!
+//! # Across hosts (`--backend redis://HOST:PORT/DB`)
+//!
+//! The broker alone talks to Redis (`backend.rs`); workers and this protocol do not
+//! change. Room notices, whispers and kicks for users of other hosts go out on a
+//! Redis channel and come back in through a subscription socket in the broker's
+//! poll set; names are claimed in Redis (refreshed every second, gone 5 s after
+//! a host stops refreshing); `/list`, `/rooms` and room limits read every host's
+//! presence hash; history is a capped Redis list per room. When Redis goes away the
+//! broker tells its members `* chat is local-only until the backend is back`, goes on
+//! delivering locally, and reconnects with back-off (200 ms doubling to 5 s); then
+//! it claims its users' names again (a user whose name another host took meanwhile
+//! is disconnected and told why), publishes their rooms and says `* chat is across
+//! hosts again`. The broker never forks and starts no thread.
 //!
 //! # A broker that stops answering
 //!
@@ -278,7 +293,8 @@ pub fn service(
 /// Parses `--backend` and checks, once, that Redis answers: an unreachable backend
 /// stops start-up (69) unless `optional`, when the chat starts local-only.
 fn check_backend(url: &str, optional: bool) -> Result<backend::BackendConfig, Error> {
-    let conf = backend::BackendConfig::new(url, optional).map_err(|e| Error::new(Error::USAGE, e))?;
+    let conf =
+        backend::BackendConfig::new(url, optional).map_err(|e| Error::new(Error::USAGE, e))?;
     match conf.check() {
         Ok(()) => log::info!("chat: relaying through {}", conf.shown),
         Err(e) if optional => log::warn!(
