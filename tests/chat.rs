@@ -723,35 +723,8 @@ fn fanout_figures() {
     let receivers: Vec<Client> = (0..RECEIVERS)
         .map(|i| Client::login(&tcp, &format!("r{i}")))
         .collect();
-    // Each receiver thread reports the moment each round's line arrived.
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
-    let handles: Vec<_> = receivers
-        .into_iter()
-        .map(|mut c| {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for round in 0..ROUNDS {
-                    c.expect(&format!("[sender]: round {round}\n"));
-                    tx.send((round, Instant::now())).unwrap();
-                }
-                c
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for round in 0..ROUNDS {
-        let t0 = Instant::now();
-        sender.send(&format!("round {round}"));
-        for _ in 0..RECEIVERS {
-            let (r, at) = rx.recv().unwrap();
-            assert_eq!(r, round);
-            lat.push(at - t0);
-        }
-        sender.expect(&format!("[sender]: round {round}\n"));
-    }
-    let mut clients: Vec<Client> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    lat.sort();
-    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    let (lat, mut clients) = fanout_latencies(&mut sender, receivers, ROUNDS);
+    let p = |q: f64| quantile(&lat, q);
     println!(
         "fan-out of one line to {RECEIVERS} clients: {} samples, p50 {:?}, p99 {:?}, max {:?}",
         lat.len(),

@@ -406,36 +406,21 @@ fn fanout(hosts: &[&Host], per_host: usize, label: &str) {
         hosts.len() - 1,
         per_host - 1
     ));
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
+    let (lat, receivers) = fanout_latencies(&mut sender, receivers, ROUNDS);
+    let p = |q: f64| quantile(&lat, q);
+    // Sustained: a burst of lines written as fast as the sender can, until every
+    // receiver has read the last one.
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
     let handles: Vec<_> = receivers
         .into_iter()
         .map(|mut c| {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for round in 0..ROUNDS {
-                    c.expect(&format!("[sender]: round {round}\n"));
-                    tx.send((round, Instant::now())).unwrap();
-                }
                 c.expect(&format!("[sender]: burst {}\n", BURST - 1));
-                tx.send((ROUNDS, Instant::now())).unwrap();
+                tx.send(Instant::now()).unwrap();
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    for round in 0..ROUNDS {
-        let t0 = Instant::now();
-        sender.send(&format!("round {round}"));
-        for _ in 0..n {
-            let (r, at) = rx.recv().unwrap();
-            assert_eq!(r, round);
-            lat.push(at - t0);
-        }
-        sender.expect(&format!("[sender]: round {round}\n"));
-    }
-    lat.sort();
-    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
-    // Sustained: a burst of lines written as fast as the sender can, until every
-    // receiver has read the last one.
     let t0 = Instant::now();
     let Conn::Tcp(s) = &sender.conn else {
         panic!("the sender is on TCP")
@@ -450,10 +435,8 @@ fn fanout(hosts: &[&Host], per_host: usize, label: &str) {
     });
     sender.expect(&format!("[sender]: burst {}\n", BURST - 1));
     writer.join().unwrap();
-    for _ in 0..n {
-        rx.recv().unwrap();
-    }
-    let took = t0.elapsed();
+    let last = (0..n).map(|_| rx.recv().unwrap()).max().expect("receivers");
+    let took = last - t0;
     for h in handles {
         h.join().unwrap();
     }

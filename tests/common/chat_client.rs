@@ -1,6 +1,7 @@
 //! A line-based chat client for the tests of the chat service (`chat.rs`, `chat_redis.rs`).
 
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use super::Conn;
 
@@ -84,4 +85,48 @@ impl Client {
 /// Where `needle` starts in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Fan-out latencies: for each of `rounds`, `sender` says `round N` and every
+/// receiver (each read by its own thread) reports when the line arrived. Returns
+/// the sorted latencies (sender's write to each receiver's read) and the clients.
+pub fn fanout_latencies(
+    sender: &mut Client,
+    receivers: Vec<Client>,
+    rounds: usize,
+) -> (Vec<Duration>, Vec<Client>) {
+    let n = receivers.len();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .map(|mut c| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for round in 0..rounds {
+                    c.expect(&format!("[sender]: round {round}\n"));
+                    tx.send((round, Instant::now())).unwrap();
+                }
+                c
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for round in 0..rounds {
+        let t0 = Instant::now();
+        sender.send(&format!("round {round}"));
+        for _ in 0..n {
+            let (r, at) = rx.recv().unwrap();
+            assert_eq!(r, round);
+            lat.push(at - t0);
+        }
+        sender.expect(&format!("[sender]: round {round}\n"));
+    }
+    let clients = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    lat.sort();
+    (lat, clients)
+}
+
+/// The `q` quantile (0.5, 0.99) of sorted latencies.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
