@@ -308,6 +308,37 @@ fn redis_killed_and_restarted_mid_chat() {
 }
 
 #[test]
+fn a_redis_that_stops_answering_is_timed_out_and_local_chat_goes_on() {
+    let redis = Redis::start();
+    let a = Host::start(&redis.url(), &[]);
+    let b = Host::start(&redis.url(), &[]);
+    let mut ann = a.login("ann");
+    let mut amy = a.login("amy");
+    assert_eq!(ann.line(), "* amy joined #lobby");
+    let mut bob = b.login("bob");
+    assert_eq!(ann.line(), "* bob joined #lobby");
+    assert_eq!(amy.line(), "* bob joined #lobby");
+
+    // Stopped, not gone: every host notices at its next refresh, by timeout.
+    let pid = redis.child.id() as i32;
+    kill(pid, libc::SIGSTOP);
+    for c in [&mut ann, &mut amy, &mut bob] {
+        assert_eq!(c.line(), "* chat is local-only until the backend is back");
+    }
+    ann.send("while stopped");
+    assert_eq!(ann.line(), "[ann]: while stopped");
+    assert_eq!(amy.line(), "[ann]: while stopped");
+    kill(pid, libc::SIGCONT);
+    for c in [&mut ann, &mut amy, &mut bob] {
+        assert_eq!(c.line(), "* chat is across hosts again");
+    }
+    bob.send("and back");
+    for c in [&mut ann, &mut amy, &mut bob] {
+        assert_eq!(c.line(), "[bob]: and back");
+    }
+}
+
+#[test]
 fn a_crashed_hosts_users_vanish_within_the_expiry() {
     let redis = Redis::start();
     let a = Host::start(&redis.url(), &[]);
