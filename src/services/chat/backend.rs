@@ -286,6 +286,9 @@ pub struct Relay {
     channel: String,
     host: String,
     owner: String,
+    /// Events (and history lines) queued this loop turn, sent as one pipeline.
+    pending: redis::Pipeline,
+    queued: usize,
 }
 
 impl AsFd for Relay {
@@ -310,18 +313,17 @@ impl Relay {
             channel,
             host: conf.host.clone(),
             owner: conf.owner(),
+            pending: redis::pipe(),
+            queued: 0,
         })
     }
 
-    /// Publishes `wire`; a line said also goes into the room's history, capped
-    /// at `history` lines (one round trip).
-    pub fn publish(
-        &mut self,
-        wire: &Wire,
-        said: Option<&str>,
-        history: usize,
-    ) -> redis::RedisResult<()> {
-        let mut p = redis::pipe();
+    /// Queues `wire` for publication; a line said also goes into the room's
+    /// history, capped at `history` lines. Nothing is sent before [`Relay::flush`]:
+    /// the broker flushes once per loop turn and before any other command, so a
+    /// burst of lines costs one round trip and the order is kept.
+    pub fn publish(&mut self, wire: &Wire, said: Option<&str>, history: usize) {
+        let p = &mut self.pending;
         if let (Some(line), Wire::Room { room, .. }) = (said, wire)
             && history > 0
         {
@@ -333,6 +335,16 @@ impl Relay {
             .arg(&self.channel)
             .arg(wire.encode(&self.host))
             .ignore();
+        self.queued += 1;
+    }
+
+    /// Sends what [`Relay::publish`] queued.
+    pub fn flush(&mut self) -> redis::RedisResult<()> {
+        if self.queued == 0 {
+            return Ok(());
+        }
+        let p = std::mem::replace(&mut self.pending, redis::pipe());
+        self.queued = 0;
         p.exec(&mut self.cmd)
     }
 

@@ -292,6 +292,8 @@ impl Broker<'_> {
             }
             // Departures noticed while reading or writing may have overflowed queues.
             self.backend_timers();
+            // What this turn queued for the other hosts: one round trip.
+            self.redis(|_| Ok(()));
             self.drop_overflowed();
             self.flush_all();
             self.drop_overflowed();
@@ -589,7 +591,7 @@ impl Broker<'_> {
                         from: me,
                         text: t.clone(),
                     };
-                    self.redis(|r| r.publish(&wire, None, 0));
+                    self.queue(&wire, None);
                     self.send(i, &text(self.config.texts.private_to(&spelled, &t)));
                 } else {
                     self.send(i, &text(self.config.texts.no_user(&to)));
@@ -690,7 +692,7 @@ impl Broker<'_> {
                 by: me.clone(),
                 why: why.clone(),
             };
-            self.redis(|r| r.publish(&wire, None, 0));
+            self.queue(&wire, None);
             (name, room)
         } else {
             self.send(i, &text(self.config.texts.no_user(user)));
@@ -905,8 +907,15 @@ impl Broker<'_> {
             room: room.to_string(),
             notice,
         };
+        self.queue(&wire, said.as_deref());
+    }
+
+    /// Queues `wire` for the other hosts (sent at the end of this loop turn).
+    fn queue(&mut self, wire: &Wire, said: Option<&str>) {
         let cap = self.config.history;
-        self.redis(|r| r.publish(&wire, said.as_deref(), cap));
+        if let Some(r) = self.relay.as_mut() {
+            r.publish(wire, said, cap);
+        }
     }
 
     /// Everyone online, here and (when relaying) on the other hosts: (NAME, ROOM).
@@ -925,11 +934,12 @@ impl Broker<'_> {
 
     // The relay.
 
-    /// Runs `f` on the relay when it is up. An error takes the relay down: members
-    /// are told the chat is local-only, and reconnection is scheduled.
+    /// Runs `f` on the relay when it is up, after what was queued. An error takes
+    /// the relay down: members are told the chat is local-only, and reconnection
+    /// is scheduled.
     fn redis<T>(&mut self, f: impl FnOnce(&mut Relay) -> redis::RedisResult<T>) -> Option<T> {
         let relay = self.relay.as_mut()?;
-        match f(relay) {
+        match relay.flush().and_then(|()| f(relay)) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.relay_lost(&e);
