@@ -42,6 +42,7 @@ use redis::{ConnectionAddr, Value};
 use serde_json::json;
 
 use super::texts::Texts;
+use crate::logging::RateLimitedLog;
 
 /// How long a name claim (and a host's presence hash) lives without a refresh.
 pub const CLAIM_TTL: Duration = Duration::from_secs(5);
@@ -289,6 +290,8 @@ pub struct Relay {
     /// Events (and history lines) queued this loop turn, sent as one pipeline.
     pending: redis::Pipeline,
     queued: usize,
+    /// Payloads on the channel that are not our events (another program's).
+    malformed: RateLimitedLog,
 }
 
 impl AsFd for Relay {
@@ -315,6 +318,7 @@ impl Relay {
             owner: conf.owner(),
             pending: redis::pipe(),
             queued: 0,
+            malformed: RateLimitedLog::default(),
         })
     }
 
@@ -527,10 +531,13 @@ impl Relay {
                     match Wire::decode(msg.get_payload_bytes()) {
                         Some((host, _)) if host == self.host => {}
                         Some((_, w)) => out.push(w),
-                        None => log::warn!(
-                            "chat broker: ignored a malformed event on {}",
-                            msg.get_channel_name()
-                        ),
+                        None => self.malformed.log(|n| {
+                            log::warn!(
+                                "chat broker: ignored a malformed event on {}{}",
+                                msg.get_channel_name(),
+                                RateLimitedLog::more(n)
+                            )
+                        }),
                     }
                 }
                 Err(e) if is_would_block(&e) => return Ok(out),

@@ -290,10 +290,10 @@ impl Broker<'_> {
                     self.read_from(i, &mut buf);
                 }
             }
-            // Departures noticed while reading or writing may have overflowed queues.
             self.backend_timers();
             // What this turn queued for the other hosts: one round trip.
             self.redis(|_| Ok(()));
+            // Departures noticed while reading or writing may have overflowed queues.
             self.drop_overflowed();
             self.flush_all();
             self.drop_overflowed();
