@@ -759,6 +759,11 @@ impl Broker<'_> {
             Some(r) if restore && self.make_room(&r) => r,
             _ => LOBBY.to_string(),
         };
+        let history = if restore {
+            Vec::new()
+        } else {
+            self.history_for_newcomer(&room)
+        };
         self.users.insert(User {
             name: name.clone(),
             conn: i,
@@ -782,7 +787,7 @@ impl Broker<'_> {
             log::debug!("chat broker: {name} restored in {room}");
             return;
         }
-        self.send_history(i, &room);
+        self.send_lines(i, history);
         self.announce(
             &room,
             Notice::JoinedChat { name: name.clone() },
@@ -790,17 +795,26 @@ impl Broker<'_> {
         );
     }
 
-    /// Sends the history of `room`: from Redis when relaying, else from memory.
-    fn send_history(&mut self, i: usize, room: &str) {
+    /// The history of `room` for a user about to enter it: from Redis when
+    /// relaying, else from memory. With Redis, the events that reached this host
+    /// before the history did are handled first (to the members already there), so
+    /// that no line reaches the newcomer both in the history and live.
+    fn history_for_newcomer(&mut self, room: &str) -> Vec<String> {
         let cap = self.config.history;
-        let lines = match self.redis(|r| r.history(room, cap)) {
-            Some(lines) => lines,
+        match self.redis(|r| r.history(room, cap)) {
+            Some(lines) => {
+                self.relay_events();
+                lines
+            }
             None => self
                 .rooms
                 .get(room)
                 .map(|r| r.history.iter().cloned().collect())
                 .unwrap_or_default(),
-        };
+        }
+    }
+
+    fn send_lines(&mut self, i: usize, lines: Vec<String>) {
         for l in lines {
             self.send(i, &text(l));
         }
@@ -858,6 +872,11 @@ impl Broker<'_> {
             self.send(i, &text(self.config.texts.too_many_rooms().into()));
             return;
         }
+        let history = self.history_for_newcomer(&room);
+        if !self.users.contains_key(me) {
+            // Kicked by an event handled just now.
+            return;
+        }
         self.leave_room(me, &old);
         let name = me.to_string();
         self.announce(&old, Notice::LeftRoom { name: name.clone() }, None);
@@ -872,7 +891,7 @@ impl Broker<'_> {
         self.redis(|r| r.set_presence(me, &room));
         self.send(i, &Event::Moved { room: room.clone() });
         self.send(i, &text(self.config.texts.now_in(&room)));
-        self.send_history(i, &room);
+        self.send_lines(i, history);
         self.announce(&room, Notice::JoinedRoom { name }, Some(me));
     }
 
