@@ -334,31 +334,6 @@ fn kick_by_an_admin_and_refusal_for_others() {
     assert_eq!(bob.line(), "* online (2): ann (#lobby), bob (#lobby)");
 }
 
-/// Runs `forkserve chat-passwd [args]` with `password` on stdin.
-fn chat_passwd(args: &[&str], password: &str) -> String {
-    let mut child = std::process::Command::new(bin())
-        .arg("chat-passwd")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn passwords_from_a_users_file_and_lock_out() {
     let hash = chat_passwd(&[], "open sesame");

@@ -164,8 +164,9 @@ fn wait_list(c: &mut Client, want: &str) {
 #[test]
 fn messages_whispers_kicks_and_lists_cross_hosts() {
     let redis = Redis::start();
-    let a = Host::start(&redis.url(), &["--admins", "ann"]);
-    let b = Host::start(&redis.url(), &["--admins", "ann"]);
+    let args = ["--admins", "ann", "--room-limit", "1"];
+    let a = Host::start(&redis.url(), &args);
+    let b = Host::start(&redis.url(), &args);
     // Pub/sub orders events per host, not across hosts: each login waits until
     // the host it happens on has heard of the one before.
     let mut bob = b.login("bob");
@@ -199,6 +200,9 @@ fn messages_whispers_kicks_and_lists_cross_hosts() {
     assert_eq!(bob.line(), "* cat left #lobby");
     ann.send("/rooms");
     assert_eq!(ann.line(), "* rooms (2): #dev (1), #lobby (2)");
+    // The room limit counts the members on every host.
+    ann.send("/join dev");
+    assert_eq!(ann.line(), "error: room #dev is full (1)");
     bob.send("/list");
     assert_eq!(bob.line(), "* users in #lobby (2): ann, bob");
 
@@ -214,6 +218,40 @@ fn messages_whispers_kicks_and_lists_cross_hosts() {
     // The name is free again, on either host.
     let _cat = a.login("cat");
     assert_eq!(bob.line(), "* cat joined #lobby");
+}
+
+#[test]
+fn one_users_file_on_every_host_makes_the_same_admins() {
+    let redis = Redis::start();
+    let dir = TempDir::new("chat-users");
+    let users = dir.path("users");
+    let lines = [
+        chat_passwd(&["ann", "--admin"], "secret-a"),
+        chat_passwd(&["bob"], "secret-b"),
+    ];
+    std::fs::write(&users, lines.join("\n") + "\n").unwrap();
+    let args = ["--users", users.to_str().unwrap()];
+    let a = Host::start(&redis.url(), &args);
+    let b = Host::start(&redis.url(), &args);
+    let login = |host: &Host, name: &str, password: &str| {
+        let mut c = Client::connect(&host.addr());
+        c.expect("Username: ");
+        c.send(name);
+        c.expect("Password: ");
+        c.send(password);
+        c.expect(&format!("Welcome, {name}!"));
+        c.line();
+        c
+    };
+    let mut ann = login(&b, "ann", "secret-a");
+    let mut bob = login(&a, "bob", "secret-b");
+    assert_eq!(ann.line(), "* bob joined #lobby");
+    bob.send("/kick ann");
+    assert_eq!(bob.line(), "error: not allowed");
+    ann.send("/kick bob bye");
+    assert_eq!(bob.line(), "* you were kicked by ann: bye");
+    assert_eq!(bob.rest(), "");
+    assert_eq!(ann.line(), "* bob was kicked by ann: bye");
 }
 
 #[test]
