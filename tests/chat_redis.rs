@@ -311,75 +311,85 @@ fn history_is_shared_between_hosts_and_survives_a_broker_kill() {
     );
 }
 
+/// ann and amy on host A, bob on host B, each having heard of the others.
+struct Trio {
+    a: Host,
+    _b: Host,
+    ann: Client,
+    amy: Client,
+    bob: Client,
+}
+
+impl Trio {
+    fn start(url: &str) -> Trio {
+        let a = Host::start(url, &[]);
+        let b = Host::start(url, &[]);
+        let mut bob = b.login("bob");
+        let mut ann = a.login("ann");
+        assert_eq!(bob.line(), "* ann joined #lobby");
+        let amy = a.login("amy");
+        assert_eq!(ann.line(), "* amy joined #lobby");
+        assert_eq!(bob.line(), "* amy joined #lobby");
+        Trio {
+            a,
+            _b: b,
+            ann,
+            amy,
+            bob,
+        }
+    }
+
+    /// All three read `line` next.
+    fn all_read(&mut self, line: &str) {
+        for c in [&mut self.ann, &mut self.amy, &mut self.bob] {
+            assert_eq!(c.line(), line);
+        }
+    }
+
+    /// With Redis away: everyone is told, and ann and amy still chat on host A.
+    fn local_only(&mut self, said: &str) {
+        self.all_read("* chat is local-only until the backend is back");
+        self.ann.send(said);
+        assert_eq!(self.ann.line(), format!("[ann]: {said}"));
+        assert_eq!(self.amy.line(), format!("[ann]: {said}"));
+        self.ann.send("/list all");
+        assert_eq!(self.ann.line(), "* online (2): amy (#lobby), ann (#lobby)");
+    }
+
+    /// With Redis back: everyone is told, lines cross hosts again (bob never saw
+    /// the local-only one), and both hosts list everyone.
+    fn across_again(&mut self) {
+        self.all_read("* chat is across hosts again");
+        self.bob.send("and back");
+        self.all_read("[bob]: and back");
+        wait_list(
+            &mut self.bob,
+            "* online (3): amy (#lobby), ann (#lobby), bob (#lobby)",
+        );
+    }
+}
+
 #[test]
 fn redis_killed_and_restarted_mid_chat() {
     let mut redis = Redis::start();
-    let a = Host::start(&redis.url(), &[]);
-    let b = Host::start(&redis.url(), &[]);
-    let mut bob = b.login("bob");
-    let mut ann = a.login("ann");
-    assert_eq!(bob.line(), "* ann joined #lobby");
-    let mut amy = a.login("amy");
-    assert_eq!(ann.line(), "* amy joined #lobby");
-    assert_eq!(bob.line(), "* amy joined #lobby");
-
+    let mut t = Trio::start(&redis.url());
     redis.kill();
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "* chat is local-only until the backend is back");
-    }
-    // Local delivery goes on.
-    ann.send("only here");
-    assert_eq!(ann.line(), "[ann]: only here");
-    assert_eq!(amy.line(), "[ann]: only here");
-    ann.send("/list all");
-    assert_eq!(ann.line(), "* online (2): amy (#lobby), ann (#lobby)");
-
+    t.local_only("only here");
     redis.restart();
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "* chat is across hosts again");
-    }
-    // bob never saw the local-only line; cross-host delivery resumes.
-    ann.send("across again");
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "[ann]: across again");
-    }
-    // Presence was published again, so both hosts list everyone.
-    wait_list(
-        &mut bob,
-        "* online (3): amy (#lobby), ann (#lobby), bob (#lobby)",
-    );
-    assert!(a.fs.has_log("local-only"), "{}", a.fs.log_text());
+    t.across_again();
+    assert!(t.a.fs.has_log("local-only"), "{}", t.a.fs.log_text());
 }
 
 #[test]
 fn a_redis_that_stops_answering_is_timed_out_and_local_chat_goes_on() {
     let redis = Redis::start();
-    let a = Host::start(&redis.url(), &[]);
-    let b = Host::start(&redis.url(), &[]);
-    let mut bob = b.login("bob");
-    let mut ann = a.login("ann");
-    assert_eq!(bob.line(), "* ann joined #lobby");
-    let mut amy = a.login("amy");
-    assert_eq!(ann.line(), "* amy joined #lobby");
-    assert_eq!(bob.line(), "* amy joined #lobby");
-
+    let mut t = Trio::start(&redis.url());
     // Stopped, not gone: every host notices at its next refresh, by timeout.
     let pid = redis.child.id() as i32;
     kill(pid, libc::SIGSTOP);
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "* chat is local-only until the backend is back");
-    }
-    ann.send("while stopped");
-    assert_eq!(ann.line(), "[ann]: while stopped");
-    assert_eq!(amy.line(), "[ann]: while stopped");
+    t.local_only("while stopped");
     kill(pid, libc::SIGCONT);
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "* chat is across hosts again");
-    }
-    bob.send("and back");
-    for c in [&mut ann, &mut amy, &mut bob] {
-        assert_eq!(c.line(), "[bob]: and back");
-    }
+    t.across_again();
 }
 
 #[test]
