@@ -4,9 +4,11 @@
 //!
 //! - **Commands** go over the `redis` crate's synchronous [`redis::Connection`], with
 //!   a [`IO_TIMEOUT`] read/write timeout: a round trip on a LAN is well under a
-//!   millisecond, and a Redis that stops answering costs the broker at most one
-//!   timeout before the relay is marked down (no further command is tried until
-//!   a reconnection succeeds).
+//!   millisecond, and a Redis that stops answering costs the broker one timeout
+//!   before the relay is marked down (no further command is tried until a
+//!   reconnection succeeds; each attempt, with back-off, may cost up to two: the
+//!   connection and the subscription). Events are queued and sent as one pipeline
+//!   per broker loop turn (and before any other command, to keep the order).
 //! - **The subscription** is a socket of our own in the broker's poll set. The
 //!   crate's blocking `PubSub` hides its socket and buffers replies inside its
 //!   parser, so polling its descriptor could not be trusted; instead the broker
@@ -15,6 +17,10 @@
 //!   partial reply across `WouldBlock` and is drained until it asks for more bytes
 //!   (so nothing waits in a buffer that poll cannot see). No thread, no reader
 //!   process, no async runtime.
+//!
+//! The broker itself never forks (the master forks it as a companion), so a
+//! thread would have been possible; none is needed, and a reader process would
+//! only add a hop and a process to supervise.
 //!
 //! # What lives in Redis
 //!
