@@ -218,6 +218,11 @@ fn messages_whispers_kicks_and_lists_cross_hosts() {
     // The name is free again, on either host.
     let _cat = a.login("cat");
     assert_eq!(bob.line(), "* cat joined #lobby");
+    // The relay runs in the broker's one thread.
+    for host in [&a, &b] {
+        let threads = status(host.broker()).get("Threads").cloned();
+        assert_eq!(threads.as_deref(), Some("1"));
+    }
 }
 
 #[test]
