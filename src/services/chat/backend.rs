@@ -83,7 +83,6 @@ end
 return 0";
 
 /// Settings of the relay, built in the master.
-#[derive(Debug)]
 pub struct BackendConfig {
     pub client: redis::Client,
     /// The URL without its password, for messages.
@@ -92,6 +91,17 @@ pub struct BackendConfig {
     pub host: String,
     /// Started although Redis was unreachable (`--backend-optional`).
     pub optional: bool,
+}
+
+/// Shows the URL without its password.
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("url", &self.shown)
+            .field("host", &self.host)
+            .field("optional", &self.optional)
+            .finish()
+    }
 }
 
 impl BackendConfig {
