@@ -89,8 +89,6 @@ pub struct BackendConfig {
     pub shown: String,
     /// This host's identity in claims and events.
     pub host: String,
-    /// Started although Redis was unreachable (`--backend-optional`).
-    pub optional: bool,
 }
 
 /// Shows the URL without its password.
@@ -99,14 +97,13 @@ impl std::fmt::Debug for BackendConfig {
         f.debug_struct("BackendConfig")
             .field("url", &self.shown)
             .field("host", &self.host)
-            .field("optional", &self.optional)
             .finish()
     }
 }
 
 impl BackendConfig {
-    /// Parses `url` (`redis://[:PASSWORD@]HOST:PORT/DB`); `optional`: `--backend-optional`.
-    pub fn new(url: &str, optional: bool) -> Result<BackendConfig, String> {
+    /// Parses `url` (`redis://[:PASSWORD@]HOST:PORT/DB`).
+    pub fn new(url: &str) -> Result<BackendConfig, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--backend {url}: {e}"))?;
         let shown = match client.get_connection_info().addr() {
             ConnectionAddr::Tcp(host, port) => format!(
@@ -130,7 +127,6 @@ impl BackendConfig {
             client,
             shown,
             host: format!("{host_name}:{}:{since}", std::process::id()),
-            optional,
         })
     }
 

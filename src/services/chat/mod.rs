@@ -293,8 +293,7 @@ pub fn service(
 /// Parses `--backend` and checks, once, that Redis answers: an unreachable backend
 /// stops start-up (69) unless `optional`, when the chat starts local-only.
 fn check_backend(url: &str, optional: bool) -> Result<backend::BackendConfig, Error> {
-    let conf =
-        backend::BackendConfig::new(url, optional).map_err(|e| Error::new(Error::USAGE, e))?;
+    let conf = backend::BackendConfig::new(url).map_err(|e| Error::new(Error::USAGE, e))?;
     match conf.check() {
         Ok(()) => log::info!("chat: relaying through {}", conf.shown),
         Err(e) if optional => log::warn!(
