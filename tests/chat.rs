@@ -4,10 +4,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::chat_client::*;
 use common::*;
 
 /// A chat server on a TCP port and a Unix socket, with its IPC directory in `dir`.
@@ -48,83 +49,6 @@ impl Chat {
     }
 }
 
-/// One chat client.
-struct Client {
-    conn: Conn,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        Client {
-            conn: Conn::connect(addr),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Connects and logs in as `name` (no password).
-    fn login(addr: &str, name: &str) -> Client {
-        let mut c = Client::connect(addr);
-        c.expect("Username: ");
-        c.send(name);
-        c.expect(&format!(
-            "Welcome, {name}! Type /help for commands, quit to leave.\n"
-        ));
-        c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes());
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.conn.write_all(bytes).expect("send to chat");
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut b = [0u8; 65536];
-        match self.conn.read(&mut b) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-            Err(e) => panic!(
-                "read: {e}; got so far: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            ),
-        }
-    }
-
-    /// Reads until `needle` arrives; returns everything up to and including it.
-    fn expect(&mut self, needle: &str) -> String {
-        loop {
-            if let Some(p) = find(&self.buf, needle.as_bytes()) {
-                let out: Vec<u8> = self.buf.drain(..p + needle.len()).collect();
-                return String::from_utf8_lossy(&out).into_owned();
-            }
-            if !self.fill() {
-                panic!(
-                    "EOF before {needle:?}; got: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        }
-    }
-
-    /// The next line, without its newline.
-    fn line(&mut self) -> String {
-        let l = self.expect("\n");
-        l[..l.len() - 1].to_string()
-    }
-
-    /// Reads to end of file; returns what came.
-    fn rest(&mut self) -> String {
-        while self.fill() {}
-        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
-    }
-}
-
 /// Inodes of the sockets a process holds.
 fn socket_inodes(pid: i32) -> Vec<String> {
     let mut out = Vec::new();
@@ -157,10 +81,6 @@ fn tcp_inodes() -> Vec<String> {
         }
     }
     out
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The worker serving the client whose local port or pid is unknown: the master's
@@ -412,31 +332,6 @@ fn kick_by_an_admin_and_refusal_for_others() {
     workers(&chat, 2);
     bob.send("/list all");
     assert_eq!(bob.line(), "* online (2): ann (#lobby), bob (#lobby)");
-}
-
-/// Runs `forkserve chat-passwd [args]` with `password` on stdin.
-fn chat_passwd(args: &[&str], password: &str) -> String {
-    let mut child = std::process::Command::new(bin())
-        .arg("chat-passwd")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -803,35 +698,8 @@ fn fanout_figures() {
     let receivers: Vec<Client> = (0..RECEIVERS)
         .map(|i| Client::login(&tcp, &format!("r{i}")))
         .collect();
-    // Each receiver thread reports the moment each round's line arrived.
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
-    let handles: Vec<_> = receivers
-        .into_iter()
-        .map(|mut c| {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for round in 0..ROUNDS {
-                    c.expect(&format!("[sender]: round {round}\n"));
-                    tx.send((round, Instant::now())).unwrap();
-                }
-                c
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for round in 0..ROUNDS {
-        let t0 = Instant::now();
-        sender.send(&format!("round {round}"));
-        for _ in 0..RECEIVERS {
-            let (r, at) = rx.recv().unwrap();
-            assert_eq!(r, round);
-            lat.push(at - t0);
-        }
-        sender.expect(&format!("[sender]: round {round}\n"));
-    }
-    let mut clients: Vec<Client> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    lat.sort();
-    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    let (lat, mut clients) = fanout_latencies(&mut sender, receivers, ROUNDS);
+    let p = |q: f64| quantile(&lat, q);
     println!(
         "fan-out of one line to {RECEIVERS} clients: {} samples, p50 {:?}, p99 {:?}, max {:?}",
         lat.len(),

@@ -13,6 +13,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod chat_client;
+
 /// Generous bound for anything a test waits for: it exists to fail instead of hang.
 pub const WAIT: Duration = Duration::from_secs(20);
 

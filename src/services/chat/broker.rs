@@ -2,7 +2,9 @@
 //! and every worker's IPC connection. It keeps who is online, the rooms and their
 //! history, formats every line users see, and never blocks on a worker: output
 //! goes to bounded per-worker queues, and a worker whose queue overflows is dropped
-//! and told why.
+//! and told why. With `--backend` it also relays through Redis (`backend.rs`): its
+//! subscription socket joins the poll set, and every room notice, whisper and kick
+//! for a user it does not hold goes to the other hosts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -17,6 +19,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
+use super::backend::{self, Notice, Relay, Wire};
 use super::protocol::{Event, InBuf, Request};
 use super::{Config, LOBBY, name_key, room_name, valid_user_name};
 use crate::listener::AcceptErrors;
@@ -119,6 +122,13 @@ struct Broker<'a> {
     accept_paused_until: Option<Instant>,
     accept_errors: AcceptErrors,
     refusals: RateLimitedLog,
+    /// The Redis relay while it is up (`--backend`).
+    relay: Option<Relay>,
+    /// The relay is down: when to try again, and the wait after that.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// When the claims are refreshed next.
+    next_refresh: Instant,
 }
 
 /// The broker's body (the companion's `run`): serves until SIGTERM or SIGINT, then
@@ -148,6 +158,10 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         accept_paused_until: None,
         accept_errors: AcceptErrors::default(),
         refusals: RateLimitedLog::default(),
+        relay: None,
+        retry_at: None,
+        backoff: backend::FIRST_BACKOFF,
+        next_refresh: Instant::now(),
     };
     b.rooms.insert(LOBBY.to_string(), Room::default());
     if !config.ipc_path.exists() {
@@ -165,7 +179,12 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
         std::process::id(),
         config.ipc_path.display()
     );
+    if config.backend.is_some() {
+        b.retry_at = Some(Instant::now());
+        b.backend_timers();
+    }
     let code = b.serve(&signals);
+    b.leave_backend();
     remove_socket(&config.ipc_path);
     code
 }
@@ -224,6 +243,10 @@ impl Broker<'_> {
                         fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
                     }
                 }
+                let relay_at = fds.len();
+                if let Some(r) = &self.relay {
+                    fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                }
                 let base = fds.len();
                 for (i, c) in self.conns.iter().enumerate() {
                     let Some(c) = c else { continue };
@@ -253,8 +276,11 @@ impl Broker<'_> {
                     log::debug!("chat broker: stopping");
                     return 0;
                 }
-                if r[1..base].iter().any(|f| !f.is_empty()) {
+                if r[1..relay_at].iter().any(|f| !f.is_empty()) {
                     self.accept_all();
+                }
+                if r[relay_at..base].iter().any(|f| !f.is_empty()) {
+                    self.relay_events();
                 }
                 r[base..].to_vec()
             };
@@ -264,6 +290,9 @@ impl Broker<'_> {
                     self.read_from(i, &mut buf);
                 }
             }
+            self.backend_timers();
+            // What this turn queued for the other hosts: one round trip.
+            self.redis(|_| Ok(()));
             // Departures noticed while reading or writing may have overflowed queues.
             self.drop_overflowed();
             self.flush_all();
@@ -286,9 +315,15 @@ impl Broker<'_> {
         }
     }
 
-    /// Until the accept pause ends, or for ever.
+    /// Until the accept pause ends or the relay's next refresh or reconnection
+    /// is due, or for ever.
     fn poll_timeout(&self) -> PollTimeout {
-        match self.accept_paused_until {
+        let refresh = self.relay.as_ref().map(|_| self.next_refresh);
+        let next = [self.accept_paused_until, self.retry_at, refresh]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
             None => PollTimeout::NONE,
             Some(t) => {
                 let left = t.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
@@ -367,7 +402,7 @@ impl Broker<'_> {
         };
         if c.closing {
             // Only hang-ups are polled for: the worker is gone.
-            self.end_conn(i, None);
+            self.end_conn(i);
             return;
         }
         let mut gone = false;
@@ -402,18 +437,17 @@ impl Broker<'_> {
             }
         }
         if gone {
-            self.end_conn(i, None);
+            self.end_conn(i);
         }
     }
 
     /// Ends a connection; its user (if any) leaves, and the room is told.
-    fn end_conn(&mut self, i: usize, notice: Option<String>) {
+    fn end_conn(&mut self, i: usize) {
         let Some(c) = self.conns[i].take() else {
             return;
         };
         if let Some(name) = c.user {
-            let notice = notice.unwrap_or_else(|| self.config.texts.left_chat(&name));
-            self.remove_user(&name, Some(notice));
+            self.remove_user(&name, Some(Notice::LeftChat { name: name.clone() }));
         }
     }
 
@@ -449,7 +483,7 @@ impl Broker<'_> {
                 c.sent -= cut;
             }
             if failed || (c.closing && c.queued() == 0) {
-                self.end_conn(i, None);
+                self.end_conn(i);
             }
         }
     }
@@ -516,7 +550,7 @@ impl Broker<'_> {
             c.closing = true;
             if let Some(name) = c.user.take() {
                 log::warn!("chat broker: dropped {name}: more than {MAX_QUEUED} bytes queued");
-                self.remove_user(&name, Some(self.config.texts.was_dropped(&name)));
+                self.remove_user(&name, Some(Notice::Dropped { name: name.clone() }));
             }
         }
     }
@@ -543,21 +577,22 @@ impl Broker<'_> {
                 let Some(me) = self.user_of(i) else { return };
                 let room = self.users[&me].room.clone();
                 let line = self.config.texts.said(&me, &t);
-                if self.config.history > 0
-                    && let Some(r) = self.rooms.get_mut(&room)
-                {
-                    r.history.push_back(line.clone());
-                    while r.history.len() > self.config.history {
-                        r.history.pop_front();
-                    }
-                }
-                self.tell_room(&room, &line, None);
+                self.remember(&room, &line);
+                self.announce(&room, Notice::Said { name: me, text: t }, None);
             }
             Request::Whisper { to, text: t } => {
                 let Some(me) = self.user_of(i) else { return };
                 if let Some(to) = self.users.get(&to).map(|u| u.name.clone()) {
                     self.send_user(&to, &text(self.config.texts.private_from(&me, &t)));
                     self.send(i, &text(self.config.texts.private_to(&to, &t)));
+                } else if let Some((_, spelled, _)) = self.redis(|r| r.find(&to)).flatten() {
+                    let wire = Wire::Whisper {
+                        to: spelled.clone(),
+                        from: me,
+                        text: t.clone(),
+                    };
+                    self.queue(&wire, None);
+                    self.send(i, &text(self.config.texts.private_to(&spelled, &t)));
                 } else {
                     self.send(i, &text(self.config.texts.no_user(&to)));
                 }
@@ -575,20 +610,20 @@ impl Broker<'_> {
             }
             Request::List { all } => {
                 let Some(me) = self.user_of(i) else { return };
+                let mut everyone = self.everyone();
+                everyone.sort();
                 let line = if all {
-                    let list: Vec<String> = self
-                        .users
-                        .sorted()
+                    let list: Vec<String> = everyone
                         .iter()
-                        .map(|u| format!("{} ({})", u.name, u.room))
+                        .map(|(name, room)| format!("{name} ({room})"))
                         .collect();
                     self.config.texts.online(list.len(), &list.join(", "))
                 } else {
                     let room = &self.users[&me].room;
-                    let members: Vec<&str> = self.rooms[room]
-                        .members
+                    let members: Vec<&str> = everyone
                         .iter()
-                        .map(String::as_str)
+                        .filter(|(_, r)| r == room)
+                        .map(|(n, _)| n.as_str())
                         .collect();
                     self.config
                         .texts
@@ -600,50 +635,21 @@ impl Broker<'_> {
                 if self.user_of(i).is_none() {
                     return;
                 }
-                let list: Vec<String> = self
-                    .rooms
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                counts.insert(LOBBY.to_string(), 0);
+                for (_, room) in self.everyone() {
+                    *counts.entry(room).or_default() += 1;
+                }
+                let list: Vec<String> = counts
                     .iter()
-                    .filter(|(name, r)| !r.members.is_empty() || name.as_str() == LOBBY)
-                    .map(|(name, r)| format!("{name} ({})", r.members.len()))
+                    .map(|(name, n)| format!("{name} ({n})"))
                     .collect();
                 self.send(
                     i,
                     &text(self.config.texts.rooms(list.len(), &list.join(", "))),
                 );
             }
-            Request::Kick { user, reason } => {
-                let Some(me) = self.user_of(i) else { return };
-                if !self.users[&me].admin {
-                    self.send(i, &text(self.config.texts.not_allowed().into()));
-                    return;
-                }
-                let Some(target) = self.users.get(&user) else {
-                    self.send(i, &text(self.config.texts.no_user(&user)));
-                    return;
-                };
-                let (tconn, troom, user) = (target.conn, target.room.clone(), target.name.clone());
-                let why = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                };
-                self.send(
-                    tconn,
-                    &Event::Close {
-                        text: self.config.texts.you_were_kicked(&me, &why),
-                    },
-                );
-                if let Some(c) = self.conns[tconn].as_mut() {
-                    c.closing = true;
-                    c.user = None;
-                }
-                let notice = self.config.texts.was_kicked(&user, &me, &why);
-                self.remove_user(&user, Some(notice.clone()));
-                if self.users.get(&me).is_some_and(|u| u.room != troom) {
-                    self.send(i, &text(notice));
-                }
-                log::info!("chat broker: {me} kicked {user}{why}");
-            }
+            Request::Kick { user, reason } => self.kick(i, &user, &reason),
             Request::Echo { text: t } => self.send(i, &text(t)),
             Request::Quit => {
                 // The Close tells the worker that everything before it has been sent.
@@ -658,11 +664,68 @@ impl Broker<'_> {
                 };
                 c.closing = true;
                 if let Some(me) = c.user.take() {
-                    let notice = self.config.texts.left_chat(&me);
-                    self.remove_user(&me, Some(notice));
+                    self.remove_user(&me, Some(Notice::LeftChat { name: me.clone() }));
                 }
             }
         }
+    }
+
+    /// `/kick USER [REASON]` from the user on connection `i`.
+    fn kick(&mut self, i: usize, user: &str, reason: &str) {
+        let Some(me) = self.user_of(i) else { return };
+        if !self.users[&me].admin {
+            self.send(i, &text(self.config.texts.not_allowed().into()));
+            return;
+        }
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        let (target, troom) = if let Some(t) = self.users.get(user) {
+            let (name, room) = (t.name.clone(), t.room.clone());
+            self.kick_here(&name, &me, &why);
+            (name, room)
+        } else if let Some((_, name, room)) = self.redis(|r| r.find(user)).flatten() {
+            let wire = Wire::Kick {
+                to: name.clone(),
+                by: me.clone(),
+                why: why.clone(),
+            };
+            self.queue(&wire, None);
+            (name, room)
+        } else {
+            self.send(i, &text(self.config.texts.no_user(user)));
+            return;
+        };
+        if self.users.get(&me).is_some_and(|u| u.room != troom) {
+            let notice = self.config.texts.was_kicked(&target, &me, &why);
+            self.send(i, &text(notice));
+        }
+        log::info!("chat broker: {me} kicked {target}{why}");
+    }
+
+    /// Disconnects `name`, a user of this host, kicked by `by`.
+    fn kick_here(&mut self, name: &str, by: &str, why: &str) {
+        let Some(tconn) = self.users.get(name).map(|u| u.conn) else {
+            return;
+        };
+        self.send(
+            tconn,
+            &Event::Close {
+                text: self.config.texts.you_were_kicked(by, why),
+            },
+        );
+        if let Some(c) = self.conns[tconn].as_mut() {
+            c.closing = true;
+            c.user = None;
+        }
+        let notice = Notice::Kicked {
+            name: name.to_string(),
+            by: by.to_string(),
+            why: why.to_string(),
+        };
+        self.remove_user(name, Some(notice));
     }
 
     fn register(&mut self, i: usize, name: String, room: String, admin: bool, restore: bool) {
@@ -679,7 +742,11 @@ impl Broker<'_> {
             );
             return;
         }
-        if self.users.contains_key(&name) {
+        if self.users.contains_key(&name)
+            || self
+                .redis(|r| r.claim(&[&name]))
+                .is_some_and(|ours| !ours[0])
+        {
             self.send(
                 i,
                 &Event::Refused {
@@ -691,6 +758,11 @@ impl Broker<'_> {
         let room = match room_name(&room) {
             Some(r) if restore && self.make_room(&r) => r,
             _ => LOBBY.to_string(),
+        };
+        let history = if restore {
+            Vec::new()
+        } else {
+            self.history_for_newcomer(&room)
         };
         self.users.insert(User {
             name: name.clone(),
@@ -706,24 +778,57 @@ impl Broker<'_> {
         if let Some(c) = self.conns[i].as_mut() {
             c.user = Some(name.clone());
         }
+        self.redis(|r| r.set_presence(&name, &room));
         self.send(i, &Event::Accepted { room: room.clone() });
+        if self.relay.is_none() && self.config.backend.is_some() {
+            self.send(i, &text(self.config.texts.local_only().into()));
+        }
         if restore {
             log::debug!("chat broker: {name} restored in {room}");
             return;
         }
-        self.send_history(i, &room);
-        let notice = self.config.texts.joined_chat(&name, &room);
-        self.tell_room(&room, &notice, Some(&name));
+        self.send_lines(i, history);
+        self.announce(
+            &room,
+            Notice::JoinedChat { name: name.clone() },
+            Some(&name),
+        );
     }
 
-    fn send_history(&mut self, i: usize, room: &str) {
-        let lines: Vec<String> = self
-            .rooms
-            .get(room)
-            .map(|r| r.history.iter().cloned().collect())
-            .unwrap_or_default();
+    /// The history of `room` for a user about to enter it: from Redis when
+    /// relaying, else from memory. With Redis, the events that reached this host
+    /// before the history did are handled first (to the members already there), so
+    /// that no line reaches the newcomer both in the history and live.
+    fn history_for_newcomer(&mut self, room: &str) -> Vec<String> {
+        let cap = self.config.history;
+        match self.redis(|r| r.history(room, cap)) {
+            Some(lines) => {
+                self.relay_events();
+                lines
+            }
+            None => self
+                .rooms
+                .get(room)
+                .map(|r| r.history.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn send_lines(&mut self, i: usize, lines: Vec<String>) {
         for l in lines {
             self.send(i, &text(l));
+        }
+    }
+
+    /// Keeps `line` in the memory history of `room` (the one used without Redis).
+    fn remember(&mut self, room: &str, line: &str) {
+        if self.config.history > 0
+            && let Some(r) = self.rooms.get_mut(room)
+        {
+            r.history.push_back(line.to_string());
+            while r.history.len() > self.config.history {
+                r.history.pop_front();
+            }
         }
     }
 
@@ -758,10 +863,7 @@ impl Broker<'_> {
         }
         if room != LOBBY
             && let Some(limit) = self.config.room_limit
-            && self
-                .rooms
-                .get(&room)
-                .is_some_and(|r| r.members.len() >= limit)
+            && self.everyone().iter().filter(|(_, r)| *r == room).count() >= limit
         {
             self.send(i, &text(self.config.texts.room_full(&room, limit)));
             return;
@@ -770,20 +872,27 @@ impl Broker<'_> {
             self.send(i, &text(self.config.texts.too_many_rooms().into()));
             return;
         }
+        let history = self.history_for_newcomer(&room);
+        if !self.users.contains_key(me) {
+            // Kicked by an event handled just now.
+            return;
+        }
         self.leave_room(me, &old);
-        self.tell_room(&old, &self.config.texts.left_room(me, &old), None);
+        let name = me.to_string();
+        self.announce(&old, Notice::LeftRoom { name: name.clone() }, None);
         self.rooms
             .get_mut(&room)
             .expect("room exists")
             .members
-            .insert(me.to_string());
+            .insert(name.clone());
         if let Some(u) = self.users.get_mut(me) {
             u.room = room.clone();
         }
+        self.redis(|r| r.set_presence(me, &room));
         self.send(i, &Event::Moved { room: room.clone() });
         self.send(i, &text(self.config.texts.now_in(&room)));
-        self.send_history(i, &room);
-        self.tell_room(&room, &self.config.texts.joined_room(me, &room), Some(me));
+        self.send_lines(i, history);
+        self.announce(&room, Notice::JoinedRoom { name }, Some(me));
     }
 
     /// Takes `name` out of `room`, forgetting the room if nothing is left of it.
@@ -796,15 +905,205 @@ impl Broker<'_> {
         }
     }
 
-    /// Logs a user out; `notice` goes to the room they were in.
-    fn remove_user(&mut self, name: &str, notice: Option<String>) {
+    /// Logs a user out; `notice` goes to the room they were in, on every host.
+    fn remove_user(&mut self, name: &str, notice: Option<Notice>) {
         let Some(u) = self.users.remove(name) else {
             return;
         };
         self.leave_room(&u.name, &u.room);
+        self.redis(|r| r.release(&u.name));
         if let Some(n) = notice {
-            self.tell_room(&u.room, &n, None);
+            self.announce(&u.room, n, None);
         }
+    }
+
+    /// Tells `notice` to the members of `room` here (but `except`) and on the other hosts.
+    fn announce(&mut self, room: &str, notice: Notice, except: Option<&str>) {
+        let line = notice.render(&self.config.texts, room);
+        self.tell_room(room, &line, except);
+        let said = matches!(notice, Notice::Said { .. }).then_some(line);
+        let wire = Wire::Room {
+            room: room.to_string(),
+            notice,
+        };
+        self.queue(&wire, said.as_deref());
+    }
+
+    /// Queues `wire` for the other hosts (sent at the end of this loop turn).
+    fn queue(&mut self, wire: &Wire, said: Option<&str>) {
+        let cap = self.config.history;
+        if let Some(r) = self.relay.as_mut() {
+            r.publish(wire, said, cap);
+        }
+    }
+
+    /// Everyone online, here and (when relaying) on the other hosts: (NAME, ROOM).
+    fn everyone(&mut self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .users
+            .sorted()
+            .iter()
+            .map(|u| (u.name.clone(), u.room.clone()))
+            .collect();
+        if let Some(others) = self.redis(Relay::others) {
+            all.extend(others);
+        }
+        all
+    }
+
+    // The relay.
+
+    /// Runs `f` on the relay when it is up, after what was queued. An error takes
+    /// the relay down: members are told the chat is local-only, and reconnection
+    /// is scheduled.
+    fn redis<T>(&mut self, f: impl FnOnce(&mut Relay) -> redis::RedisResult<T>) -> Option<T> {
+        let relay = self.relay.as_mut()?;
+        match relay.flush().and_then(|()| f(relay)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.relay_lost(&e);
+                None
+            }
+        }
+    }
+
+    fn relay_lost(&mut self, e: &redis::RedisError) {
+        self.relay = None;
+        let shown = self
+            .config
+            .backend
+            .as_ref()
+            .map_or("", |b| b.shown.as_str());
+        log::warn!("chat broker: backend {shown}: {e}; chat is local-only until it is back");
+        self.backoff = backend::FIRST_BACKOFF;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.tell_everyone(self.config.texts.local_only());
+    }
+
+    fn tell_everyone(&mut self, line: &str) {
+        let conns: Vec<usize> = self.users.0.values().map(|u| u.conn).collect();
+        let mut frame = Vec::new();
+        text(line.to_string()).encode(&mut frame);
+        for i in conns {
+            self.push_frame(i, &frame);
+        }
+    }
+
+    /// Reconnects when it is time, and refreshes the claims when that is due.
+    fn backend_timers(&mut self) {
+        let now = Instant::now();
+        if self.relay.is_some() && now >= self.next_refresh {
+            self.publish_presence(false);
+        }
+        let (Some(at), Some(conf)) = (self.retry_at, self.config.backend.as_ref()) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        match Relay::connect(conf) {
+            Ok(r) => {
+                log::info!("chat broker: relaying through {}", conf.shown);
+                self.relay = Some(r);
+                self.retry_at = None;
+                self.backoff = backend::FIRST_BACKOFF;
+                self.publish_presence(true);
+                if self.relay.is_some() && self.users.len() > 0 {
+                    self.tell_everyone(self.config.texts.across_hosts_again());
+                }
+            }
+            Err(e) => {
+                if self.backoff == backend::FIRST_BACKOFF {
+                    log::warn!(
+                        "chat broker: backend {}: {e}; retrying with back-off",
+                        conf.shown
+                    );
+                } else {
+                    log::debug!("chat broker: backend {}: {e}", conf.shown);
+                }
+                self.backoff = (self.backoff * 2).min(backend::MAX_BACKOFF);
+                self.retry_at = Some(Instant::now() + self.backoff);
+            }
+        }
+    }
+
+    /// Claims every local user's name again and publishes where they are (`reset`:
+    /// from scratch, after a (re)connection). A user whose name another host took
+    /// meanwhile is disconnected and told why.
+    fn publish_presence(&mut self, reset: bool) {
+        self.next_refresh = Instant::now() + backend::REFRESH;
+        let users: Vec<(String, String)> = self
+            .users
+            .0
+            .values()
+            .map(|u| (u.name.clone(), u.room.clone()))
+            .collect();
+        let refs: Vec<(&str, &str)> = users
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        let Some(ours) = self.redis(|r| r.refresh(&refs, reset)) else {
+            return;
+        };
+        for ((name, _), ours) in users.iter().zip(ours) {
+            if !ours {
+                log::warn!("chat broker: {name} was claimed by another host; disconnecting");
+                self.lose_name(name);
+            }
+        }
+    }
+
+    /// Disconnects a local user whose name another host holds now.
+    fn lose_name(&mut self, name: &str) {
+        let Some(i) = self.users.get(name).map(|u| u.conn) else {
+            return;
+        };
+        let why = self.config.texts.name_lost(name);
+        self.send(i, &Event::Close { text: why });
+        if let Some(c) = self.conns[i].as_mut() {
+            c.closing = true;
+            c.user = None;
+        }
+        if let Some(u) = self.users.remove(name) {
+            self.leave_room(&u.name, &u.room);
+            let line = self.config.texts.left_chat(&u.name);
+            self.tell_room(&u.room, &line, None);
+        }
+    }
+
+    /// Handles what the other hosts published.
+    fn relay_events(&mut self) {
+        let Some(events) = self.redis(Relay::events) else {
+            return;
+        };
+        for w in events {
+            match w {
+                Wire::Room { room, notice } => {
+                    let line = notice.render(&self.config.texts, &room);
+                    if let Notice::Said { .. } = notice {
+                        self.remember(&room, &line);
+                    }
+                    self.tell_room(&room, &line, None);
+                }
+                Wire::Whisper { to, from, text: t } => {
+                    self.send_user(&to, &text(self.config.texts.private_from(&from, &t)));
+                }
+                Wire::Kick { to, by, why } => {
+                    if self.users.contains_key(&to) {
+                        log::info!("chat broker: {by} (another host) kicked {to}{why}");
+                        self.kick_here(&to, &by, &why);
+                    }
+                }
+            }
+            self.drop_overflowed();
+        }
+    }
+
+    /// On a clean stop: gives up this host's names and presence in Redis.
+    fn leave_backend(&mut self) {
+        let names: Vec<String> = self.users.0.values().map(|u| u.name.clone()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.redis(|r| r.leave(&refs));
     }
 
     fn update_title(&mut self) {

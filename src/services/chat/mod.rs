@@ -70,8 +70,23 @@
 //! When its IPC connection ends without a `Close`, a worker tells its client
 //! `* chat service restarting`, connects again (the listener is still there), and
 //! sends `Register` with `restore` set and the room it was in. The client does
-//! nothing. **History does not survive a broker restart**: it lives only in the
-//! broker's memory, so rooms start empty again; so do lines that were in flight.
+//! nothing. **History does not survive a broker restart** without `--backend`: it
+//! lives only in the broker's memory, so rooms start empty again; so do lines that
+//! were in flight.
+//!
+//! # Across hosts (`--backend redis://HOST:PORT/DB`)
+//!
+//! The broker alone talks to Redis (`backend.rs`); workers and this protocol do not
+//! change. Room notices, whispers and kicks for users of other hosts go out on a
+//! Redis channel and come back in through a subscription socket in the broker's
+//! poll set; names are claimed in Redis (refreshed every second, gone 5 s after
+//! a host stops refreshing); `/list`, `/rooms` and room limits read every host's
+//! presence hash; history is a capped Redis list per room. When Redis goes away the
+//! broker tells its members `* chat is local-only until the backend is back`, goes on
+//! delivering locally, and reconnects with back-off (200 ms doubling to 5 s); then
+//! it claims its users' names again (a user whose name another host took meanwhile
+//! is disconnected and told why), publishes their rooms and says `* chat is across
+//! hosts again`. The broker never forks and starts no thread.
 //!
 //! # A broker that stops answering
 //!
@@ -103,6 +118,7 @@
 //! The chat needs its broker, so it does not run in `--inetd` mode or under
 //! systemd `Accept=yes` (one process per connection, no companion).
 
+mod backend;
 mod broker;
 mod heartbeat;
 mod names;
@@ -164,6 +180,12 @@ pub struct ChatOpts {
     /// Chat: more than N lines a second from a client gets a warning, then a disconnect
     #[arg(long, value_name = "N", default_value_t = 20, global = true)]
     pub rate: u32,
+    /// Chat: relay through Redis so several forkserve hosts serve one chat (redis://HOST:PORT/DB)
+    #[arg(long, value_name = "URL", global = true)]
+    pub backend: Option<String>,
+    /// Chat: start local-only (with a warning) when the --backend is unreachable
+    #[arg(long, global = true, requires = "backend")]
+    pub backend_optional: bool,
 }
 
 /// Settings the workers and the broker share (built in the master).
@@ -179,6 +201,8 @@ pub struct Config {
     pub ipc_path: PathBuf,
     /// What users read, in the language of `--lang`.
     pub texts: Texts,
+    /// The Redis relay (`--backend`).
+    pub backend: Option<backend::BackendConfig>,
 }
 
 /// True for a valid room name (without its `#`): 1-32 ASCII letters, digits, `_`,
@@ -241,6 +265,10 @@ pub fn service(
             "--rate: expected at least 1 line a second",
         ));
     }
+    let backend = match &opts.backend {
+        Some(url) => Some(check_backend(url, opts.backend_optional)?),
+        None => None,
+    };
     let rt = crate::listener::runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
     let (ipc_path, listener) = bind_ipc(&rt)?;
     if let Some(name) = run_as {
@@ -254,11 +282,31 @@ pub fn service(
         rate: opts.rate,
         ipc_path,
         texts: Texts { lang },
+        backend,
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
     let broker = Companion::new("broker", move || broker::run(&listener, &bconf)).owns_fd(fd);
     Ok(Service::stream("chat", Chat { config }).companion(broker))
+}
+
+/// Parses `--backend` and checks, once, that Redis answers: an unreachable backend
+/// stops start-up (69) unless `optional`, when the chat starts local-only.
+fn check_backend(url: &str, optional: bool) -> Result<backend::BackendConfig, Error> {
+    let conf = backend::BackendConfig::new(url).map_err(|e| Error::new(Error::USAGE, e))?;
+    match conf.check() {
+        Ok(()) => log::info!("chat: relaying through {}", conf.shown),
+        Err(e) if optional => log::warn!(
+            "chat: backend {e}; starting local-only (--backend-optional), reconnecting in the background"
+        ),
+        Err(e) => {
+            return Err(Error::new(
+                Error::UNAVAILABLE,
+                format!("chat: backend {e} (--backend-optional starts without it)"),
+            ));
+        }
+    }
+    Ok(conf)
 }
 
 /// Binds the IPC listener in a fresh 0700 directory named for this process.

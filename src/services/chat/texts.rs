@@ -407,6 +407,28 @@ impl Texts {
             "* el servicio de chat ha vuelto; estás en {room}\n"
         )
     }
+    /// `--backend`: the relay to the other hosts is lost.
+    pub fn local_only(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "* chat is local-only until the backend is back\n",
+            Lang::Es => "* el chat es solo local hasta que vuelva el servidor compartido\n",
+        }
+    }
+    /// `--backend`: the relay is back.
+    pub fn across_hosts_again(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "* chat is across hosts again\n",
+            Lang::Es => "* el chat vuelve a abarcar todos los servidores\n",
+        }
+    }
+    /// `--backend`: another host claimed the name while the relay was away.
+    pub fn name_lost(&self, name: &str) -> String {
+        lang_text!(
+            self.lang,
+            "error: the name {name} was taken on another host while the backend was away, disconnecting\n",
+            "error: otro servidor tomó el nombre {name} mientras el servidor compartido no estaba, desconectando\n"
+        )
+    }
     pub fn could_not_rejoin(&self, reason: &str) -> String {
         lang_text!(
             self.lang,
