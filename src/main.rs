@@ -145,6 +145,9 @@ struct ServeOpts {
     /// Run as GROUP (default: the user's group)
     #[arg(long, value_name = "GROUP", global = true)]
     group: Option<String>,
+    /// Serve only sockets passed by systemd: with none, exit 69 instead of binding defaults
+    #[arg(long, global = true)]
+    socket_activated: bool,
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
@@ -315,6 +318,14 @@ fn build(cli: &Cli) -> Result<Server, Error> {
             ))
         })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    if opts.socket_activated && !systemd {
+        return Err(Error::new(
+            Error::UNAVAILABLE,
+            "--socket-activated: no sockets passed by systemd (no socket unit of this \
+             service is active); enable one to choose a service, e.g. \
+             systemctl enable --now forkserve-echo.socket",
+        ));
+    }
     if opts.user.is_some() && !systemd && std::env::var_os("RUNTIME_DIRECTORY").is_some() {
         // Run as root with --user: a given runtime directory becomes the user's
         // before anything is bound in it (the master, as the user, removes the
