@@ -151,6 +151,10 @@ struct ServeOpts {
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
+    /// Format of log lines on stderr: text or json (one object a line). Under systemd the
+    /// journal's native protocol is used instead, when stderr is the journal's stream
+    #[arg(long, value_name = "FORMAT", default_value = "text", global = true)]
+    log_format: forkserve::logging::Format,
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -401,7 +405,12 @@ fn main() -> ExitCode {
         return code;
     }
     let verbosity = i32::from(cli.opts.verbose) - i32::from(cli.opts.quiet);
-    if let Err(e) = forkserve::logging::init(verbosity, cli.opts.syslog) {
+    let log = forkserve::logging::Config {
+        verbosity,
+        syslog: cli.opts.syslog,
+        format: cli.opts.log_format,
+    };
+    if let Err(e) = forkserve::logging::init_with(&log) {
         eprintln!("forkserve: {e}");
         return ExitCode::from(Error::UNAVAILABLE as u8);
     }

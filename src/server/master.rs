@@ -145,7 +145,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     for svc in &mut master.svcs {
         svc.title_prefix = svc.title_prefix();
     }
-    sys::set_comm("forkserve");
+    sys::set_comm(proctitle::name());
     master.update_title();
     for i in 0..master.svcs.len() {
         for c in 0..master.svcs[i].companions.len() {
@@ -377,7 +377,8 @@ impl Master {
     fn update_title(&mut self) {
         use std::fmt::Write as _;
         self.title.clear();
-        self.title.push_str("forkserve: master ");
+        self.title.push_str(proctitle::name());
+        self.title.push_str(": master ");
         for (i, svc) in self.svcs.iter().enumerate() {
             if i > 0 {
                 self.title.push_str("; ");

@@ -195,7 +195,7 @@ fn own_threads() -> Option<usize> {
 /// `forkserve: SERVICE worker …` (this one included).
 fn sibling_workers(service: &str) -> Option<usize> {
     let parent = nix::unistd::getppid().as_raw();
-    let prefix = format!("forkserve: {service} worker");
+    let prefix = format!("{}: {service} worker", crate::proctitle::name());
     let pids = children_of(parent)?;
     Some(
         pids.into_iter()

@@ -815,7 +815,8 @@ impl Broker<'_> {
             .count();
         // The format is fixed (`[1 users, 1 rooms]` too), for whoever parses it.
         let title = format!(
-            "forkserve: chat broker [{} users, {rooms} rooms]",
+            "{}: chat broker [{} users, {rooms} rooms]",
+            proctitle::name(),
             self.users.len()
         );
         if title != self.title {
