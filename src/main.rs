@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod docs;
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
@@ -16,7 +17,7 @@ use forkserve::{Error, ListenAddr, Model, Server, Service};
 #[derive(Parser)]
 #[command(
     name = "forkserve",
-    version,
+    version = env!("FORKSERVE_VERSION"),
     about = "A process-per-connection Unix server: one forked child per connection, built-in services, systemd socket activation",
     after_help = "Addresses: tcp:HOST:PORT  tcp:[::1]:PORT  udp:HOST:PORT  unix:/PATH  unix:@NAME  unixgram:/PATH  systemd:NAME\n\
                   With no subcommand every built-in service runs; --listen then takes SERVICE=ADDR."
@@ -56,6 +57,13 @@ enum Command {
     },
     /// HTTP/1.1: /, /time, /info, /echo/TEXT (default tcp:127.0.0.1:8080, unix:RUNDIR/http.sock)
     Http,
+    /// Print the man page (roff), or write every page into --dir DIR
+    Manpage(docs::ManpageArgs),
+    /// Print a completion script: bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
@@ -74,6 +82,7 @@ impl Command {
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
             Command::Models => Some("models"),
+            Command::Manpage(_) | Command::Completions { .. } => None,
         }
     }
 }
@@ -83,6 +92,8 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::Manpage(args) => Some(docs::manpage(Cli::command(), args)),
+        Command::Completions { shell } => Some(docs::completions(Cli::command(), *shell)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None

@@ -1,0 +1,126 @@
+//! The command's own documentation: `--version` with the git revision, `forkserve
+//! manpage` (roff pages), `forkserve completions bash|zsh|fish` (scripts that the
+//! shells accept and that complete subcommands).
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(args: &[&str]) -> String {
+    String::from_utf8(run(args).stdout).unwrap()
+}
+
+#[test]
+fn version_names_the_git_revision_in_a_checkout() {
+    let version = stdout(&["--version"]);
+    let want = format!("forkserve {}", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&want), "{version}");
+    let rev = Command::new("git")
+        .args(["describe", "--always", "--tags"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match rev {
+        Some(o) => {
+            let rev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            assert_eq!(version.trim(), format!("{want} (git {rev})"));
+        }
+        None => assert_eq!(version.trim(), want),
+    }
+}
+
+#[test]
+fn manpage_prints_roff_and_writes_one_page_per_subcommand() {
+    let page = stdout(&["manpage"]);
+    assert!(page.contains(".TH forkserve 1"), "{page}");
+    assert!(page.contains(".SH NAME"));
+    assert!(page.contains("socket\\-activated"));
+    let dir = TempDir::new("man");
+    run(&["manpage", "--dir", &dir.0.display().to_string()]);
+    for name in [
+        "forkserve",
+        "forkserve-echo",
+        "forkserve-chat",
+        "forkserve-bench",
+    ] {
+        let text = std::fs::read_to_string(dir.path(&format!("{name}.1"))).unwrap();
+        assert!(text.contains(&format!(".TH {name} 1")), "{name}");
+    }
+    if Command::new("man").arg("--version").output().is_ok() {
+        let out = Command::new("man")
+            .args(["-l", &dir.path("forkserve-echo.1").display().to_string()])
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("NAME") && text.contains("Uppercase"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn bash_completion_completes_subcommands() {
+    let script = stdout(&["completions", "bash"]);
+    let dir = TempDir::new("compl");
+    let path = dir.path("forkserve.bash");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(forkserve ec); COMP_CWORD=1; _forkserve forkserve ec forkserve; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "echo");
+}
+
+#[test]
+fn zsh_and_fish_completions_are_generated() {
+    for (shell, marker) in [
+        ("zsh", "#compdef forkserve"),
+        ("fish", "complete -c forkserve"),
+    ] {
+        let script = stdout(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("manpage"), "{shell}");
+        // Syntax-check with the shell itself where it is installed.
+        let dir = TempDir::new("compl");
+        let path = dir.path("script");
+        std::fs::write(&path, &script).unwrap();
+        if let Ok(out) = Command::new(shell).arg("-n").arg(&path).output() {
+            assert!(
+                out.status.success(),
+                "{shell} -n: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let out = Command::new(bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
