@@ -585,9 +585,21 @@ impl Master {
             companions_stopping: None,
         });
         self.close_listeners();
+        self.tell_companions_draining();
         // Server processes drain their own connections on SIGTERM.
         self.children
             .signal_where(libc::SIGTERM, |r| matches!(r, Role::Server { .. }));
+    }
+
+    /// Signals the companions that asked for it ([`Companion::drain_signal`](super::Companion::drain_signal)).
+    fn tell_companions_draining(&self) {
+        for svc in &self.svcs {
+            for (conf, (pid, _)) in svc.conf.companions.iter().zip(&svc.companions) {
+                if let (Some(sig), Some(pid)) = (conf.drain_signal, pid) {
+                    sys::kill(*pid, sig);
+                }
+            }
+        }
     }
 
     fn stop_now(&mut self, why: &str) {

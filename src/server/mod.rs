@@ -54,6 +54,7 @@ pub struct Companion {
     pub(crate) name: String,
     pub(crate) run: Arc<dyn Fn() -> i32 + Send + Sync>,
     pub(crate) fds: Vec<RawFd>,
+    pub(crate) drain_signal: Option<i32>,
 }
 
 impl Companion {
@@ -63,7 +64,18 @@ impl Companion {
             name: name.to_string(),
             run: Arc::new(run),
             fds: Vec::new(),
+            drain_signal: None,
         }
+    }
+
+    /// Sends `signal` to this companion when the master starts draining (SIGTERM
+    /// comes only once the workers are gone), so it can tell the clients it
+    /// serves. Pick a signal whose default action is to ignore it (SIGWINCH, as
+    /// nginx uses it for a graceful stop, or SIGURG): one that arrives before the
+    /// companion set up its handling is then lost, not fatal.
+    pub fn drain_signal(mut self, signal: i32) -> Companion {
+        self.drain_signal = Some(signal);
+        self
     }
 
     /// Names a descriptor that belongs to this companion alone: workers close it.
