@@ -268,8 +268,18 @@ fn usage(msg: impl Into<String>) -> Error {
     Error::new(Error::USAGE, msg)
 }
 
-fn parse_addr(s: &str) -> Result<ListenAddr, Error> {
-    s.parse()
+/// Parses an address; `unix:RUNDIR/…` and `unixgram:RUNDIR/…` name a file in the
+/// runtime directory (the one the default sockets use, also under --user).
+fn parse_addr(s: &str, run_as: Option<&str>) -> Result<ListenAddr, Error> {
+    let expanded = match s.split_once(":RUNDIR/") {
+        Some((scheme, file)) if scheme == "unix" || scheme == "unixgram" => {
+            let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
+            format!("{scheme}:{}/{file}", rt.display())
+        }
+        _ => s.to_string(),
+    };
+    expanded
+        .parse()
         .map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
 }
 
@@ -318,7 +328,10 @@ fn addresses(
         return Ok(Vec::new());
     }
     let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
-    (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
+    (b.defaults)(&rt)
+        .iter()
+        .map(|a| parse_addr(a, None))
+        .collect()
 }
 
 fn build(cli: &Cli) -> Result<Server, Error> {
@@ -367,16 +380,21 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         None => BUILTINS.iter().collect(),
     };
     // --listen: ADDR for a single service; SERVICE=ADDR in any case.
+    let run_as = opts.user.as_deref();
     let mut given: Vec<(Option<String>, ListenAddr)> = Vec::new();
     for l in &opts.listen {
         match l.split_once('=') {
             Some((name, addr)) if !name.contains(':') => {
                 if !BUILTINS.iter().any(|b| b.name == name) {
-                    return Err(usage(format!("--listen {l}: no service named '{name}'")));
+                    let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+                    return Err(usage(format!(
+                        "--listen {l}: no service named '{name}' (services: {})",
+                        names.join(", ")
+                    )));
                 }
-                given.push((Some(name.to_string()), parse_addr(addr)?));
+                given.push((Some(name.to_string()), parse_addr(addr, run_as)?));
             }
-            _ if chosen.len() == 1 => given.push((None, parse_addr(l)?)),
+            _ if chosen.len() == 1 => given.push((None, parse_addr(l, run_as)?)),
             _ => {
                 return Err(usage(format!(
                     "--listen {l}: with several services, write SERVICE=ADDR (e.g. echo=tcp:127.0.0.1:9999)"

@@ -1,6 +1,7 @@
-//! The command's own documentation: `--version` with the git revision, `forkserve
-//! manpage` (roff pages), `forkserve completions bash|zsh|fish` (scripts that the
-//! shells accept and that complete subcommands).
+//! The command line as a user meets it: `--version` with the git revision,
+//! `forkserve manpage` (roff pages), `forkserve completions bash|zsh|fish` (scripts
+//! that the shells accept and that complete subcommands), the messages of a wrong
+//! `--listen`, and the `RUNDIR` shorthand.
 
 mod common;
 
@@ -123,4 +124,34 @@ fn zsh_and_fish_completions_are_generated() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn an_unknown_service_in_listen_lists_the_services() {
+    let out = Command::new(bin())
+        .args(["-l", "bogus=tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no service named 'bogus' (services: echo, time,"),
+        "{err}"
+    );
+    assert!(err.contains("chat") && err.contains("models-fork"), "{err}");
+}
+
+#[test]
+fn rundir_in_a_unix_address_is_the_runtime_directory() {
+    let dir = TempDir::new("rundir");
+    let mut b = forkserve()
+        .args(["echo", "-l", "unix:RUNDIR/mine.sock"])
+        .env("XDG_RUNTIME_DIR", &dir.0);
+    b.command().env_remove("RUNTIME_DIRECTORY");
+    let fs = b.start();
+    let want = dir.path("forkserve/mine.sock");
+    assert_eq!(fs.addr(0), format!("unix:{}", want.display()));
+    let mut c = Conn::connect(fs.addr(0));
+    std::io::Write::write_all(&mut c, b"rundir\n").unwrap();
+    assert_eq!(c.read_line().unwrap(), "RUNDIR");
 }

@@ -251,7 +251,11 @@ fn a_unix_peer_prints_as_everywhere_else() {
     let w = fs.wait_children("models-fork worker", 1)[0];
     let title = cmdline(w);
     assert!(
-        title.ends_with(&format!("uid={} pid={}", unsafe { libc::getuid() }, std::process::id())),
+        title.ends_with(&format!(
+            "uid={} pid={}",
+            unsafe { libc::getuid() },
+            std::process::id()
+        )),
         "{title}"
     );
 }

@@ -253,7 +253,12 @@ fn unknown_user_is_refused_before_serving() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such user"), "{err}");
+    assert!(
+        !err.contains("listening on"),
+        "refused before binding: {err}"
+    );
 }
 
 /// The shipped unit files, as (file name, text).

@@ -113,13 +113,17 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return fork::serve_inetd(&server, Some(pf));
     }
 
+    // An unknown --user or --group is refused before anything is bound.
+    let run_as = resolve_user(&server)?;
     let svcs = bind_all(&server, passed)?;
     for svc in &svcs {
         for l in &svc.listeners {
             log::info!("{}: listening on {}", svc.conf.name, l.addr());
         }
     }
-    drop_privileges(&server, &svcs)?;
+    if let Some((user, gid)) = run_as {
+        drop_privileges(&user, gid, &svcs)?;
+    }
 
     let mut master = Master {
         svcs,
@@ -327,12 +331,13 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
     Ok(svcs)
 }
 
-fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
+/// The user (and group id) of `--user`/`--group`, looked up; None without `--user`.
+fn resolve_user(server: &Server) -> Result<Option<(crate::users::User, u32)>, Error> {
     let Some(name) = &server.user else {
         if server.group.is_some() {
             return Err(Error::new(Error::USAGE, "--group needs --user"));
         }
-        return Ok(());
+        return Ok(None);
     };
     let user = crate::users::lookup_user(name)
         .map_err(|e| Error::new(Error::OSERR, format!("--user {name}: {e}")))?
@@ -343,6 +348,11 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             .ok_or_else(|| Error::new(Error::CONFIG, format!("--group {g}: no such group")))?,
         None => user.gid,
     };
+    Ok(Some((user, gid)))
+}
+
+fn drop_privileges(user: &crate::users::User, gid: u32, svcs: &[Svc]) -> Result<(), Error> {
+    let name = &user.name;
     for svc in svcs {
         for l in &svc.listeners {
             if let Err(e) = l.chown_file(user.uid, gid) {
