@@ -155,3 +155,17 @@ fn rundir_in_a_unix_address_is_the_runtime_directory() {
     std::io::Write::write_all(&mut c, b"rundir\n").unwrap();
     assert_eq!(c.read_line().unwrap(), "RUNDIR");
 }
+
+#[test]
+fn the_readme_library_example_is_examples_shout_rs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shout = std::fs::read_to_string(root.join("examples/shout.rs")).unwrap();
+    let library = readme.split("## Library\n").nth(1).expect("a Library section");
+    let block = library
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|b| b.split("```\n").next())
+        .expect("a rust block");
+    assert_eq!(block, shout);
+}
