@@ -364,7 +364,11 @@ fn handler_panic_exits_1_and_is_logged() {
     *b.command() = Command::new(&example);
     let fs = b.arg("tcp:127.0.0.1:0").start();
     // Server::name("shout"): the titles and the log identity are the program's.
-    assert!(cmdline(fs.pid).starts_with("shout: master shout tcp:"));
+    wait_until("the master's title", || {
+        cmdline(fs.pid)
+            .starts_with("shout: master shout tcp:")
+            .then_some(())
+    });
     assert!(fs.has_log(&format!(" shout[{}]: INFO  shout: listening on", fs.pid)));
     let mut c = Conn::connect(fs.addr(0));
     c.write_all(b"hi\n").unwrap();
