@@ -161,7 +161,10 @@ fn the_readme_library_example_is_examples_shout_rs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let shout = std::fs::read_to_string(root.join("examples/shout.rs")).unwrap();
-    let library = readme.split("## Library\n").nth(1).expect("a Library section");
+    let library = readme
+        .split("## Library\n")
+        .nth(1)
+        .expect("a Library section");
     let block = library
         .split("```rust\n")
         .nth(1)
