@@ -12,8 +12,7 @@ struct Shout;
 
 impl StreamHandler for Shout {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
-        let reader = BufReader::new(conn.stream().try_clone()?);
-        for line in reader.lines() {
+        for line in BufReader::new(conn.stream().try_clone()?).lines() {
             let line = line?;
             assert!(line != "panic", "asked to panic by {}", conn.peer());
             writeln!(conn, "{}!", line.to_uppercase())?;
@@ -23,13 +22,13 @@ impl StreamHandler for Shout {
 }
 
 fn main() {
-    forkserve::logging::init(0, false).expect("logging");
-    forkserve::proctitle::init();
     let addr = std::env::args()
         .nth(1)
         .unwrap_or("tcp:127.0.0.1:7000".into());
     let service = Service::stream("shout", Shout).listen(addr.parse().expect("address"));
-    if let Err(e) = Server::new().service(service).run() {
+    // The name gives the process titles (`shout: master …`) and the log identity;
+    // run() sets up logging (stderr, or the journal under systemd) and titles.
+    if let Err(e) = Server::new().name("shout").service(service).run() {
         eprintln!("shout: {e}");
         std::process::exit(e.code);
     }

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod docs;
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
@@ -16,7 +17,7 @@ use forkserve::{Error, ListenAddr, Model, Server, Service};
 #[derive(Parser)]
 #[command(
     name = "forkserve",
-    version,
+    version = env!("FORKSERVE_VERSION"),
     about = "A process-per-connection Unix server: one forked child per connection, built-in services, systemd socket activation",
     after_help = "Addresses: tcp:HOST:PORT  tcp:[::1]:PORT  udp:HOST:PORT  unix:/PATH  unix:@NAME  unixgram:/PATH  systemd:NAME\n\
                   With no subcommand every built-in service runs; --listen then takes SERVICE=ADDR."
@@ -59,6 +60,13 @@ enum Command {
     /// Run PROGRAM for each connection or datagram, with the UCSPI environment:
     /// exec -l ADDR [-l ADDR…] [--rules FILE] -- PROGRAM [ARGS…]
     Exec(exec::ExecArgs),
+    /// Print the man page (roff), or write every page into --dir DIR
+    Manpage(docs::ManpageArgs),
+    /// Print a completion script: bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
@@ -85,6 +93,7 @@ impl Command {
             Command::Exec(_) => None,
             Command::Metrics => Some("metrics"),
             Command::MetricsAgent(_) => None,
+            Command::Manpage(_) | Command::Completions { .. } => None,
         }
     }
 }
@@ -95,6 +104,8 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
         Command::MetricsAgent(args) => Some(metrics::agent::run(args)),
+        Command::Manpage(args) => Some(docs::manpage(Cli::command(), args)),
+        Command::Completions { shell } => Some(docs::completions(Cli::command(), *shell)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -157,9 +168,16 @@ struct ServeOpts {
     /// Run as GROUP (default: the user's group)
     #[arg(long, value_name = "GROUP", global = true)]
     group: Option<String>,
+    /// Serve only sockets passed by systemd: with none, exit 69 instead of binding defaults
+    #[arg(long, global = true)]
+    socket_activated: bool,
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
+    /// Format of log lines on stderr: text or json (one object a line). Under systemd the
+    /// journal's native protocol is used instead, when stderr is the journal's stream
+    #[arg(long, value_name = "FORMAT", default_value = "text", global = true)]
+    log_format: forkserve::logging::Format,
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -292,8 +310,18 @@ fn usage(msg: impl Into<String>) -> Error {
     Error::new(Error::USAGE, msg)
 }
 
-fn parse_addr(s: &str) -> Result<ListenAddr, Error> {
-    s.parse()
+/// Parses an address; `unix:RUNDIR/…` and `unixgram:RUNDIR/…` name a file in the
+/// runtime directory (the one the default sockets use, also under --user).
+fn parse_addr(s: &str, run_as: Option<&str>) -> Result<ListenAddr, Error> {
+    let expanded = match s.split_once(":RUNDIR/") {
+        Some((scheme, file)) if scheme == "unix" || scheme == "unixgram" => {
+            let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
+            format!("{scheme}:{}/{file}", rt.display())
+        }
+        _ => s.to_string(),
+    };
+    expanded
+        .parse()
         .map_err(|e: forkserve::addr::AddrError| usage(e.to_string()))
 }
 
@@ -344,7 +372,10 @@ fn addresses(
         return Ok(Vec::new());
     }
     let rt = runtime_dir_as(run_as).map_err(|e| Error::new(Error::OSERR, e))?;
-    (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
+    (b.defaults)(&rt)
+        .iter()
+        .map(|a| parse_addr(a, None))
+        .collect()
 }
 
 fn build(cli: &Cli) -> Result<Server, Error> {
@@ -359,6 +390,14 @@ fn build(cli: &Cli) -> Result<Server, Error> {
             ))
         })?;
     let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    if opts.socket_activated && !systemd {
+        return Err(Error::new(
+            Error::UNAVAILABLE,
+            "--socket-activated: no sockets passed by systemd (no socket unit of this \
+             service is active); enable one to choose a service, e.g. \
+             systemctl enable --now forkserve-echo.socket",
+        ));
+    }
     if opts.user.is_some() && !systemd && std::env::var_os("RUNTIME_DIRECTORY").is_some() {
         // Run as root with --user: a given runtime directory becomes the user's
         // before anything is bound in it (the master, as the user, removes the
@@ -375,7 +414,7 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         let addrs = opts
             .listen
             .iter()
-            .map(|a| parse_addr(a))
+            .map(|a| parse_addr(a, opts.user.as_deref()))
             .collect::<Result<_, _>>()?;
         if opts.listen.is_empty() && !systemd {
             return Err(usage(
@@ -398,16 +437,21 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         None => BUILTINS.iter().collect(),
     };
     // --listen: ADDR for a single service; SERVICE=ADDR in any case.
+    let run_as = opts.user.as_deref();
     let mut given: Vec<(Option<String>, ListenAddr)> = Vec::new();
     for l in &opts.listen {
         match l.split_once('=') {
             Some((name, addr)) if !name.contains(':') => {
                 if !BUILTINS.iter().any(|b| b.name == name) {
-                    return Err(usage(format!("--listen {l}: no service named '{name}'")));
+                    let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+                    return Err(usage(format!(
+                        "--listen {l}: no service named '{name}' (services: {})",
+                        names.join(", ")
+                    )));
                 }
-                given.push((Some(name.to_string()), parse_addr(addr)?));
+                given.push((Some(name.to_string()), parse_addr(addr, run_as)?));
             }
-            _ if chosen.len() == 1 => given.push((None, parse_addr(l)?)),
+            _ if chosen.len() == 1 => given.push((None, parse_addr(l, run_as)?)),
             _ => {
                 return Err(usage(format!(
                     "--listen {l}: with several services, write SERVICE=ADDR (e.g. echo=tcp:127.0.0.1:9999)"
@@ -447,7 +491,12 @@ fn main() -> ExitCode {
         return code;
     }
     let verbosity = i32::from(cli.opts.verbose) - i32::from(cli.opts.quiet);
-    if let Err(e) = forkserve::logging::init(verbosity, cli.opts.syslog) {
+    let log = forkserve::logging::Config {
+        verbosity,
+        syslog: cli.opts.syslog,
+        format: cli.opts.log_format,
+    };
+    if let Err(e) = forkserve::logging::init_with(&log) {
         eprintln!("forkserve: {e}");
         return ExitCode::from(Error::UNAVAILABLE as u8);
     }

@@ -35,9 +35,29 @@ fn stat_area() -> Option<(usize, usize, usize)> {
     Some((arg_start, env_start, env_end))
 }
 
-/// Prepares the title area. Call once, early, while the process has one thread and
-/// after the command line has been parsed (the argv strings are overwritten later).
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The server's name: the first word of every title (`NAME: master …`) and the
+/// log identity (syslog tag, journal SYSLOG_IDENTIFIER). `forkserve` unless
+/// [`Server::name`](crate::Server::name) set another.
+pub fn name() -> &'static str {
+    NAME.get().map_or("forkserve", String::as_str)
+}
+
+/// Sets the name, once per process (later calls are ignored).
+pub fn set_name(name: &str) {
+    let _ = NAME.set(name.to_string());
+}
+
+/// Prepares the title area (once; later calls do nothing). Call early, while the
+/// process has one thread and after the command line has been parsed (the argv
+/// strings are overwritten later).
 pub fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(init_area);
+}
+
+fn init_area() {
     let Some((start, env_start, end)) = stat_area() else {
         return;
     };

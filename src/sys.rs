@@ -190,6 +190,16 @@ pub fn getpid() -> libc::pid_t {
     unsafe { libc::getpid() }
 }
 
+/// The device and inode of an open descriptor (fstat), as `JOURNAL_STREAM` names them.
+pub fn fd_dev_ino(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: fstat writes into a zeroed stat buffer owned here; a bad fd is EBADF.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        cvt(libc::fstat(fd, &mut st))?;
+        Ok((st.st_dev, st.st_ino))
+    }
+}
+
 pub fn getuid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }

@@ -875,3 +875,24 @@ fn lang_es_speaks_the_reference_spanish() {
     assert_eq!(nandu.line(), "¡Adiós!");
     assert_eq!(jose.line(), "* Ñandú abandonó el chat");
 }
+
+#[test]
+fn clients_are_told_when_the_server_starts_draining() {
+    for (model, lang, notice) in [
+        ("fork", "en", "* server shutting down\n"),
+        ("thread", "es", "* el servidor se está apagando\n"),
+    ] {
+        let mut chat = Chat::start(&["--model", model, "--lang", lang, "--drain-timeout", "30"]);
+        let mut ann = Client::connect(&chat.tcp());
+        ann.expect(": ");
+        ann.send("ann");
+        ann.expect("\n");
+        chat.broker();
+        chat.fs.signal(libc::SIGTERM);
+        ann.expect(notice);
+        // Draining: the connection is still served until the client leaves.
+        ann.send("quit");
+        ann.rest();
+        assert_eq!(chat.fs.wait_exit().code(), Some(0), "{model}");
+    }
+}

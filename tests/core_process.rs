@@ -348,16 +348,6 @@ fn ready_fd_gets_a_newline_once_listening() {
 }
 
 #[test]
-fn journal_stream_gives_priority_prefixes() {
-    let fs = forkserve()
-        .args(["echo", "-l", "tcp:127.0.0.1:0"])
-        .env("JOURNAL_STREAM", "8:1234")
-        .start();
-    let line = fs.wait_log("listening on");
-    assert!(line.starts_with("<6>forkserve["), "{line}");
-}
-
-#[test]
 fn handler_panic_exits_1_and_is_logged() {
     let example = std::path::Path::new(bin())
         .parent()
@@ -373,6 +363,13 @@ fn handler_panic_exits_1_and_is_logged() {
     let mut b = forkserve();
     *b.command() = Command::new(&example);
     let fs = b.arg("tcp:127.0.0.1:0").start();
+    // Server::name("shout"): the titles and the log identity are the program's.
+    wait_until("the master's title", || {
+        cmdline(fs.pid)
+            .starts_with("shout: master shout tcp:")
+            .then_some(())
+    });
+    assert!(fs.has_log(&format!(" shout[{}]: INFO  shout: listening on", fs.pid)));
     let mut c = Conn::connect(fs.addr(0));
     c.write_all(b"hi\n").unwrap();
     assert_eq!(c.read_line().unwrap(), "HI!");

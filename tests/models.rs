@@ -227,3 +227,35 @@ fn lang_es_reports_in_the_reference_words_and_bench_still_measures() {
         assert!(json.contains("\"requests\":6,"), "{svc}: {json}");
     }
 }
+
+#[test]
+fn a_unix_peer_prints_as_everywhere_else() {
+    let dir = TempDir::new("models-unix");
+    let sock = dir.path("fork.sock");
+    let fs = forkserve()
+        .args(["models", "-l"])
+        .arg(format!("models-fork=unix:{}", sock.display()))
+        .args(["-l", "models-sequential=tcp:127.0.0.1:0"])
+        .args(["-l", "models-thread=tcp:127.0.0.1:0"])
+        .listeners(3)
+        .start();
+    let mut c = Conn::connect(&fs.addr_of("models-fork", "unix"));
+    let report = c.read_line().expect("a report on connect");
+    let me = format!(
+        "client=\"uid={} pid={}\" ",
+        unsafe { libc::getuid() },
+        std::process::id()
+    );
+    assert!(report.contains(&me), "{report}");
+    // The worker's title names the peer the same way.
+    let w = fs.wait_children("models-fork worker", 1)[0];
+    let title = cmdline(w);
+    assert!(
+        title.ends_with(&format!(
+            "uid={} pid={}",
+            unsafe { libc::getuid() },
+            std::process::id()
+        )),
+        "{title}"
+    );
+}

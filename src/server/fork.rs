@@ -16,7 +16,7 @@ use crate::systemd::PassedFd;
 
 fn worker_title(ctx: &Context, peer: &Peer) {
     proctitle::set_fmt(
-        format_args!("forkserve: {} worker {peer}", ctx.service),
+        format_args!("{}: {} worker {peer}", proctitle::name(), ctx.service),
         format_args!("{} worker", ctx.service),
     );
 }
@@ -98,7 +98,7 @@ pub(crate) fn run_companion(
     master.close_inherited(None, Some((s, c)));
     sys::die_with_parent(libc::SIGTERM);
     let name = master.svcs[s].conf.companions[c].name.clone();
-    proctitle::set(&format!("forkserve: {name}"), &name);
+    proctitle::set(&format!("{}: {name}", proctitle::name()), &name);
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run())).unwrap_or(1);
     sys::exit_now(code)
 }

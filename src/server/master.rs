@@ -114,13 +114,17 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return fork::serve_inetd(&server, Some(pf));
     }
 
+    // An unknown --user or --group is refused before anything is bound.
+    let run_as = resolve_user(&server)?;
     let svcs = bind_all(&server, passed)?;
     for svc in &svcs {
         for l in &svc.listeners {
             log::info!("{}: listening on {}", svc.conf.name, l.addr());
         }
     }
-    drop_privileges(&server, &svcs)?;
+    if let Some((user, gid)) = run_as {
+        drop_privileges(&user, gid, &svcs)?;
+    }
 
     let mut master = Master {
         svcs,
@@ -147,7 +151,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     for svc in &mut master.svcs {
         svc.title_prefix = svc.title_prefix();
     }
-    sys::set_comm("forkserve");
+    sys::set_comm(proctitle::name());
     master.update_title();
     for i in 0..master.svcs.len() {
         for c in 0..master.svcs[i].companions.len() {
@@ -343,12 +347,13 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
     Ok(svcs)
 }
 
-fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
+/// The user (and group id) of `--user`/`--group`, looked up; None without `--user`.
+fn resolve_user(server: &Server) -> Result<Option<(crate::users::User, u32)>, Error> {
     let Some(name) = &server.user else {
         if server.group.is_some() {
             return Err(Error::new(Error::USAGE, "--group needs --user"));
         }
-        return Ok(());
+        return Ok(None);
     };
     let user = crate::users::lookup_user(name)
         .map_err(|e| Error::new(Error::OSERR, format!("--user {name}: {e}")))?
@@ -359,6 +364,11 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             .ok_or_else(|| Error::new(Error::CONFIG, format!("--group {g}: no such group")))?,
         None => user.gid,
     };
+    Ok(Some((user, gid)))
+}
+
+fn drop_privileges(user: &crate::users::User, gid: u32, svcs: &[Svc]) -> Result<(), Error> {
+    let name = &user.name;
     for svc in svcs {
         for l in &svc.listeners {
             if let Err(e) = l.chown_file(user.uid, gid) {
@@ -393,7 +403,8 @@ impl Master {
     fn update_title(&mut self) {
         use std::fmt::Write as _;
         self.title.clear();
-        self.title.push_str("forkserve: master ");
+        self.title.push_str(proctitle::name());
+        self.title.push_str(": master ");
         for (i, svc) in self.svcs.iter().enumerate() {
             if i > 0 {
                 self.title.push_str("; ");
@@ -607,9 +618,21 @@ impl Master {
             companions_stopping: None,
         });
         self.close_listeners();
+        self.tell_companions_draining();
         // Server processes drain their own connections on SIGTERM.
         self.children
             .signal_where(libc::SIGTERM, |r| matches!(r, Role::Server { .. }));
+    }
+
+    /// Signals the companions that asked for it ([`Companion::drain_signal`](super::Companion::drain_signal)).
+    fn tell_companions_draining(&self) {
+        for svc in &self.svcs {
+            for (conf, (pid, _)) in svc.conf.companions.iter().zip(&svc.companions) {
+                if let (Some(sig), Some(pid)) = (conf.drain_signal, pid) {
+                    sys::kill(*pid, sig);
+                }
+            }
+        }
     }
 
     fn stop_now(&mut self, why: &str) {

@@ -57,6 +57,7 @@ pub struct Companion {
     pub(crate) name: String,
     pub(crate) run: Arc<dyn Fn() -> i32 + Send + Sync>,
     pub(crate) fds: Vec<RawFd>,
+    pub(crate) drain_signal: Option<i32>,
 }
 
 impl Companion {
@@ -66,7 +67,18 @@ impl Companion {
             name: name.to_string(),
             run: Arc::new(run),
             fds: Vec::new(),
+            drain_signal: None,
         }
+    }
+
+    /// Sends `signal` to this companion when the master starts draining (SIGTERM
+    /// comes only once the workers are gone), so it can tell the clients it
+    /// serves. Pick a signal whose default action is to ignore it (SIGWINCH, as
+    /// nginx uses it for a graceful stop, or SIGURG): one that arrives before the
+    /// companion set up its handling is then lost, not fatal.
+    pub fn drain_signal(mut self, signal: i32) -> Companion {
+        self.drain_signal = Some(signal);
+        self
     }
 
     /// Names a descriptor that belongs to this companion alone: workers close it.
@@ -260,6 +272,9 @@ pub struct Server {
     pub(crate) user: Option<String>,
     pub(crate) group: Option<String>,
     pub(crate) inetd: bool,
+    pub(crate) name: Option<String>,
+    pub(crate) setup_logging: bool,
+    pub(crate) process_titles: bool,
 }
 
 impl Default for Server {
@@ -278,6 +293,9 @@ impl Server {
             user: None,
             group: None,
             inetd: false,
+            name: None,
+            setup_logging: true,
+            process_titles: true,
         }
     }
 
@@ -318,9 +336,44 @@ impl Server {
         self
     }
 
+    /// The server's name (default `forkserve`): the first word of every process
+    /// title (`shout: master …`, `shout: shout worker …`), the short name of the
+    /// master in `ps -e`, and the log identity (syslog tag, journal
+    /// SYSLOG_IDENTIFIER, `NAME[PID]` on stderr). Set once per process.
+    pub fn name(mut self, name: &str) -> Server {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Whether [`run`](Server::run) sets up logging (default yes): stderr at info
+    /// level, or the journal under systemd, unless a logger is already installed
+    /// (then that one is kept). `false`: the program installs its own.
+    pub fn setup_logging(mut self, on: bool) -> Server {
+        self.setup_logging = on;
+        self
+    }
+
+    /// Whether [`run`](Server::run) prepares process titles (default yes; see
+    /// [`proctitle::init`](crate::proctitle::init), which must run while the process
+    /// has one thread). `false`: `ps` shows the command line as started.
+    pub fn process_titles(mut self, on: bool) -> Server {
+        self.process_titles = on;
+        self
+    }
+
     /// Binds every listener (or takes them from systemd), then runs the master until
     /// SIGTERM/SIGINT/SIGQUIT. Returns after a clean shutdown.
     pub fn run(self) -> Result<(), Error> {
+        if let Some(name) = &self.name {
+            crate::proctitle::set_name(name);
+        }
+        if self.process_titles {
+            crate::proctitle::init();
+        }
+        if self.setup_logging {
+            // Err only when a logger is installed already: the program's own.
+            let _ = crate::logging::init(0, false);
+        }
         master::run(self)
     }
 }

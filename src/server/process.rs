@@ -138,25 +138,26 @@ impl Proc<'_> {
     fn set_title(&self, busy: Option<&Peer>) {
         let name = &self.conf.name;
         let (slot, served, addrs) = (self.slot + 1, self.served, &self.addrs);
+        let ident = proctitle::name();
         match (self.conf.model, busy) {
             (Model::Prefork, Some(peer)) => proctitle::set_fmt(
-                format_args!("forkserve: {name} worker #{slot} busy {peer} [{served} served]"),
+                format_args!("{ident}: {name} worker #{slot} busy {peer} [{served} served]"),
                 format_args!("{name} worker"),
             ),
             (Model::Prefork, None) => proctitle::set_fmt(
-                format_args!("forkserve: {name} worker #{slot} idle [{served} served]"),
+                format_args!("{ident}: {name} worker #{slot} idle [{served} served]"),
                 format_args!("{name} worker"),
             ),
             (Model::Thread, _) => proctitle::set_fmt(
                 format_args!(
-                    "forkserve: {name} server (thread) {addrs} [{}/{}]",
+                    "{ident}: {name} server (thread) {addrs} [{}/{}]",
                     self.active(),
                     self.conf.max_children
                 ),
                 format_args!("{name} server"),
             ),
             (model, _) => proctitle::set_fmt(
-                format_args!("forkserve: {name} server ({model}) {addrs} [{served} served]"),
+                format_args!("{ident}: {name} server ({model}) {addrs} [{served} served]"),
                 format_args!("{name} server"),
             ),
         }

@@ -90,6 +90,7 @@ pub fn serve_connection(
             return Outcome::Failed;
         }
     };
+    let _scope = crate::logging::context(&ctx.service, Some(peer.to_string()));
     log::debug!("{}: connection from {peer}", ctx.service);
     let mut conn = Connection::new(stream, peer, ctx);
     let res = catch_unwind(AssertUnwindSafe(|| {
@@ -113,6 +114,7 @@ pub fn serve_datagram(
     peer: Peer,
     ctx: &Context,
 ) -> Outcome {
+    let _scope = crate::logging::context(&ctx.service, Some(peer.to_string()));
     let reply = Reply::new(socket, reply_to, peer.clone(), ctx);
     log::debug!(
         "{}: datagram of {} bytes from {peer}",

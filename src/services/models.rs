@@ -122,7 +122,7 @@ fn answer(conn: &Connection, lang: Lang) -> String {
             .name()
             .unwrap_or("unnamed")
             .to_string(),
-        client: conn.peer().to_string().replace(' ', ","),
+        client: conn.peer().to_string(),
         took,
         result,
     };
@@ -138,8 +138,15 @@ fn count(n: Option<usize>) -> String {
 }
 
 impl Report {
-    /// `model=… pid=… thread=… client=… time=…us result=… workers=N|threads=N`.
+    /// `model=… pid=… thread=… client=… time=…us result=… workers=N|threads=N`; a
+    /// Unix peer's `uid=0 pid=N` is quoted (`client="uid=0 pid=N"`, as logfmt does),
+    /// printed as everywhere else.
     fn line(&self) -> String {
+        let client = if self.client.contains(' ') {
+            format!("\"{}\"", self.client)
+        } else {
+            self.client.clone()
+        };
         let live = match self.model {
             Model::Thread => format!("threads={}", count(own_threads())),
             Model::Sequential => "workers=1".to_string(),
@@ -152,7 +159,7 @@ impl Report {
             self.model,
             std::process::id(),
             self.thread,
-            self.client,
+            client,
             self.took.as_secs_f64() * 1e6,
             self.result,
         )
@@ -195,7 +202,7 @@ fn own_threads() -> Option<usize> {
 /// `forkserve: SERVICE worker …` (this one included).
 fn sibling_workers(service: &str) -> Option<usize> {
     let parent = nix::unistd::getppid().as_raw();
-    let prefix = format!("forkserve: {service} worker");
+    let prefix = format!("{}: {service} worker", crate::proctitle::name());
     let pids = children_of(parent)?;
     Some(
         pids.into_iter()

@@ -189,12 +189,14 @@ pub fn run(listener: &UnixListener, config: &Config) -> i32 {
     code
 }
 
-/// A descriptor that becomes readable on SIGTERM or SIGINT (both blocked, and
-/// taken through a signalfd: no handler, so nothing the fork left behind matters).
+/// A descriptor that becomes readable on SIGTERM or SIGINT, and on SIGWINCH (the
+/// master started draining: tell everyone), all blocked and taken through a
+/// signalfd: no handler, so nothing the fork left behind matters.
 fn signal_pipe() -> nix::Result<SignalFd> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGWINCH);
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
@@ -272,7 +274,7 @@ impl Broker<'_> {
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
-                if !r[0].is_empty() {
+                if !r[0].is_empty() && self.take_signals(signals) {
                     log::debug!("chat broker: stopping");
                     return 0;
                 }
@@ -304,6 +306,30 @@ impl Broker<'_> {
     /// False while accepting is paused after accept(2) failed for want of a
     /// descriptor: the pending connection keeps the listener readable, and polling
     /// it would spin.
+    /// Reads the pending signals: true on SIGTERM/SIGINT (stop); SIGWINCH tells
+    /// everyone online that the server is shutting down.
+    fn take_signals(&mut self, signals: &SignalFd) -> bool {
+        let mut stop = false;
+        while let Ok(Some(info)) = signals.read_signal() {
+            if info.ssi_signo == libc::SIGWINCH as u32 {
+                self.tell_everyone(self.config.texts.shutting_down());
+            } else {
+                stop = true;
+            }
+        }
+        stop
+    }
+
+    /// Sends `line` to every user online.
+    fn tell_everyone(&mut self, line: &str) {
+        let mut frame = Vec::new();
+        text(line.to_string()).encode(&mut frame);
+        let conns: Vec<usize> = self.users.0.values().map(|u| u.conn).collect();
+        for i in conns {
+            self.push_frame(i, &frame);
+        }
+    }
+
     fn accepting(&mut self) -> bool {
         match self.accept_paused_until {
             Some(t) if Instant::now() < t => false,
@@ -980,15 +1006,6 @@ impl Broker<'_> {
         self.tell_everyone(self.config.texts.local_only());
     }
 
-    fn tell_everyone(&mut self, line: &str) {
-        let conns: Vec<usize> = self.users.0.values().map(|u| u.conn).collect();
-        let mut frame = Vec::new();
-        text(line.to_string()).encode(&mut frame);
-        for i in conns {
-            self.push_frame(i, &frame);
-        }
-    }
-
     /// Reconnects when it is time, and refreshes the claims when that is due.
     fn backend_timers(&mut self) {
         let now = Instant::now();
@@ -1114,7 +1131,8 @@ impl Broker<'_> {
             .count();
         // The format is fixed (`[1 users, 1 rooms]` too), for whoever parses it.
         let title = format!(
-            "forkserve: chat broker [{} users, {rooms} rooms]",
+            "{}: chat broker [{} users, {rooms} rooms]",
+            proctitle::name(),
             self.users.len()
         );
         if title != self.title {

@@ -286,7 +286,9 @@ pub fn service(
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
-    let broker = Companion::new("broker", move || broker::run(&listener, &bconf)).owns_fd(fd);
+    let broker = Companion::new("broker", move || broker::run(&listener, &bconf))
+        .owns_fd(fd)
+        .drain_signal(libc::SIGWINCH);
     Ok(Service::stream("chat", Chat { config }).companion(broker))
 }
 

@@ -394,6 +394,13 @@ impl Texts {
             Lang::Es => "error: error interno, desconectando\n",
         }
     }
+    /// Told to everyone online when the server starts draining (SIGTERM).
+    pub fn shutting_down(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "* server shutting down\n",
+            Lang::Es => "* el servidor se está apagando\n",
+        }
+    }
     pub fn restarting(&self) -> &'static str {
         match self.lang {
             Lang::En => "* chat service restarting\n",

@@ -784,7 +784,8 @@ impl Worker<'_> {
         let ctx = self.client.context();
         if ctx.model == Model::Fork {
             proctitle::set_title(&format!(
-                "forkserve: {} worker {} [{} in {}]",
+                "{}: {} worker {} [{} in {}]",
+                proctitle::name(),
                 ctx.service,
                 self.client.peer(),
                 self.name,
