@@ -84,7 +84,8 @@
 //! systemd `Accept=yes` (one process per connection, no companion).
 
 mod broker;
-mod protocol;
+pub mod lines;
+pub mod protocol;
 mod users;
 mod worker;
 
