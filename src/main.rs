@@ -11,7 +11,7 @@ mod loadgen;
 
 use forkserve::listener::runtime_dir;
 use forkserve::services::{chat, echo, files, http, models, time};
-use forkserve::{Error, ListenAddr, Model, Server, Service};
+use forkserve::{Error, ListenAddr, Model, Sandbox, Server, Service};
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +144,9 @@ struct ServeOpts {
     /// Run as GROUP (default: the user's group)
     #[arg(long, value_name = "GROUP", global = true)]
     group: Option<String>,
+    /// Run workers without their sandbox (Landlock, seccomp; see README, Sandbox)
+    #[arg(long, global = true)]
+    no_sandbox: bool,
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
@@ -178,7 +181,11 @@ const BUILTINS: &[Builtin] = &[
                 format!("unix:{}/echo.sock", rt.display()),
             ]
         },
-        make: |_| Ok(Some(Service::stream("echo", echo::Echo))),
+        make: |_| {
+            Ok(Some(
+                Service::stream("echo", echo::Echo).sandbox(Sandbox::new()),
+            ))
+        },
     },
     Builtin {
         name: "time",
@@ -188,7 +195,10 @@ const BUILTINS: &[Builtin] = &[
                 format!("unixgram:{}/time.sock", rt.display()),
             ]
         },
-        make: |_| Ok(Some(Service::datagram("time", time::Time))),
+        make: |_| {
+            let policy = Sandbox::new().local_time();
+            Ok(Some(Service::datagram("time", time::Time).sandbox(policy)))
+        },
     },
     Builtin {
         name: "files",
@@ -221,7 +231,9 @@ const BUILTINS: &[Builtin] = &[
         make: |o| {
             let h = http::Http::new(o.http.max_requests_per_connection);
             Ok(Some(
-                Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
+                Service::stream("http", h)
+                    .idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT))
+                    .sandbox(Sandbox::new().local_time()),
             ))
         },
     },
@@ -311,7 +323,8 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         .socket_mode(mode)
         .ready_fd(opts.ready_fd)
         .user(opts.user.clone(), opts.group.clone())
-        .inetd(opts.inetd);
+        .inetd(opts.inetd)
+        .sandbox(!opts.no_sandbox);
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).
         Some(name) => BUILTINS

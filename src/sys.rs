@@ -731,6 +731,21 @@ fn poll_result(n: libc::c_int) -> io::Result<usize> {
 // ---------------------------------------------------------------------------
 // users, names, limits
 
+/// The Landlock ABI version this kernel offers; 0 or less without Landlock.
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a null attribute pointer and size 0 this call only returns the
+    // ABI version (or an error); it touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    }
+}
+
 /// Sets the name `ps -e`, `top` and `pgrep` show (PR_SET_NAME, at most 15 bytes).
 pub fn set_comm(name: &str) {
     let mut bytes = [0u8; 16];

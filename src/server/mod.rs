@@ -34,6 +34,7 @@ use std::time::Duration;
 use crate::addr::ListenAddr;
 use crate::handler::{DatagramHandler, Model, StreamHandler};
 use crate::listener::Listener;
+use crate::sandbox::Sandbox;
 
 pub use children::RateLimitedLog;
 
@@ -51,6 +52,7 @@ pub struct Companion {
     pub(crate) name: String,
     pub(crate) run: Arc<dyn Fn() -> i32 + Send + Sync>,
     pub(crate) fds: Vec<RawFd>,
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 impl Companion {
@@ -60,12 +62,19 @@ impl Companion {
             name: name.to_string(),
             run: Arc::new(run),
             fds: Vec::new(),
+            sandbox: None,
         }
     }
 
     /// Names a descriptor that belongs to this companion alone: workers close it.
     pub fn owns_fd(mut self, fd: RawFd) -> Companion {
         self.fds.push(fd);
+        self
+    }
+
+    /// Runs the process inside `policy` (see [`Sandbox`]).
+    pub fn sandbox(mut self, policy: Sandbox) -> Companion {
+        self.sandbox = Some(policy);
         self
     }
 }
@@ -83,6 +92,7 @@ pub struct Service {
     pub(crate) workers: usize,
     pub(crate) max_requests: Option<u64>,
     pub(crate) companions: Vec<Companion>,
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 impl Service {
@@ -98,6 +108,7 @@ impl Service {
             workers: 4,
             max_requests: None,
             companions: Vec::new(),
+            sandbox: None,
         }
     }
 
@@ -165,6 +176,14 @@ impl Service {
         self
     }
 
+    /// Runs every worker (and server process) of this service inside `policy`,
+    /// entered after fork and before the handler (see [`Sandbox`]). Without one the
+    /// workers run unsandboxed.
+    pub fn sandbox(mut self, policy: Sandbox) -> Service {
+        self.sandbox = Some(policy);
+        self
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -224,6 +243,7 @@ pub struct Server {
     pub(crate) user: Option<String>,
     pub(crate) group: Option<String>,
     pub(crate) inetd: bool,
+    pub(crate) sandbox: bool,
 }
 
 impl Default for Server {
@@ -242,6 +262,7 @@ impl Server {
             user: None,
             group: None,
             inetd: false,
+            sandbox: true,
         }
     }
 
@@ -282,10 +303,40 @@ impl Server {
         self
     }
 
+    /// Whether services' sandboxes are entered (default on; `--no-sandbox`).
+    pub fn sandbox(mut self, on: bool) -> Server {
+        self.sandbox = on;
+        self
+    }
+
     /// Binds every listener (or takes them from systemd), then runs the master until
     /// SIGTERM/SIGINT/SIGQUIT. Returns after a clean shutdown.
-    pub fn run(self) -> Result<(), Error> {
+    pub fn run(mut self) -> Result<(), Error> {
+        self.prepare_sandboxes()?;
         master::run(self)
+    }
+
+    /// Compiles every sandbox policy before the first fork, or drops them all under
+    /// `--no-sandbox`.
+    fn prepare_sandboxes(&mut self) -> Result<(), Error> {
+        let policies = self.services.iter_mut().flat_map(|s| {
+            std::iter::once(&mut s.sandbox).chain(s.companions.iter_mut().map(|c| &mut c.sandbox))
+        });
+        let mut any = false;
+        for policy in policies {
+            if !self.sandbox {
+                *policy = None;
+            } else if let Some(p) = policy {
+                p.prepare().map_err(|e| Error::new(Error::OSERR, e))?;
+                any = true;
+            }
+        }
+        if any {
+            crate::sandbox::report_support();
+        } else if !self.sandbox {
+            log::info!("sandbox: off (--no-sandbox)");
+        }
+        Ok(())
     }
 }
 

@@ -97,6 +97,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::handler::{Connection, StreamHandler};
+use crate::sandbox::Sandbox;
 use crate::server::{Companion, Error, Service};
 
 pub use broker::MAX_QUEUED;
@@ -226,8 +227,19 @@ pub fn service(opts: &ChatOpts, run_as: Option<&str>) -> Result<Service, Error> 
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
-    let broker = Companion::new("broker", move || broker::run(&listener, &bconf)).owns_fd(fd);
-    Ok(Service::stream("chat", Chat { config }).companion(broker))
+    // The broker serves its IPC socket, and binds it again in the runtime directory
+    // if its file is removed; a worker only connects to it.
+    let broker = Companion::new("broker", move || broker::run(&listener, &bconf))
+        .owns_fd(fd)
+        .sandbox(
+            Sandbox::new()
+                .unix_listen()
+                .read_write(&rt)
+                .syscalls(&[libc::SYS_signalfd4]),
+        );
+    Ok(Service::stream("chat", Chat { config })
+        .companion(broker)
+        .sandbox(Sandbox::new().unix_connect()))
 }
 
 /// Binds the IPC listener in a fresh 0700 directory named for this process.

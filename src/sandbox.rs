@@ -1,0 +1,455 @@
+//! The sandbox a worker enters after fork and before its handler runs: a [`Sandbox`]
+//! policy, declared by each service, says which paths it may read or write, whether it
+//! may open Unix sockets, and which system calls it makes beyond the ones every worker
+//! makes. Entering it sets `no_new_privs`, restricts the file system with a Landlock
+//! ruleset (and forbids TCP bind/connect and signals outside the worker), then
+//! installs a seccomp filter that kills the process on any other system call (the
+//! master logs such a death as SIGSYS).
+//!
+//! On a kernel without Landlock the file-system part is skipped (one log line at
+//! start-up, [`report_support`]); the seccomp filter still applies. Long-lived server
+//! processes (thread, sequential, prefork models) enter the same policy plus what
+//! accepting (and, under the thread model, spawning threads) needs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The Landlock ABI the rules are written for (Linux 6.12: file system, TCP,
+/// signal scoping). Older kernels enforce what they know.
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// System calls every worker makes: I/O on the sockets it was given, memory, time,
+/// signals, its title, and exiting.
+const BASE: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_close,
+    libc::SYS_shutdown,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_fcntl,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_mprotect,
+    libc::SYS_futex,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_alarm,
+    libc::SYS_setitimer,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_getppid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_getrandom,
+    libc::SYS_sched_yield,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Opening and reading files (under the paths Landlock allows).
+const FILES: &[i64] = &[
+    libc::SYS_open,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_openat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_getdents64,
+    libc::SYS_fadvise64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+];
+
+/// Changing files (under the read-write paths).
+const WRITE_FILES: &[i64] = &[
+    libc::SYS_mkdir,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+    libc::SYS_rename,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+];
+
+/// Connecting to (or, with listening, serving) Unix sockets.
+const UNIX_CONNECT: &[i64] = &[libc::SYS_connect, libc::SYS_socketpair];
+const UNIX_LISTEN: &[i64] = &[
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+];
+
+/// Accepting on the inherited listeners (server processes).
+const ACCEPT: &[i64] = &[libc::SYS_accept, libc::SYS_accept4, libc::SYS_socketpair];
+
+/// Spawning and running threads (thread-model server processes).
+const THREADS: &[i64] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_prlimit64,
+];
+
+/// What a service's workers may do. Built with the methods below; a service
+/// without one runs unsandboxed (see [`crate::Service::sandbox`]).
+#[derive(Clone, Debug, Default)]
+pub struct Sandbox {
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+    unix_connect: bool,
+    unix_listen: bool,
+    syscalls: Vec<i64>,
+    /// The seccomp programs, compiled once in the master (workers only install).
+    compiled: Arc<OnceLock<Compiled>>,
+}
+
+/// Seccomp programs of one policy: for a worker, and for a server process of each
+/// kind. `None` where the architecture has no seccomp support in seccompiler.
+#[derive(Debug)]
+struct Compiled {
+    worker: Option<BpfProgram>,
+    server: Option<BpfProgram>,
+    threaded: Option<BpfProgram>,
+}
+
+/// Where the sandbox is entered, which adds what that process needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A forked worker, one connection or datagram.
+    Worker,
+    /// A server process that accepts and serves in turn (sequential, prefork).
+    Server,
+    /// A server process that serves on threads.
+    ThreadedServer,
+}
+
+impl Sandbox {
+    /// Nothing but I/O on the worker's own sockets: no file, no new socket.
+    pub fn new() -> Sandbox {
+        Sandbox::default()
+    }
+
+    /// May open files and directories under `path` for reading.
+    pub fn read_only(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.read.push(path.into());
+        self
+    }
+
+    /// May create, change and remove files under `path`.
+    pub fn read_write(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.write.push(path.into());
+        self
+    }
+
+    /// May read the local time zone (`/etc/localtime` and the zone files).
+    pub fn local_time(self) -> Sandbox {
+        let mut s = self
+            .read_only("/etc/localtime")
+            .read_only("/usr/share/zoneinfo");
+        if let Some(tz) = std::env::var_os("TZ").map(PathBuf::from)
+            && tz.is_absolute()
+        {
+            s = s.read_only(tz);
+        }
+        s
+    }
+
+    /// May create Unix sockets and connect them (no other socket family).
+    pub fn unix_connect(mut self) -> Sandbox {
+        self.unix_connect = true;
+        self
+    }
+
+    /// May also bind, listen on and accept Unix sockets (a companion's own socket).
+    pub fn unix_listen(mut self) -> Sandbox {
+        self.unix_connect = true;
+        self.unix_listen = true;
+        self
+    }
+
+    /// May also make these system calls (`libc::SYS_*` numbers).
+    pub fn syscalls(mut self, calls: &[i64]) -> Sandbox {
+        self.syscalls.extend_from_slice(calls);
+        self
+    }
+
+    /// The paths readable, and read-write, for the README and logs.
+    pub fn describe(&self) -> String {
+        let list = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "read [{}], read-write [{}], unix sockets: {}",
+            list(&self.read),
+            list(&self.write),
+            match (self.unix_connect, self.unix_listen) {
+                (_, true) => "connect and listen",
+                (true, false) => "connect",
+                _ => "none",
+            }
+        )
+    }
+
+    /// Compiles the seccomp programs now (in the master, before any fork).
+    pub fn prepare(&self) -> Result<(), String> {
+        if self.compiled.get().is_some() {
+            return Ok(());
+        }
+        let compiled = Compiled {
+            worker: self.program(Role::Worker)?,
+            server: self.program(Role::Server)?,
+            threaded: self.program(Role::ThreadedServer)?,
+        };
+        let _ = self.compiled.set(compiled);
+        Ok(())
+    }
+
+    /// The system calls allowed to `role`, with argument rules for some.
+    fn rules(&self, role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
+        let mut plain: Vec<i64> = BASE.to_vec();
+        let files = !self.read.is_empty() || !self.write.is_empty();
+        if files {
+            plain.extend_from_slice(FILES);
+        }
+        if !self.write.is_empty() {
+            plain.extend_from_slice(WRITE_FILES);
+        }
+        if self.unix_connect {
+            plain.extend_from_slice(UNIX_CONNECT);
+        }
+        if self.unix_listen {
+            plain.extend_from_slice(UNIX_LISTEN);
+        }
+        match role {
+            Role::Worker => {}
+            Role::Server => plain.extend_from_slice(ACCEPT),
+            Role::ThreadedServer => {
+                plain.extend_from_slice(ACCEPT);
+                plain.extend_from_slice(THREADS);
+            }
+        }
+        plain.extend_from_slice(&self.syscalls);
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+            plain.into_iter().map(|n| (n, Vec::new())).collect();
+        // The short name for ps, and nothing else prctl can do.
+        rules.insert(
+            libc::SYS_prctl,
+            vec![
+                rule_eq(0, libc::PR_SET_NAME as u64),
+                rule_eq(0, libc::PR_GET_NAME as u64),
+            ],
+        );
+        // Non-blocking mode and close-on-exec by ioctl (std's set_nonblocking).
+        rules.insert(
+            libc::SYS_ioctl,
+            vec![rule_eq(1, libc::FIONBIO), rule_eq(1, libc::FIOCLEX)],
+        );
+        if self.unix_connect {
+            // socket(AF_UNIX, …) only.
+            rules.insert(libc::SYS_socket, vec![rule_eq(0, libc::AF_UNIX as u64)]);
+        }
+        if role == Role::ThreadedServer {
+            // A panicking thread may abort: signals to this process only.
+            rules.insert(
+                libc::SYS_tgkill,
+                vec![rule_eq(0, u64::from(std::process::id()))],
+            );
+        }
+        rules
+    }
+
+    fn program(&self, role: Role) -> Result<Option<BpfProgram>, String> {
+        let Ok(arch) = TargetArch::try_from(std::env::consts::ARCH) else {
+            return Ok(None);
+        };
+        let filter = SeccompFilter::new(
+            self.rules(role),
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            arch,
+        )
+        .map_err(|e| format!("sandbox: seccomp filter: {e}"))?;
+        let prog: BpfProgram = filter
+            .try_into()
+            .map_err(|e| format!("sandbox: compiling the seccomp filter: {e}"))?;
+        Ok(Some(prog))
+    }
+
+    /// Enters the sandbox in this process for `role`: Landlock, then seccomp (which
+    /// sets `no_new_privs`). Errors name what failed; the caller must not serve then.
+    pub fn enter(&self, role: Role) -> Result<(), String> {
+        self.landlock()?;
+        self.prepare()?;
+        let compiled = self.compiled.get().expect("prepared above");
+        let prog = match role {
+            Role::Worker => &compiled.worker,
+            Role::Server => &compiled.server,
+            Role::ThreadedServer => &compiled.threaded,
+        };
+        if let Some(prog) = prog {
+            seccompiler::apply_filter(prog).map_err(|e| format!("sandbox: seccomp: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Restricts the file system to the policy's paths; TCP bind/connect and signals
+    /// to processes outside the sandbox are refused. A no-op (but `no_new_privs`)
+    /// where the kernel has no Landlock.
+    fn landlock(&self) -> Result<RulesetStatus, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("sandbox: landlock: {e}");
+        let fs_all = AccessFs::from_all(LANDLOCK_ABI);
+        let ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(fs_all)
+            .and_then(|r| r.handle_access(AccessNet::from_all(LANDLOCK_ABI)))
+            .and_then(|r| r.scope(Scope::Signal))
+            .map_err(|e| fail(&e))?;
+        let mut created = ruleset.create().map_err(|e| fail(&e))?;
+        let rules = self
+            .read
+            .iter()
+            .map(|p| (p, AccessFs::from_read(LANDLOCK_ABI)))
+            .chain(self.write.iter().map(|p| (p, fs_all)));
+        for (path, access) in rules {
+            let Some(fd) = open_path(path) else { continue };
+            // A file (not a directory) takes only the rights that apply to files.
+            let access = if Path::new(path).is_dir() {
+                access
+            } else {
+                access & AccessFs::from_file(LANDLOCK_ABI)
+            };
+            created = created
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        }
+        let status = created.restrict_self().map_err(|e| fail(&e))?;
+        Ok(status.ruleset)
+    }
+}
+
+impl Role {
+    /// The role of a long-lived server process under `model`.
+    pub fn server(model: crate::Model) -> Role {
+        if model == crate::Model::Thread {
+            Role::ThreadedServer
+        } else {
+            Role::Server
+        }
+    }
+}
+
+/// Enters `policy` (if any) in a freshly forked process, or exits it with status 71
+/// (logged, naming `who`): a process whose sandbox failed must not serve.
+pub(crate) fn enter_or_exit(policy: Option<&Sandbox>, role: Role, who: &str) {
+    if let Some(p) = policy
+        && let Err(e) = p.enter(role)
+    {
+        log::error!("{who}: {e}");
+        crate::sys::exit_now(71);
+    }
+}
+
+/// A path to allow, opened O_PATH; None (logged at debug) when it does not exist.
+fn open_path(path: &Path) -> Option<PathFd> {
+    match PathFd::new(path) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::debug!("sandbox: {} not allowed: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn rule_eq(arg: u8, value: u64) -> SeccompRule {
+    let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .expect("a valid seccomp condition");
+    SeccompRule::new(vec![cond]).expect("a rule with one condition")
+}
+
+/// Logs, once at start-up, what this kernel enforces: one line when Landlock is
+/// missing (workers then run with seccomp only).
+pub fn report_support() {
+    match crate::sys::landlock_abi() {
+        v if v < 1 => log::warn!(
+            "sandbox: this kernel has no Landlock; workers run without file-system restrictions (seccomp only)"
+        ),
+        v => log::debug!("sandbox: Landlock ABI {v}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_compile_for_every_role() {
+        let s = Sandbox::new().read_only("/tmp").unix_connect().local_time();
+        s.prepare().unwrap();
+        let c = s.compiled.get().unwrap();
+        assert!(c.worker.is_some() && c.server.is_some() && c.threaded.is_some());
+        assert!(s.describe().contains("/tmp"));
+    }
+
+    #[test]
+    fn only_unix_sockets_and_only_when_asked() {
+        let none = Sandbox::new().rules(Role::Worker);
+        assert!(!none.contains_key(&libc::SYS_socket));
+        assert!(!none.contains_key(&libc::SYS_openat));
+        let unix = Sandbox::new().unix_connect().rules(Role::Worker);
+        assert_eq!(unix[&libc::SYS_socket].len(), 1);
+        assert!(
+            Sandbox::new()
+                .rules(Role::ThreadedServer)
+                .contains_key(&libc::SYS_clone3)
+        );
+    }
+}
