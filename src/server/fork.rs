@@ -86,8 +86,11 @@ pub(crate) fn run_server_process(master: &mut Master, s: usize, slot: usize) -> 
     master.close_inherited(Some(s), None);
     sys::die_with_parent(libc::SIGTERM);
     let svc = &master.svcs[s];
-    let role = Role::server(svc.conf.model);
-    sandbox::enter_or_exit(svc.conf.sandbox.as_ref(), role, &svc.conf.name);
+    sandbox::enter_or_exit(
+        svc.conf.sandbox.as_ref(),
+        Role::server(svc.conf.model),
+        &svc.conf.name,
+    );
     let code = process::serve(&svc.conf, &svc.listeners, &svc.contexts, signals, slot);
     sys::exit_now(code)
 }
@@ -159,6 +162,7 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);
+    sandbox::enter_or_exit(svc.sandbox.as_ref(), Role::Worker, &svc.name);
     match worker::serve_connection(handler.as_ref(), fd, peer, ctx) {
         worker::Outcome::Ok => Ok(()),
         worker::Outcome::Failed => Err(Error::new(1, format!("{}: handler failed", svc.name))),
