@@ -13,25 +13,9 @@ use std::process::Command;
 
 use common::*;
 
-/// The probe example, built if this test run has not built it.
-fn probe_bin() -> PathBuf {
-    let example = std::path::Path::new(bin())
-        .parent()
-        .unwrap()
-        .join("examples/sandbox_probe");
-    if !example.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "sandbox_probe"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    example
-}
-
 fn start_probe(dir: &TempDir, extra: &[&str]) -> Forkserve {
     let mut b = forkserve();
-    *b.command() = Command::new(probe_bin());
+    *b.command() = Command::new(example("sandbox_probe"));
     b.arg("tcp:127.0.0.1:0")
         .arg(dir.0.as_os_str())
         .args(extra)
@@ -128,8 +112,6 @@ fn sandboxed(pid: i32) -> (String, String) {
     (st["Seccomp"].clone(), st["NoNewPrivs"].clone())
 }
 
-
-
 fn on() -> (String, String) {
     ("2".to_string(), "1".to_string())
 }
@@ -151,7 +133,8 @@ fn built_in_workers_server_processes_and_the_broker_are_sandboxed() {
     echo.write_all(b"hi\n").unwrap();
     assert_eq!(echo.read_line().unwrap(), "HI");
     let mut http = Conn::connect(&fs.addr_of("http", "tcp"));
-    http.write_all(b"GET /time HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    http.write_all(b"GET /time HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(http.read_line().unwrap().trim_end(), "HTTP/1.1 200 OK");
     let mut chat = Conn::connect(&fs.addr_of("chat", "tcp"));
     chat.write_all(b"ann\n").unwrap();

@@ -20,6 +20,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_forkserve")
 }
 
+/// The path of example program `name`, built if this test run has not built it.
+pub fn example(name: &str) -> PathBuf {
+    let path = Path::new(bin())
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build --example {name}: {st:?}");
+    }
+    path
+}
+
 /// A fresh private directory for one test's sockets and files.
 pub struct TempDir(pub PathBuf);
 
