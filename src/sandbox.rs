@@ -7,17 +7,18 @@
 //! master logs such a death as SIGSYS).
 //!
 //! On a kernel without Landlock the file-system part is skipped (one log line at
-//! start-up, [`report_support`]); the seccomp filter still applies. Long-lived server
+//! start-up, [`check_support`]); the seccomp filter still applies. Long-lived server
 //! processes (thread, sequential, prefork models) enter the same policy plus what
 //! accepting (and, under the thread model, spawning threads) needs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    RulesetAttr, RulesetCreatedAttr, Scope,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -303,7 +304,9 @@ impl Sandbox {
     /// Enters the sandbox in this process for `role`: Landlock, then seccomp (which
     /// sets `no_new_privs`). Errors name what failed; the caller must not serve then.
     pub fn enter(&self, role: Role) -> Result<(), String> {
-        self.landlock()?;
+        if !NO_LANDLOCK.load(Ordering::Relaxed) {
+            self.landlock()?;
+        }
         self.prepare()?;
         let compiled = self.compiled.get().expect("prepared above");
         let prog = match role {
@@ -320,7 +323,7 @@ impl Sandbox {
     /// Restricts the file system to the policy's paths; TCP bind/connect and signals
     /// to processes outside the sandbox are refused. A no-op (but `no_new_privs`)
     /// where the kernel has no Landlock.
-    fn landlock(&self) -> Result<RulesetStatus, String> {
+    fn landlock(&self) -> Result<(), String> {
         let fail = |e: &dyn std::fmt::Display| format!("sandbox: landlock: {e}");
         let fs_all = AccessFs::from_all(LANDLOCK_ABI);
         let ruleset = Ruleset::default()
@@ -347,8 +350,8 @@ impl Sandbox {
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
         }
-        let status = created.restrict_self().map_err(|e| fail(&e))?;
-        Ok(status.ruleset)
+        created.restrict_self().map_err(|e| fail(&e))?;
+        Ok(())
     }
 }
 
@@ -391,15 +394,31 @@ fn rule_eq(arg: u8, value: u64) -> SeccompRule {
     SeccompRule::new(vec![cond]).expect("a rule with one condition")
 }
 
-/// Logs, once at start-up, what this kernel enforces: one line when Landlock is
-/// missing (workers then run with seccomp only).
-pub fn report_support() {
+/// Whether this kernel has Landlock, as found at start-up by [`check_support`]
+/// (forked processes inherit the answer; unchecked counts as yes).
+static NO_LANDLOCK: AtomicBool = AtomicBool::new(false);
+
+/// Checks, once in the master before any fork, what this kernel enforces: an error
+/// without seccomp filters (the sandbox cannot be entered; `--no-sandbox` runs
+/// without it), one warning without Landlock (workers then get seccomp only).
+pub fn check_support() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !status.lines().any(|l| l.starts_with("Seccomp:")) {
+        return Err(
+            "sandbox: this kernel has no seccomp filters; run with --no-sandbox to serve unsandboxed"
+                .into(),
+        );
+    }
     match crate::sys::landlock_abi() {
-        v if v < 1 => log::warn!(
-            "sandbox: this kernel has no Landlock; workers run without file-system restrictions (seccomp only)"
-        ),
+        v if v < 1 => {
+            NO_LANDLOCK.store(true, Ordering::Relaxed);
+            log::warn!(
+                "sandbox: this kernel has no Landlock; workers run without file-system restrictions (seccomp only)"
+            );
+        }
         v => log::debug!("sandbox: Landlock ABI {v}"),
     }
+    Ok(())
 }
 
 #[cfg(test)]

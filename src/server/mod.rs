@@ -332,7 +332,7 @@ impl Server {
             }
         }
         if any {
-            crate::sandbox::report_support();
+            crate::sandbox::check_support().map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
         } else if !self.sandbox {
             log::info!("sandbox: off (--no-sandbox)");
         }
