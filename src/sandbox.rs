@@ -130,7 +130,7 @@ pub struct Sandbox {
 }
 
 /// Seccomp programs of one policy: for a worker, and for a server process of each
-/// kind. `None` where the architecture has no seccomp support in seccompiler.
+/// kind. `None` off x86_64 (the system call lists are x86_64's).
 #[derive(Debug)]
 struct Compiled {
     worker: Option<BpfProgram>,
@@ -199,7 +199,7 @@ impl Sandbox {
         self
     }
 
-    /// The paths readable, and read-write, for the README and logs.
+    /// What the policy allows, for the start-up log (`-v`).
     pub fn describe(&self) -> String {
         let list = |v: &[PathBuf]| {
             v.iter()

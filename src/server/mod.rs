@@ -319,21 +319,23 @@ impl Server {
     /// Compiles every sandbox policy before the first fork, or drops them all under
     /// `--no-sandbox`.
     fn prepare_sandboxes(&mut self) -> Result<(), Error> {
-        let policies = self.services.iter_mut().flat_map(|s| {
-            std::iter::once(&mut s.sandbox).chain(s.companions.iter_mut().map(|c| &mut c.sandbox))
-        });
+        let on = self.sandbox;
         let mut any = false;
-        for policy in policies {
-            if !self.sandbox {
-                *policy = None;
-            } else if let Some(p) = policy {
-                p.prepare().map_err(|e| Error::new(Error::OSERR, e))?;
-                any = true;
+        for svc in &mut self.services {
+            let companions = svc.companions.iter_mut().map(|c| (&c.name, &mut c.sandbox));
+            for (name, policy) in std::iter::once((&svc.name, &mut svc.sandbox)).chain(companions) {
+                if !on {
+                    *policy = None;
+                } else if let Some(p) = policy {
+                    p.prepare().map_err(|e| Error::new(Error::OSERR, e))?;
+                    log::debug!("{name}: sandbox: {}", p.describe());
+                    any = true;
+                }
             }
         }
         if any {
             crate::sandbox::check_support().map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
-        } else if !self.sandbox {
+        } else if !on {
             log::info!("sandbox: off (--no-sandbox)");
         }
         Ok(())
