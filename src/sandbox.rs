@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
 use seccompiler::{BpfProgram, sock_filter};
 
@@ -324,7 +324,7 @@ impl Sandbox {
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(fs_all)
             .and_then(|r| r.handle_access(AccessNet::from_all(LANDLOCK_ABI)))
-            .and_then(|r| r.scope(Scope::Signal))
+            .and_then(|r| r.scope(self.scopes()))
             .map_err(|e| fail(&e))?;
         let mut created = ruleset.create().map_err(|e| fail(&e))?;
         let rules = self
@@ -346,6 +346,20 @@ impl Sandbox {
         }
         created.restrict_self().map_err(|e| fail(&e))?;
         Ok(())
+    }
+}
+
+impl Sandbox {
+    /// What Landlock keeps inside the sandbox: signals always; abstract Unix sockets
+    /// when the policy may open Unix sockets (it then reaches only pathname ones).
+    /// Not otherwise: a datagram worker replies on its inherited socket to clients
+    /// that may be bound to abstract names, which the scope would refuse.
+    fn scopes(&self) -> BitFlags<Scope> {
+        if self.unix_connect {
+            Scope::Signal | Scope::AbstractUnixSocket
+        } else {
+            Scope::Signal.into()
+        }
     }
 }
 

@@ -106,6 +106,31 @@ fn without_the_sandbox_the_same_probes_succeed() {
     );
 }
 
+#[test]
+fn with_unix_sockets_allowed_only_pathname_ones_are_reachable() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = TempDir::new("sbx-unix");
+    let targets = Targets::new(&dir);
+    let name = format!("fs-probe-{}", std::process::id());
+    let abs = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let abstract_listener = UnixListener::bind_addr(&abs).unwrap();
+    abstract_listener.set_nonblocking(true).unwrap();
+    let fs = start_probe(&dir, &["--unix"]);
+    let line = ask(&fs, &format!("unix {}", targets.unix_path.display())).unwrap();
+    assert!(line.ends_with(": ok, connected"), "{line}");
+    // Landlock's abstract-socket scope: a name bound outside the sandbox.
+    let line = ask(&fs, &format!("abstract {name}")).unwrap();
+    assert!(
+        line.starts_with(&format!("abstract {name}: denied"))
+            && line.contains("Operation not permitted"),
+        "{line}"
+    );
+    assert!(abstract_listener.accept().is_err());
+    // Other families stay closed.
+    assert_eq!(ask(&fs, &format!("tcp {}", targets.tcp_addr())), None);
+    assert!(targets.tcp.accept().is_err());
+}
+
 /// `Seccomp: 2` (filter) and `NoNewPrivs: 1` for a process, from /proc.
 fn sandboxed(pid: i32) -> (String, String) {
     let st = status(pid);

@@ -20,20 +20,19 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_forkserve")
 }
 
-/// The path of example program `name`, built if this test run has not built it.
+/// The path of example program `name`, built now (`cargo test --test X` does not
+/// build examples, so one left from an older build could be stale).
 pub fn example(name: &str) -> PathBuf {
     let path = Path::new(bin())
         .parent()
         .unwrap()
         .join("examples")
         .join(name);
-    if !path.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "cargo build --example {name}: {st:?}");
-    }
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build --example {name}: {st:?}");
     path
 }
 
