@@ -71,7 +71,15 @@ impl ListenAddr {
     }
 }
 
-fn parse_host_port(input: &str, rest: &str) -> Result<SocketAddr, AddrError> {
+/// Looks a host name up (the system resolver for [`FromStr`]; a fixed table in
+/// tests and fuzzing, which must not touch the network).
+pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+fn parse_host_port(input: &str, rest: &str, resolve: Resolver) -> Result<SocketAddr, AddrError> {
     let bad = |why: &str| AddrError(format!("bad address '{input}': {why} (expected {SYNTAX})"));
     let (host, port) = if let Some(stripped) = rest.strip_prefix('[') {
         let end = stripped
@@ -95,10 +103,10 @@ fn parse_host_port(input: &str, rest: &str) -> Result<SocketAddr, AddrError> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let mut addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| bad(&format!("cannot resolve host '{host}': {e}")))?;
+    let addrs =
+        resolve(host, port).map_err(|e| bad(&format!("cannot resolve host '{host}': {e}")))?;
     addrs
+        .into_iter()
         .next()
         .ok_or_else(|| bad(&format!("host '{host}' has no address")))
 }
@@ -129,14 +137,21 @@ impl FromStr for ListenAddr {
     type Err = AddrError;
 
     fn from_str(s: &str) -> Result<ListenAddr, AddrError> {
+        ListenAddr::parse_with(s, &system_resolver)
+    }
+}
+
+impl ListenAddr {
+    /// Parses an address, looking host names up with `resolve`.
+    pub fn parse_with(s: &str, resolve: Resolver) -> Result<ListenAddr, AddrError> {
         let (scheme, rest) = s.split_once(':').ok_or_else(|| {
             AddrError(format!(
                 "bad address '{s}': missing scheme (expected {SYNTAX})"
             ))
         })?;
         match scheme {
-            "tcp" => Ok(ListenAddr::Tcp(parse_host_port(s, rest)?)),
-            "udp" => Ok(ListenAddr::Udp(parse_host_port(s, rest)?)),
+            "tcp" => Ok(ListenAddr::Tcp(parse_host_port(s, rest, resolve)?)),
+            "udp" => Ok(ListenAddr::Udp(parse_host_port(s, rest, resolve)?)),
             "unix" => Ok(ListenAddr::Unix(parse_unix(s, rest)?)),
             "unixgram" => Ok(ListenAddr::UnixGram(parse_unix(s, rest)?)),
             "systemd" if !rest.is_empty() => Ok(ListenAddr::Systemd(rest.to_string())),

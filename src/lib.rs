@@ -35,6 +35,7 @@ pub mod listener;
 pub mod logging;
 pub mod peer;
 pub mod proctitle;
+pub mod sandbox;
 pub mod server;
 pub mod services;
 mod sys;
@@ -44,6 +45,7 @@ pub mod users;
 pub use addr::ListenAddr;
 pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler};
 pub use peer::{Peer, SourceKey};
+pub use sandbox::Sandbox;
 pub use server::{Companion, Error, Server, Service, Spawner};
 
 /// Seconds since the Unix epoch, now.

@@ -12,7 +12,7 @@ mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
 use forkserve::services::{Lang, chat, echo, exec, files, http, metrics, models, time};
-use forkserve::{Error, ListenAddr, Model, Server, Service};
+use forkserve::{Error, ListenAddr, Model, Sandbox, Server, Service};
 
 #[derive(Parser)]
 #[command(
@@ -171,6 +171,9 @@ struct ServeOpts {
     /// Serve only sockets passed by systemd: with none, exit 69 instead of binding defaults
     #[arg(long, global = true)]
     socket_activated: bool,
+    /// Run workers without their sandbox (Landlock, seccomp; see README, Sandbox)
+    #[arg(long, global = true)]
+    no_sandbox: bool,
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
@@ -214,7 +217,11 @@ const BUILTINS: &[Builtin] = &[
                 format!("unix:{}/echo.sock", rt.display()),
             ]
         },
-        make: |_| Ok(Some(Service::stream("echo", echo::Echo))),
+        make: |_| {
+            Ok(Some(
+                Service::stream("echo", echo::Echo).sandbox(Sandbox::new()),
+            ))
+        },
     },
     Builtin {
         name: "time",
@@ -224,7 +231,12 @@ const BUILTINS: &[Builtin] = &[
                 format!("unixgram:{}/time.sock", rt.display()),
             ]
         },
-        make: |o| Ok(Some(Service::datagram("time", time::Time::new(o.lang)))),
+        make: |o| {
+            let policy = Sandbox::new().local_time();
+            Ok(Some(
+                Service::datagram("time", time::Time::new(o.lang)).sandbox(policy),
+            ))
+        },
     },
     Builtin {
         name: "files",
@@ -257,7 +269,9 @@ const BUILTINS: &[Builtin] = &[
         make: |o| {
             let h = http::Http::new(o.http.max_requests_per_connection).lang(o.lang);
             Ok(Some(
-                Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
+                Service::stream("http", h)
+                    .idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT))
+                    .sandbox(Sandbox::new().local_time()),
             ))
         },
     },
@@ -409,7 +423,8 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         .socket_mode(mode)
         .ready_fd(opts.ready_fd)
         .user(opts.user.clone(), opts.group.clone())
-        .inetd(opts.inetd);
+        .inetd(opts.inetd)
+        .sandbox(!opts.no_sandbox);
     if let Some(Command::Exec(args)) = &cli.command {
         let addrs = opts
             .listen

@@ -765,6 +765,16 @@ pub fn release_free_memory() {
     }
 }
 
+/// Fixes how many malloc arenas threads may use (M_ARENA_MAX). glibc otherwise
+/// sizes that limit the first time a thread needs a new arena by opening
+/// /sys/devices/system/cpu/online, which a sandboxed server process may not do.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only changes allocator settings; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+}
+
 /// Sets the process umask, returning the old one.
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.
@@ -814,6 +824,21 @@ fn poll_result(n: libc::c_int) -> io::Result<usize> {
 
 // ---------------------------------------------------------------------------
 // users, names, limits
+
+/// The Landlock ABI version this kernel offers; 0 or less without Landlock.
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a null attribute pointer and size 0 this call only returns the
+    // ABI version (or an error); it touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    }
+}
 
 /// Sets the name `ps -e`, `top` and `pgrep` show (PR_SET_NAME, at most 15 bytes).
 pub fn set_comm(name: &str) {

@@ -349,17 +349,7 @@ fn ready_fd_gets_a_newline_once_listening() {
 
 #[test]
 fn handler_panic_exits_1_and_is_logged() {
-    let example = std::path::Path::new(bin())
-        .parent()
-        .unwrap()
-        .join("examples/shout");
-    if !example.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "shout"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
+    let example = example("shout");
     let mut b = forkserve();
     *b.command() = Command::new(&example);
     let fs = b.arg("tcp:127.0.0.1:0").start();

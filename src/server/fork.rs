@@ -11,6 +11,7 @@ use super::{Error, Handler, Server, process, worker};
 use crate::handler::Context;
 use crate::peer::Peer;
 use crate::proctitle;
+use crate::sandbox::{self, Role};
 use crate::sys;
 use crate::systemd::PassedFd;
 
@@ -38,6 +39,7 @@ pub(crate) fn run_stream_worker(
         sys::exit_now(1)
     };
     worker_title(&ctx, &peer);
+    sandbox::enter_or_exit(svc.conf.sandbox.as_ref(), Role::Worker, &ctx.service);
     let outcome = worker::serve_connection(handler.as_ref(), fd, peer, ctx);
     sys::exit_now(outcome.exit_code())
 }
@@ -66,6 +68,7 @@ pub(crate) fn run_datagram_worker(
         sys::exit_now(1)
     };
     worker_title(ctx, &peer);
+    sandbox::enter_or_exit(svc.conf.sandbox.as_ref(), Role::Worker, &ctx.service);
     let data = &master.dgram_buf[..len.min(master.dgram_buf.len())];
     let outcome = worker::serve_datagram(handler.as_ref(), keep, data, reply_to, peer, ctx);
     sys::exit_now(outcome.exit_code())
@@ -83,6 +86,11 @@ pub(crate) fn run_server_process(master: &mut Master, s: usize, slot: usize) -> 
     master.close_inherited(Some(s), None);
     sys::die_with_parent(libc::SIGTERM);
     let svc = &master.svcs[s];
+    sandbox::enter_or_exit(
+        svc.conf.sandbox.as_ref(),
+        Role::server(svc.conf.model),
+        &svc.conf.name,
+    );
     let code = process::serve(&svc.conf, &svc.listeners, &svc.contexts, signals, slot);
     sys::exit_now(code)
 }
@@ -99,6 +107,8 @@ pub(crate) fn run_companion(
     sys::die_with_parent(libc::SIGTERM);
     let name = master.svcs[s].conf.companions[c].name.clone();
     proctitle::set(&format!("{}: {name}", proctitle::name()), &name);
+    let policy = master.svcs[s].conf.companions[c].sandbox.as_ref();
+    sandbox::enter_or_exit(policy, Role::Server, &name);
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run())).unwrap_or(1);
     sys::exit_now(code)
 }
@@ -152,6 +162,7 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);
+    sandbox::enter_or_exit(svc.sandbox.as_ref(), Role::Worker, &svc.name);
     match worker::serve_connection(handler.as_ref(), fd, peer, ctx) {
         worker::Outcome::Ok => Ok(()),
         worker::Outcome::Failed => Err(Error::new(1, format!("{}: handler failed", svc.name))),

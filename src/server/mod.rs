@@ -38,6 +38,7 @@ use std::time::Duration;
 use crate::addr::ListenAddr;
 use crate::handler::{DatagramHandler, Model, StreamHandler};
 use crate::listener::Listener;
+use crate::sandbox::Sandbox;
 
 pub use crate::logging::RateLimitedLog;
 pub use children::PerSource;
@@ -58,6 +59,7 @@ pub struct Companion {
     pub(crate) run: Arc<dyn Fn() -> i32 + Send + Sync>,
     pub(crate) fds: Vec<RawFd>,
     pub(crate) drain_signal: Option<i32>,
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 impl Companion {
@@ -68,6 +70,7 @@ impl Companion {
             run: Arc::new(run),
             fds: Vec::new(),
             drain_signal: None,
+            sandbox: None,
         }
     }
 
@@ -84,6 +87,12 @@ impl Companion {
     /// Names a descriptor that belongs to this companion alone: workers close it.
     pub fn owns_fd(mut self, fd: RawFd) -> Companion {
         self.fds.push(fd);
+        self
+    }
+
+    /// Runs the process inside `policy` (see [`Sandbox`]).
+    pub fn sandbox(mut self, policy: Sandbox) -> Companion {
+        self.sandbox = Some(policy);
         self
     }
 }
@@ -104,6 +113,7 @@ pub struct Service {
     pub(crate) spawner: Option<Arc<dyn Spawner>>,
     pub(crate) reloads: Vec<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) recv_buffer: Option<usize>,
+    pub(crate) sandbox: Option<Sandbox>,
 }
 
 impl Service {
@@ -122,6 +132,7 @@ impl Service {
             spawner: None,
             reloads: Vec::new(),
             recv_buffer: None,
+            sandbox: None,
         }
     }
 
@@ -213,6 +224,14 @@ impl Service {
         self
     }
 
+    /// Runs every worker (and server process) of this service inside `policy`,
+    /// entered after fork and before the handler (see [`Sandbox`]). Without one the
+    /// workers run unsandboxed.
+    pub fn sandbox(mut self, policy: Sandbox) -> Service {
+        self.sandbox = Some(policy);
+        self
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -275,6 +294,7 @@ pub struct Server {
     pub(crate) name: Option<String>,
     pub(crate) setup_logging: bool,
     pub(crate) process_titles: bool,
+    pub(crate) sandbox: bool,
 }
 
 impl Default for Server {
@@ -296,6 +316,7 @@ impl Server {
             name: None,
             setup_logging: true,
             process_titles: true,
+            sandbox: true,
         }
     }
 
@@ -361,9 +382,15 @@ impl Server {
         self
     }
 
+    /// Whether services' sandboxes are entered (default on; `--no-sandbox`).
+    pub fn sandbox(mut self, on: bool) -> Server {
+        self.sandbox = on;
+        self
+    }
+
     /// Binds every listener (or takes them from systemd), then runs the master until
     /// SIGTERM/SIGINT/SIGQUIT. Returns after a clean shutdown.
-    pub fn run(self) -> Result<(), Error> {
+    pub fn run(mut self) -> Result<(), Error> {
         if let Some(name) = &self.name {
             crate::proctitle::set_name(name);
         }
@@ -374,7 +401,33 @@ impl Server {
             // Err only when a logger is installed already: the program's own.
             let _ = crate::logging::init(0, false);
         }
+        self.prepare_sandboxes()?;
         master::run(self)
+    }
+
+    /// Compiles every sandbox policy before the first fork, or drops them all under
+    /// `--no-sandbox`.
+    fn prepare_sandboxes(&mut self) -> Result<(), Error> {
+        let on = self.sandbox;
+        let mut any = false;
+        for svc in &mut self.services {
+            let companions = svc.companions.iter_mut().map(|c| (&c.name, &mut c.sandbox));
+            for (name, policy) in std::iter::once((&svc.name, &mut svc.sandbox)).chain(companions) {
+                if !on {
+                    *policy = None;
+                } else if let Some(p) = policy {
+                    p.prepare().map_err(|e| Error::new(Error::OSERR, e))?;
+                    log::debug!("{name}: sandbox: {}", p.describe());
+                    any = true;
+                }
+            }
+        }
+        if any {
+            crate::sandbox::check_support().map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
+        } else if !on {
+            log::info!("sandbox: off (--no-sandbox)");
+        }
+        Ok(())
     }
 }
 

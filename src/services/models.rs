@@ -68,7 +68,9 @@ pub fn defaults(service: &str, runtime_dir: &Path) -> Vec<String> {
 /// The service `name` (one of [`SERVICES`]) with its model and idle timeout set,
 /// reporting in `lang`.
 pub fn service(name: &str, lang: Lang) -> Service {
+    // The reply counts live workers and threads from /proc.
     Service::stream(name, Reference { lang })
+        .sandbox(crate::Sandbox::new().read_only("/proc"))
         .model(fixed_model(name).unwrap_or(Model::Fork))
         .idle_timeout(Some(DEFAULT_IDLE_TIMEOUT))
 }

@@ -22,6 +22,22 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_forkserve")
 }
 
+/// The path of example program `name`, built now (`cargo test --test X` does not
+/// build examples, so one left from an older build could be stale).
+pub fn example(name: &str) -> PathBuf {
+    let path = Path::new(bin())
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build --example {name}: {st:?}");
+    path
+}
+
 /// A fresh private directory for one test's sockets and files.
 pub struct TempDir(pub PathBuf);
 

@@ -121,8 +121,9 @@
 mod backend;
 mod broker;
 mod heartbeat;
+pub mod lines;
 mod names;
-mod protocol;
+pub mod protocol;
 mod texts;
 mod users;
 mod worker;
@@ -135,6 +136,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::handler::{Connection, StreamHandler};
+use crate::sandbox::Sandbox;
 use crate::server::{Companion, Error, Service};
 
 pub use broker::MAX_QUEUED;
@@ -265,6 +267,7 @@ pub fn service(
             "--rate: expected at least 1 line a second",
         ));
     }
+    let relays = opts.backend.is_some();
     let backend = match &opts.backend {
         Some(url) => Some(check_backend(url, opts.backend_optional)?),
         None => None,
@@ -286,10 +289,24 @@ pub fn service(
     });
     let fd = listener.as_raw_fd();
     let bconf = Arc::clone(&config);
-    let broker = Companion::new("broker", move || broker::run(&listener, &bconf))
+    // The broker serves its IPC socket, and binds it again in the runtime directory
+    // if its file is removed; a worker only connects to it. With a Redis backend
+    // the broker also opens TCP connections, which its sandbox does not allow:
+    // it then runs without one (the workers keep theirs).
+    let mut broker = Companion::new("broker", move || broker::run(&listener, &bconf))
         .owns_fd(fd)
         .drain_signal(libc::SIGWINCH);
-    Ok(Service::stream("chat", Chat { config }).companion(broker))
+    if !relays {
+        broker = broker.sandbox(
+            Sandbox::new()
+                .unix_listen()
+                .read_write(&rt)
+                .syscalls(&[libc::SYS_signalfd4]),
+        );
+    }
+    Ok(Service::stream("chat", Chat { config })
+        .companion(broker)
+        .sandbox(Sandbox::new().unix_connect()))
 }
 
 /// Parses `--backend` and checks, once, that Redis answers: an unreachable backend

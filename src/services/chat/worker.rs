@@ -3,7 +3,6 @@
 //! login, answers `/help`, turns commands into requests, and writes what the broker
 //! sends. When the broker dies it tells the client, reconnects and re-registers.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -12,8 +11,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::heartbeat::{self, Beat, Heartbeat};
+use super::lines::{self, Input, Lines};
 use super::protocol::{Event, InBuf, Request};
-use super::{Config, LOBBY, MAX_LINE, name_key, room_name, user_name};
+use super::{Config, LOBBY, name_key, room_name, user_name};
 use crate::handler::{Connection, Model};
 use crate::proctitle;
 
@@ -62,13 +62,6 @@ impl State {
     }
 }
 
-/// One line of client input.
-enum Input {
-    Line(Vec<u8>),
-    /// A line over [`MAX_LINE`] bytes (its bytes were dropped).
-    TooLong,
-}
-
 /// Lines per second, with one warning before a disconnect.
 struct Rate {
     limit: u32,
@@ -106,12 +99,9 @@ impl Rate {
 struct Worker<'a> {
     config: &'a Config,
     client: &'a mut Connection,
-    /// Received client bytes after the last complete line.
-    client_in: Vec<u8>,
-    /// Complete lines not yet handled.
-    lines: VecDeque<Input>,
-    /// Inside an over-long line: bytes are dropped up to the next newline.
-    discarding: bool,
+    /// Received client bytes as lines (complete ones not yet handled, and the
+    /// unfinished last one).
+    lines: Lines,
     client_out: Vec<u8>,
     client_eof: bool,
     ipc: Option<UnixStream>,
@@ -141,9 +131,7 @@ pub fn serve(config: &Config, client: &mut Connection) -> io::Result<()> {
     let mut w = Worker {
         config,
         client,
-        client_in: Vec::new(),
-        lines: VecDeque::new(),
-        discarding: false,
+        lines: Lines::default(),
         client_out: Vec::new(),
         client_eof: false,
         ipc: None,
@@ -399,7 +387,7 @@ impl Worker<'_> {
             Ok(0) => self.client_eof = true,
             Ok(n) => {
                 self.last_input = Instant::now();
-                self.take_client_bytes(n, buf);
+                self.lines.push(&buf[..n]);
             }
             Err(e)
                 if matches!(
@@ -415,60 +403,22 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Splits received bytes into lines, refusing over-long lines as they come.
-    fn take_client_bytes(&mut self, n: usize, buf: &[u8]) {
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            let nl = data.iter().position(|&b| b == b'\n');
-            if self.discarding {
-                match nl {
-                    Some(p) => {
-                        self.discarding = false;
-                        data = &data[p + 1..];
-                        continue;
-                    }
-                    None => return,
-                }
-            }
-            match nl {
-                Some(p) => {
-                    self.client_in.extend_from_slice(&data[..p]);
-                    let line = std::mem::take(&mut self.client_in);
-                    self.lines.push_back(line_or_too_long(line));
-                    data = &data[p + 1..];
-                }
-                None => {
-                    self.client_in.extend_from_slice(data);
-                    // Longer than any acceptable line (+ a CR): refuse it now.
-                    if self.client_in.len() > MAX_LINE + 1 {
-                        self.client_in.clear();
-                        self.lines.push_back(Input::TooLong);
-                        self.discarding = true;
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
     /// When a partial line will have waited [`PARTIAL_LINE_PAUSE`] since the last input.
     fn partial_line_due(&self) -> Option<Instant> {
-        (!self.client_in.is_empty() && !self.discarding && !self.client_eof)
-            .then(|| self.last_input + PARTIAL_LINE_PAUSE)
+        (self.lines.has_partial() && !self.client_eof).then(|| self.last_input + PARTIAL_LINE_PAUSE)
     }
 
     /// Takes a partial line the client has paused after as a whole line.
     fn take_paused_line(&mut self) {
         if self.partial_line_due().is_some_and(|t| Instant::now() >= t) {
-            let line = std::mem::take(&mut self.client_in);
-            self.lines.push_back(line_or_too_long(line));
+            self.lines.close_partial();
         }
     }
 
     /// Handles complete client lines while the state allows, and the end of input.
     fn handle_input(&mut self) {
         while self.state.takes_input() && self.done.is_none() {
-            let Some(input) = self.lines.pop_front() else {
+            let Some(input) = self.lines.next_line() else {
                 break;
             };
             self.handle_line(input);
@@ -478,9 +428,8 @@ impl Worker<'_> {
             && self.state.takes_input()
             && self.done.is_none()
         {
-            if !self.client_in.is_empty() && !self.discarding {
-                let line = std::mem::take(&mut self.client_in);
-                self.handle_line(line_or_too_long(line));
+            if let Some(line) = self.lines.take_last() {
+                self.handle_line(line);
                 if !(self.state.takes_input() && self.done.is_none()) {
                     return;
                 }
@@ -522,15 +471,11 @@ impl Worker<'_> {
                 return;
             }
         }
-        let Ok(text) = std::str::from_utf8(&raw) else {
+        let Some(clean) = lines::clean(&raw) else {
             self.reply(self.config.texts.invalid_utf8());
             self.reprompt();
             return;
         };
-        let clean: String = text
-            .chars()
-            .filter(|&c| c == '\t' || !c.is_control())
-            .collect();
         match self.state {
             State::Name => self.take_name(clean.trim()),
             State::Password => self.take_password(&clean),
@@ -842,18 +787,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// A complete line, or TooLong when it exceeds [`MAX_LINE`] (a final CR not counted).
-fn line_or_too_long(mut line: Vec<u8>) -> Input {
-    if line.ends_with(b"\r") {
-        line.pop();
-    }
-    if line.len() > MAX_LINE {
-        Input::TooLong
-    } else {
-        Input::Line(line)
     }
 }
 

@@ -89,7 +89,7 @@ pub mod wire;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::{Error, Service};
+use crate::{Error, Sandbox, Service};
 
 pub use server::{Files, Limits};
 
@@ -173,5 +173,7 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
         Error::new(66, format!("files: cannot serve {}: {why}", root.display()))
     })?;
     log::info!("files: serving {}", root.display());
-    Ok(Some(Service::datagram("files", files)))
+    // A worker reads the served directory, nothing else.
+    let policy = Sandbox::new().read_only(root);
+    Ok(Some(Service::datagram("files", files).sandbox(policy)))
 }

@@ -296,7 +296,8 @@ pub fn parse_reply(datagram: &[u8]) -> Option<Reply<'_>> {
             })
         }
         [b"ERR", ..] if rest.is_empty() => {
-            let text = std::str::from_utf8(&line[4..]).ok()?;
+            // `ERR` alone (no text) is no reply of this protocol: no panic on it.
+            let text = std::str::from_utf8(line.get(4..)?).ok()?;
             Failure::from_text(text).map(Reply::Err)
         }
         _ => None,
@@ -306,6 +307,14 @@ pub fn parse_reply(datagram: &[u8]) -> Option<Reply<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `files_reply` fuzz target: a 4-byte `ERR\n` datagram made
+    /// `files-get` panic (slice out of range).
+    #[test]
+    fn a_bare_err_reply_is_not_a_reply() {
+        assert_eq!(parse_reply(b"ERR\n"), None);
+        assert_eq!(parse_reply(b"ERR \n"), None);
+    }
 
     #[test]
     fn parses_requests() {

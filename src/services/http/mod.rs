@@ -50,6 +50,7 @@ pub struct Http {
 impl Http {
     /// A handler that closes a connection after `max_requests_per_connection`.
     pub fn new(max_requests_per_connection: u64) -> Http {
+        routes::note_binary_mtime();
         Http {
             max_requests: max_requests_per_connection.max(1),
             router: Box::new(routes::respond),

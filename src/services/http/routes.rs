@@ -76,17 +76,25 @@ fn home(texts: Texts) -> Response {
         .header("Cache-Control", format!("max-age={HOME_MAX_AGE}"))
         .header("Accept-Ranges", "bytes")
         .header("ETag", etag);
-    if let Some(t) = binary_mtime() {
-        resp = resp.header("Last-Modified", crate::http_date(t));
+    if let Some(&Some(t)) = BINARY_MTIME.get() {
+        resp = resp.header("Last-Modified", crate::http_date(t.min(crate::unix_now())));
     }
     resp
 }
 
-/// When the running binary was written: when the home page last changed.
-fn binary_mtime() -> Option<i64> {
+/// When the running binary was written: when the home page last changed. Read
+/// once by [`note_binary_mtime`] before the first fork (a sandboxed worker may
+/// not look at the executable); workers inherit it.
+static BINARY_MTIME: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+
+/// Records the executable's modification time for the home page's
+/// Last-Modified (called where the service is built, in the master).
+pub fn note_binary_mtime() {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(std::env::current_exe().ok()?).ok()?;
-    Some(meta.mtime().min(crate::unix_now()))
+    BINARY_MTIME.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        Some(std::fs::metadata(exe).ok()?.mtime())
+    });
 }
 
 fn info(req: &Request, env: &Env<'_>) -> Response {

@@ -1,0 +1,47 @@
+//! File-service request datagrams as the server parses them: never a panic; a name
+//! that passes is a valid file name (no `/`, no control characters, not `.` or
+//! `..`); ranges are ordered, at most MAX_RANGES, and survive a round trip through
+//! their text form.
+#![no_main]
+
+use forkserve::services::files::wire::{self, MAX_RANGES, Range, Request};
+use libfuzzer_sys::fuzz_target;
+
+/// The server's request parser: the one entry point this target fuzzes.
+fn parse(datagram: &[u8]) -> Option<Request<'_>> {
+    wire::parse_request(datagram)
+}
+
+fn check_ranges(ranges: &[Range]) {
+    assert!(
+        !ranges.is_empty() && ranges.len() <= MAX_RANGES,
+        "{} ranges",
+        ranges.len()
+    );
+    assert!(ranges.iter().all(|r| r.from <= r.to), "{ranges:?}");
+    let text = wire::format_ranges(ranges);
+    let again = wire::parse_ranges(text.as_bytes())
+        .unwrap_or_else(|| panic!("ranges {ranges:?} print as {text:?}, which does not parse"));
+    assert_eq!(again, ranges);
+}
+
+fn check_name(name: &[u8]) {
+    assert!(wire::valid_name(name));
+    assert!(
+        !name.contains(&b'/') && name != b"." && name != b"..",
+        "{name:?}"
+    );
+    assert!(name.iter().all(|&b| b > b' ' && b != 0x7f), "{name:?}");
+}
+
+fuzz_target!(|data: &[u8]| {
+    match parse(data) {
+        None | Some(Request::List(None)) => {}
+        Some(Request::List(Some(r))) => check_ranges(&r),
+        Some(Request::Stat(name)) | Some(Request::Get(name, None)) => check_name(name),
+        Some(Request::Get(name, Some(r))) => {
+            check_name(name);
+            check_ranges(&r);
+        }
+    }
+});
