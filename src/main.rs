@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 
 use forkserve::listener::runtime_dir;
-use forkserve::services::{chat, echo, files, http, models, time};
+use forkserve::services::{chat, echo, files, http, models, proxy, time};
 use forkserve::{Error, ListenAddr, Model, Server, Service};
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ enum Command {
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
+    /// HTTP forward proxy with a disk cache, access lists and CONNECT (default
+    /// tcp:127.0.0.1:3128, unix:RUNDIR/proxy.sock; loopback clients only unless --allow-clients)
+    Proxy,
 }
 
 impl Command {
@@ -74,6 +77,7 @@ impl Command {
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
             Command::Models => Some("models"),
+            Command::Proxy => Some("proxy"),
         }
     }
 }
@@ -159,6 +163,8 @@ struct ServeOpts {
     chat: chat::ChatOpts,
     #[command(flatten)]
     http: http::HttpOpts,
+    #[command(flatten)]
+    proxy: proxy::ProxyOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -223,6 +229,19 @@ const BUILTINS: &[Builtin] = &[
             Ok(Some(
                 Service::stream("http", h).idle_timeout(Some(http::DEFAULT_IDLE_TIMEOUT)),
             ))
+        },
+    },
+    Builtin {
+        name: "proxy",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:3128".into(),
+                format!("unix:{}/proxy.sock", rt.display()),
+            ]
+        },
+        make: |o| {
+            let rt = runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
+            proxy::service(&o.proxy, &rt).map(Some)
         },
     },
     Builtin {

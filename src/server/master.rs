@@ -276,6 +276,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 model: conf.model,
                 idle_timeout: conf.idle_timeout,
                 local: l.addr().to_string(),
+                reloads: 0,
             })
             .collect();
         let nslots = match conf.model {
@@ -526,7 +527,7 @@ impl Master {
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
         if self.signals.take(libc::SIGHUP) {
-            log::info!("SIGHUP received: nothing to reload (reserved for a later use)");
+            self.count_reload();
         }
         if self.signals.take(libc::SIGUSR1) {
             log::info!(
@@ -545,6 +546,19 @@ impl Master {
         } else if term || int {
             self.begin_shutdown(if term { "SIGTERM" } else { "SIGINT" });
         }
+    }
+
+    /// SIGHUP: every context handed to a later connection carries one more reload,
+    /// so services that keep configuration files re-read them there.
+    fn count_reload(&mut self) {
+        let mut n = 0;
+        for ctx in self.svcs.iter_mut().flat_map(|s| s.contexts.iter_mut()) {
+            ctx.reloads += 1;
+            n = ctx.reloads;
+        }
+        log::info!(
+            "SIGHUP received (reload {n}): services re-read their configuration on their next connection"
+        );
     }
 
     fn begin_shutdown(&mut self, why: &str) {

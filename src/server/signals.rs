@@ -3,7 +3,7 @@
 //! the flags at a safe point.
 //!
 //! Meanings in the master: SIGTERM/SIGINT drain and exit (a second one: stop now),
-//! SIGQUIT stop now, SIGHUP logged (reserved), SIGCHLD reap.
+//! SIGQUIT stop now, SIGHUP counted as a reload (see `Context::reloads`), SIGCHLD reap.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

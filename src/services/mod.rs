@@ -6,4 +6,5 @@ pub mod echo;
 pub mod files;
 pub mod http;
 pub mod models;
+pub mod proxy;
 pub mod time;

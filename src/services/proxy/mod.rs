@@ -1,0 +1,982 @@
+//! The HTTP forward proxy (exercise 3 of the reference): absolute-form requests of
+//! every method forwarded to the origin with bodies streamed both ways, GET and
+//! HEAD answered from a disk cache shared by the forked workers, CONNECT tunnels to
+//! allowed ports, access lists with a default denial of internal destinations, and
+//! one log line per request (Squid native or combined format).
+//!
+//! One forked worker serves one client connection: keep-alive and pipelined
+//! requests in order, the origin connection kept for the next request to the same
+//! host.
+
+pub mod acl;
+pub mod cache;
+pub mod forward;
+pub mod log;
+pub mod resolve;
+pub mod tunnel;
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::handler::{Connection, Stream, StreamHandler};
+use crate::peer::Peer;
+use crate::server::{Error, Service};
+use crate::services::http::request::{Body, Failure, Input, Request};
+use crate::services::http::response::Response;
+use acl::{Acl, AclSource, Cidr, Target};
+use cache::{Cache, Meta, policy};
+use forward::{
+    ClientFraming, Conditional, Framing, ProxyError, RelayError, ResponseHead, Upstream, Url,
+};
+use log::{CacheResult, LogFormat, Record};
+
+/// How long a client may take between requests on a kept-alive connection when
+/// `--idle-timeout` is not given.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Options of the proxy service.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyOpts {
+    /// Proxy: also serve clients from CIDR (repeatable). By default only loopback
+    /// and Unix-socket clients may use it. An open proxy is found and abused within
+    /// hours: never open it to the Internet
+    #[arg(long = "allow-clients", value_name = "CIDR", global = true)]
+    pub allow_clients: Vec<String>,
+    /// Proxy: seconds to wait for an origin to accept a connection (then 504)
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, global = true)]
+    pub connect_timeout: f64,
+    /// Proxy: seconds an origin may stay silent (then 504, or the end of a body)
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, global = true)]
+    pub upstream_timeout: f64,
+    /// Proxy: ports CONNECT may open tunnels to (comma-separated)
+    #[arg(
+        long,
+        value_name = "PORTS",
+        value_delimiter = ',',
+        default_value = "443",
+        global = true
+    )]
+    pub connect_ports: Vec<u16>,
+    /// Proxy: cache directory (default $CACHE_DIRECTORY, else RUNDIR/proxy-cache)
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Proxy: cache size cap, least recently used entries evicted (K, M, G; 0: no cache)
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::services::files::parse_size, global = true)]
+    pub cache_size: u64,
+    /// Proxy: access-list file, re-read on SIGHUP (format in the README)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub acl: Option<PathBuf>,
+    /// Proxy: allow RULE (a destination CIDR, host glob, URL prefix or `client:CIDR`); before --deny and the file
+    #[arg(long, value_name = "RULE", global = true)]
+    pub allow: Vec<String>,
+    /// Proxy: deny RULE; after --allow, before the file
+    #[arg(long, value_name = "RULE", global = true)]
+    pub deny: Vec<String>,
+    /// Proxy: request log format
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "squid",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Proxy: hosts file consulted before DNS
+    #[arg(long, value_name = "FILE", default_value = "/etc/hosts", global = true)]
+    pub hosts_file: PathBuf,
+    /// Proxy: resolver configuration (nameservers, search, ndots)
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/resolv.conf",
+        global = true
+    )]
+    pub resolv_conf: PathBuf,
+}
+
+/// The proxy handler.
+pub struct Proxy {
+    clients: Vec<Cidr>,
+    connect_timeout: Duration,
+    upstream_timeout: Duration,
+    connect_ports: Vec<u16>,
+    cache: Option<Cache>,
+    acl: AclSource,
+    log_format: LogFormat,
+    resolver: resolve::Resolver,
+}
+
+fn config(msg: String) -> Error {
+    Error::new(Error::CONFIG, msg)
+}
+
+fn secs(flag: &str, v: f64) -> Result<Duration, Error> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(Error::new(
+            Error::USAGE,
+            format!("{flag}: expected a positive number of seconds, got {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Builds the proxy service from its options: loads the access list and opens the
+/// cache directory (errors name the option or file at fault).
+pub fn service(opts: &ProxyOpts, runtime_dir: &Path) -> Result<Service, Error> {
+    let clients = opts
+        .allow_clients
+        .iter()
+        .map(|c| {
+            Cidr::parse(c)
+                .map_err(|e| Error::new(Error::USAGE, format!("--allow-clients {c}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let loaded = Acl::load(&opts.allow, &opts.deny, opts.acl.as_deref()).map_err(config)?;
+    let cache = if opts.cache_size == 0 {
+        None
+    } else {
+        let dir = opts.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("CACHE_DIRECTORY")
+                .and_then(|d| std::env::split_paths(&d).next())
+                .unwrap_or_else(|| runtime_dir.join("proxy-cache"))
+        });
+        let c = Cache {
+            dir,
+            max_size: opts.cache_size,
+            max_object: (opts.cache_size / 4).max(1),
+        };
+        c.open().map_err(|e| Error::new(Error::OSERR, e))?;
+        Some(c)
+    };
+    if opts.connect_ports.contains(&0) {
+        return Err(Error::new(Error::USAGE, "--connect-ports: 0 is not a port"));
+    }
+    let proxy = Proxy {
+        clients,
+        connect_timeout: secs("--connect-timeout", opts.connect_timeout)?,
+        upstream_timeout: secs("--upstream-timeout", opts.upstream_timeout)?,
+        connect_ports: opts.connect_ports.clone(),
+        cache,
+        acl: AclSource {
+            allow: opts.allow.clone(),
+            deny: opts.deny.clone(),
+            file: opts.acl.clone(),
+            loaded,
+        },
+        log_format: opts.log_format,
+        resolver: resolve::Resolver {
+            hosts_file: opts.hosts_file.clone(),
+            resolv_conf: opts.resolv_conf.clone(),
+        },
+    };
+    Ok(Service::stream("proxy", proxy).idle_timeout(Some(DEFAULT_IDLE_TIMEOUT)))
+}
+
+/// One request as it goes through the proxy: what the log line needs.
+struct Job<'a> {
+    req: &'a Request,
+    url: String,
+    result: CacheResult,
+    status: u16,
+    bytes: u64,
+    server: Option<IpAddr>,
+    content_type: Option<String>,
+    upstream: Option<Duration>,
+    started: Instant,
+}
+
+impl<'a> Job<'a> {
+    fn new(req: &'a Request) -> Job<'a> {
+        Job {
+            req,
+            url: req.target.clone(),
+            result: CacheResult::Pass,
+            status: 0,
+            bytes: 0,
+            server: None,
+            content_type: None,
+            upstream: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn log(&self, peer: &Peer, fmt: LogFormat) {
+        Record {
+            peer,
+            method: &self.req.method,
+            url: &self.url,
+            minor: self.req.minor,
+            status: self.status,
+            bytes: self.bytes,
+            result: self.result,
+            server: self.server,
+            content_type: self.content_type.as_deref(),
+            referer: self.req.header("referer"),
+            user_agent: self.req.header("user-agent"),
+            upstream: self.upstream,
+            total: self.started.elapsed(),
+        }
+        .log(fmt);
+    }
+}
+
+/// The state of one client connection.
+struct Client<'c> {
+    conn: &'c mut Connection,
+    input: Input,
+    idle: Option<Duration>,
+    acl: Acl,
+    upstream: Option<Upstream>,
+}
+
+/// What to do with the client connection after a request.
+#[derive(PartialEq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+impl StreamHandler for Proxy {
+    fn handle(&self, conn: &mut Connection) -> io::Result<()> {
+        let _ = conn.stream().set_nodelay();
+        let idle = conn.context().idle_timeout.filter(|t| !t.is_zero());
+        if let Stream::Tcp(s) = conn.stream() {
+            let _ = s.set_write_timeout(Some(self.upstream_timeout));
+        }
+        let acl = self.acl.current(conn.context().reloads);
+        let mut client = Client {
+            conn,
+            input: Input::for_proxy(),
+            idle,
+            acl,
+            upstream: None,
+        };
+        if let Some(why) = self.refuse_client(client.conn.peer()) {
+            ::log::info!("proxy: {}: {why}", client.conn.peer());
+            let page = Response::error(403, &why).to_bytes(
+                &crate::http_date(crate::unix_now()),
+                false,
+                false,
+            );
+            let _ = client.conn.write_all(&page);
+            return Ok(());
+        }
+        loop {
+            let req = match client.input.read_head(client.conn, idle) {
+                Ok(r) => r,
+                Err(Failure::Closed) => return Ok(()),
+                Err(Failure::TimedOut) => {
+                    let page = Response::error(408, "The request did not arrive in time.");
+                    let _ = client.conn.write_all(&page.to_bytes(
+                        &crate::http_date(crate::unix_now()),
+                        false,
+                        false,
+                    ));
+                    return Ok(());
+                }
+                Err(Failure::Http(e)) => {
+                    ::log::info!(
+                        "proxy: {}: refused \"{}\": {} {}",
+                        client.conn.peer(),
+                        e.line,
+                        e.status,
+                        e.detail
+                    );
+                    let page = Response::error(e.status, &e.detail);
+                    let _ = client.conn.write_all(&page.to_bytes(
+                        &crate::http_date(crate::unix_now()),
+                        false,
+                        false,
+                    ));
+                    return Ok(());
+                }
+                Err(Failure::Io(e)) => return Err(e),
+            };
+            let mut job = Job::new(&req);
+            let next = self.serve(&mut client, &req, &mut job);
+            job.log(client.conn.peer(), self.log_format);
+            match next {
+                Ok(Next::KeepAlive) if req.keep_alive() => {}
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    ::log::debug!("proxy: {}: connection ended: {e}", client.conn.peer());
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Proxy {
+    /// Why this client may not use the proxy, if it may not.
+    fn refuse_client(&self, peer: &Peer) -> Option<String> {
+        let Peer::Ip(addr) = peer else { return None };
+        let ip = addr.ip();
+        let v4 = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if v4.is_loopback() || self.clients.iter().any(|c| c.contains(ip)) {
+            return None;
+        }
+        Some(format!(
+            "Client {ip} may not use this proxy (see --allow-clients)."
+        ))
+    }
+
+    /// Serves one request; says whether the connection may carry another.
+    fn serve(&self, c: &mut Client<'_>, req: &Request, job: &mut Job<'_>) -> io::Result<Next> {
+        if req.method == "CONNECT" {
+            return self.connect_tunnel(c, req, job);
+        }
+        let url = match Url::parse(&req.target) {
+            Ok(u) => u,
+            Err(e) => return self.fail(c, req, job, ProxyError::new(400, e), CacheResult::Error),
+        };
+        job.url = url.key();
+        if forward::is_loop(req) {
+            let e = ProxyError::new(
+                508,
+                format!(
+                    "The request already went through {} (Via): a forwarding loop.",
+                    forward::VIA_NAME
+                ),
+            );
+            return self.fail(c, req, job, e, CacheResult::Error);
+        }
+        let addrs = match self.admit(c, &url.host, &job.url) {
+            Ok(a) => a,
+            Err((e, result)) => return self.fail(c, req, job, e, result),
+        };
+        if req.expects_continue() {
+            c.conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let cacheable = self.cache.is_some() && matches!(req.method.as_str(), "GET" | "HEAD");
+        let outcome = if cacheable {
+            self.serve_cacheable(c, req, job, &url, &addrs)
+        } else {
+            self.pass(c, req, job, &url, &addrs, None).map(|r| r.0)
+        };
+        match outcome {
+            Ok(next) => Ok(next),
+            Err(Outcome::Answer(e)) => {
+                let result = if job.result == CacheResult::Pass {
+                    CacheResult::Error
+                } else {
+                    job.result
+                };
+                self.fail(c, req, job, e, result)
+            }
+            Err(Outcome::Broken(e)) => {
+                ::log::info!("proxy: {} {}: {e}", req.method, job.url);
+                Ok(Next::Close)
+            }
+        }
+    }
+
+    /// Access lists, name resolution and the SSRF default: the addresses this
+    /// request may go to, or the answer refusing it.
+    fn admit(
+        &self,
+        c: &Client<'_>,
+        host: &str,
+        url: &str,
+    ) -> Result<Vec<IpAddr>, (ProxyError, CacheResult)> {
+        let target = Target {
+            client: c.conn.peer().ip().map(|a| a.ip()),
+            host,
+            url,
+        };
+        let deny = |why: &str| {
+            (
+                ProxyError::new(
+                    403,
+                    format!("Access to {url} is denied by the access list ({why})."),
+                ),
+                CacheResult::Denied,
+            )
+        };
+        if let Some(v) = c.acl.check(&target, None)
+            && !v.allow
+        {
+            return Err(deny(&v.why));
+        }
+        let addrs = self.resolver.resolve(host).map_err(|e| {
+            (
+                ProxyError::new(502, format!("The name {host} could not be resolved: {e}.")),
+                CacheResult::Error,
+            )
+        })?;
+        let mut allowed = Vec::new();
+        let mut first_refusal = None;
+        for a in addrs {
+            match c.acl.check(&target, Some(a)) {
+                Some(v) if v.allow => allowed.push(a),
+                Some(v) => {
+                    first_refusal.get_or_insert(v.why);
+                }
+                None => {}
+            }
+        }
+        if allowed.is_empty() {
+            return Err(deny(
+                first_refusal.as_deref().unwrap_or("no address allowed"),
+            ));
+        }
+        Ok(allowed)
+    }
+
+    /// Answers with an error page; the connection stays open only when nothing of
+    /// the request is left unread.
+    fn fail(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+        e: ProxyError,
+        result: CacheResult,
+    ) -> io::Result<Next> {
+        job.status = e.status;
+        job.result = result;
+        let keep = req.body == Body::None && req.keep_alive();
+        let page = Response::error(e.status, &e.detail)
+            .header("Via", format!("1.1 {}", forward::VIA_NAME));
+        let bytes = page.to_bytes(
+            &crate::http_date(crate::unix_now()),
+            keep,
+            req.method == "HEAD",
+        );
+        job.bytes = page.body.len() as u64;
+        c.conn.write_all(&bytes)?;
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// An origin connection for `url`: the kept one when it goes to the same
+    /// place, else a new one.
+    fn upstream<'u>(
+        &self,
+        c: &'u mut Client<'_>,
+        url: &Url,
+        addrs: &[IpAddr],
+    ) -> Result<&'u mut Upstream, ProxyError> {
+        let authority = url.authority();
+        if c.upstream
+            .as_ref()
+            .is_some_and(|u| u.authority != authority || !addrs.contains(&u.addr.ip()))
+        {
+            c.upstream = None;
+        }
+        if c.upstream.is_none() {
+            c.upstream = Some(forward::connect(
+                &authority,
+                addrs,
+                url.port,
+                self.connect_timeout,
+                self.upstream_timeout,
+            )?);
+        }
+        Ok(c.upstream.as_mut().expect("just connected"))
+    }
+
+    /// Sends the request (and its body) and reads the response head. A kept
+    /// connection the origin closed meanwhile is replaced once, for requests
+    /// without a body.
+    fn exchange(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        url: &Url,
+        addrs: &[IpAddr],
+        head: &[u8],
+        job: &mut Job<'_>,
+    ) -> Result<ResponseHead, Outcome> {
+        for attempt in 0..2 {
+            let reused = c
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.authority == url.authority() && u.used > 0);
+            let sent = Instant::now();
+            let up = self.upstream(c, url, addrs).map_err(Outcome::Answer)?;
+            job.server = Some(up.addr.ip());
+            up.used += 1;
+            let wrote = up.stream.write_all(head);
+            let result = match wrote {
+                Ok(()) if req.body != Body::None => {
+                    self.send_body(c, req).map_err(Outcome::from)?;
+                    let up = c.upstream.as_mut().expect("connected");
+                    forward::read_response(up, req.method == "HEAD", self.upstream_timeout)
+                        .map_err(Outcome::Answer)
+                }
+                Ok(()) => forward::read_response(up, req.method == "HEAD", self.upstream_timeout)
+                    .map_err(Outcome::Answer),
+                Err(e) => Err(Outcome::Answer(ProxyError::new(
+                    502,
+                    format!("Writing to {}: {e}.", url.authority()),
+                ))),
+            };
+            job.upstream = Some(sent.elapsed());
+            match result {
+                Err(Outcome::Answer(e))
+                    if reused && attempt == 0 && req.body == Body::None && e.status == 502 =>
+                {
+                    c.upstream = None;
+                }
+                Err(e) => {
+                    c.upstream = None;
+                    return Err(e);
+                }
+                Ok(h) => return Ok(h),
+            }
+        }
+        Err(Outcome::Answer(ProxyError::new(
+            502,
+            "The origin closed the connection twice.",
+        )))
+    }
+
+    /// Streams the client's request body to the origin (re-chunked if chunked).
+    fn send_body(&self, c: &mut Client<'_>, req: &Request) -> Result<(), BodyError> {
+        let up = c.upstream.as_mut().expect("connected");
+        let chunked = req.body == Body::Chunked;
+        let mut origin_err: Option<io::Error> = None;
+        let stream = &mut up.stream;
+        let mut sink = |piece: &[u8]| -> io::Result<()> {
+            let r = if chunked {
+                forward::write_piece(stream, ClientFraming::Chunked, piece)
+            } else {
+                stream.write_all(piece)
+            };
+            r.inspect_err(|e| origin_err = Some(io::Error::new(e.kind(), e.to_string())))
+        };
+        let r = c.input.copy_body(c.conn, req.body, c.idle, &mut sink);
+        if let Some(e) = origin_err {
+            return Err(BodyError::Origin(e));
+        }
+        r.map_err(BodyError::Client)?;
+        if chunked {
+            up.stream
+                .write_all(b"0\r\n\r\n")
+                .map_err(BodyError::Origin)?;
+        }
+        Ok(())
+    }
+
+    /// Forwards without storing. Returns how the connection goes on and, for the
+    /// caller that stores, nothing more (storing goes through `fetch_and_store`).
+    fn pass(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+        url: &Url,
+        addrs: &[IpAddr],
+        cond: Option<&Conditional>,
+    ) -> Result<(Next, ResponseHead), Outcome> {
+        let client = client_text(c.conn.peer());
+        let head = forward::request_head(req, url, &client, cond);
+        let resp = self.exchange(c, req, url, addrs, &head, job)?;
+        if job.result == CacheResult::Pass
+            && matches!(req.method.as_str(), "GET" | "HEAD")
+            && self.cache.is_some()
+        {
+            job.result = CacheResult::Miss;
+        }
+        let next = self.relay(c, req, job, &resp, None)?;
+        Ok((next, resp))
+    }
+
+    /// Sends the origin's response to the client, teeing the body into `store`.
+    fn relay(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+        resp: &ResponseHead,
+        mut store: Option<&mut cache::Writer>,
+    ) -> Result<Next, Outcome> {
+        job.status = resp.status;
+        job.content_type = resp.header("content-type").map(str::to_string);
+        let framing = match resp.framing {
+            Framing::Empty => ClientFraming::None(resp.declared_length),
+            Framing::Length(n) => ClientFraming::Length(n),
+            _ if req.minor >= 1 => ClientFraming::Chunked,
+            _ => ClientFraming::Close,
+        };
+        let keep = req.keep_alive() && framing != ClientFraming::Close;
+        let head = forward::client_head(
+            resp.status,
+            &resp.reason,
+            &resp.headers,
+            framing,
+            keep,
+            job.result.x_cache(),
+            None,
+        );
+        c.conn
+            .write_all(&head)
+            .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
+        let conn = &mut *c.conn;
+        let up = c.upstream.as_mut().expect("connected");
+        let mut out = |piece: &[u8]| -> io::Result<()> {
+            if let Some(w) = store.as_deref_mut() {
+                w.write(piece);
+            }
+            forward::write_piece(conn, framing, piece)
+        };
+        let sent = forward::relay_body(up, resp.framing, self.upstream_timeout, &mut out);
+        match sent {
+            Ok(n) => {
+                job.bytes = n;
+                if framing == ClientFraming::Chunked {
+                    c.conn
+                        .write_all(b"0\r\n\r\n")
+                        .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
+                }
+                if !resp.reusable {
+                    c.upstream = None;
+                }
+                Ok(if keep { Next::KeepAlive } else { Next::Close })
+            }
+            Err(RelayError::Client(e)) => {
+                c.upstream = None;
+                Err(Outcome::Broken(format!("client gone mid-body: {e}")))
+            }
+            Err(RelayError::Upstream(e)) => {
+                c.upstream = None;
+                if let Some(w) = store {
+                    w.abandon();
+                }
+                Err(Outcome::Broken(format!("response cut short: {e}")))
+            }
+        }
+    }
+
+    /// GET and HEAD: a fresh stored response, else one fetch per URL at a time
+    /// (revalidating a stale entry when it has validators), stored when allowed.
+    fn serve_cacheable(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+        url: &Url,
+        addrs: &[IpAddr],
+    ) -> Result<Next, Outcome> {
+        let cache = self.cache.as_ref().expect("cacheable only with a cache");
+        let key = url.key();
+        let req_cc = policy::directives(
+            req.all("cache-control")
+                .filter_map(|v| std::str::from_utf8(v).ok()),
+        );
+        let pragma = req.all("pragma").any(|v| {
+            String::from_utf8_lossy(v)
+                .to_ascii_lowercase()
+                .contains("no-cache")
+        });
+        let now = crate::unix_now();
+        let usable = |e: &cache::Entry| {
+            vary_matches(&e.meta, req)
+                && policy::usable_without_validation(&e.meta, &req_cc, pragma, crate::unix_now())
+        };
+        if let Some(e) = cache.lookup(&key).filter(&usable) {
+            return self.serve_entry(c, req, job, cache, e, CacheResult::Hit);
+        }
+        if req.method == "HEAD" {
+            return self.pass(c, req, job, url, addrs, None).map(|r| r.0);
+        }
+        let lock = cache.lock(&key, self.upstream_timeout);
+        let entry = cache.lookup(&key).filter(|e| vary_matches(&e.meta, req));
+        if let Some(e) = entry.as_ref().filter(|e| usable(e)) {
+            let e = cache::Entry {
+                meta: e.meta.clone(),
+                file: e
+                    .file
+                    .try_clone()
+                    .map_err(|e| Outcome::Broken(e.to_string()))?,
+            };
+            return self.serve_entry(c, req, job, cache, e, CacheResult::Hit);
+        }
+        let cond = entry.as_ref().and_then(|e| {
+            let etag = e.meta.header("etag").map(str::to_string);
+            let last_modified = e.meta.header("last-modified").map(str::to_string);
+            (etag.is_some() || last_modified.is_some()).then_some(Conditional {
+                etag,
+                last_modified,
+            })
+        });
+        let client = client_text(c.conn.peer());
+        let head = forward::request_head(req, url, &client, cond.as_ref());
+        let resp = self.exchange(c, req, url, addrs, &head, job)?;
+        if let (Some(e), Some(_), 304) = (entry, cond.as_ref(), resp.status) {
+            let meta = refreshed(&e.meta, &resp, job, now);
+            if let Err(err) = cache.refresh(&e, &meta) {
+                ::log::warn!(
+                    "proxy: cache {}: refreshing the entry: {err}",
+                    cache.dir.display()
+                );
+            }
+            if !resp.reusable {
+                c.upstream = None;
+            }
+            let e = cache::Entry { meta, file: e.file };
+            return self.serve_entry(c, req, job, cache, e, CacheResult::Revalidated);
+        }
+        job.result = CacheResult::Miss;
+        let mut meta = stored_meta(&key, &resp, req, job, now);
+        let refused = policy::refuse_store(&meta, &req_cc, req.header("authorization").is_some());
+        let mut writer = match (refused, &lock) {
+            (None, Some(_)) => cache.writer().ok(),
+            (Some(why), _) => {
+                ::log::debug!("proxy: not storing {key}: {why}");
+                None
+            }
+            (None, None) => None,
+        };
+        let next = self.relay(c, req, job, &resp, writer.as_mut())?;
+        if let Some(w) = writer.filter(cache::Writer::is_live) {
+            meta.body_len = job.bytes;
+            if let Err(e) = cache.commit(w, &meta) {
+                ::log::warn!("proxy: cache {}: storing {key}: {e}", cache.dir.display());
+            }
+        }
+        drop(lock);
+        Ok(next)
+    }
+
+    /// Answers from a stored entry (body read from the file; HEAD gets the head).
+    fn serve_entry(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+        cache: &Cache,
+        e: cache::Entry,
+        result: CacheResult,
+    ) -> Result<Next, Outcome> {
+        cache.touch(&e);
+        job.result = result;
+        job.status = e.meta.status;
+        job.content_type = e.meta.header("content-type").map(str::to_string);
+        let keep = req.keep_alive();
+        let age = e.meta.age(crate::unix_now());
+        let head_only = req.method == "HEAD" || matches!(e.meta.status, 204 | 304);
+        let framing = if head_only && e.meta.status == 204 {
+            ClientFraming::None(None)
+        } else {
+            ClientFraming::Length(e.meta.body_len)
+        };
+        let head = forward::client_head(
+            e.meta.status,
+            &e.meta.reason,
+            &e.meta.headers,
+            framing,
+            keep,
+            result.x_cache(),
+            Some(age),
+        );
+        let broken = |err: io::Error| Outcome::Broken(format!("client gone: {err}"));
+        c.conn.write_all(&head).map_err(broken)?;
+        if !head_only {
+            use std::io::{Read, Seek};
+            let mut file = &e.file;
+            file.seek(io::SeekFrom::Start(0)).map_err(broken)?;
+            let mut body = file.take(e.meta.body_len);
+            let sent = match c.conn.stream() {
+                Stream::Tcp(s) => io::copy(&mut body, &mut &*s),
+                Stream::Unix(s) => io::copy(&mut body, &mut &*s),
+            }
+            .map_err(broken)?;
+            job.bytes = sent;
+            if sent != e.meta.body_len {
+                return Err(Outcome::Broken(
+                    "the cache entry was shorter than recorded".into(),
+                ));
+            }
+        }
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// CONNECT host:port: allowed ports and access lists, then a tunnel.
+    fn connect_tunnel(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+    ) -> io::Result<Next> {
+        let (host, port) = match forward::split_authority(&req.target, 0) {
+            Ok((h, p)) if p != 0 => (h, p),
+            _ => {
+                let e = ProxyError::new(400, "CONNECT needs a host:port target.");
+                return self.fail(c, req, job, e, CacheResult::Error);
+            }
+        };
+        job.url = format!("{host}:{port}");
+        if !self.connect_ports.contains(&port) {
+            let e = ProxyError::new(
+                403,
+                format!("CONNECT to port {port} is not allowed (see --connect-ports)."),
+            );
+            return self.fail(c, req, job, e, CacheResult::Denied);
+        }
+        let url = format!(
+            "https://{}:{port}/",
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            }
+        );
+        let addrs = match self.admit(c, &host, &url) {
+            Ok(a) => a,
+            Err((e, r)) => return self.fail(c, req, job, e, r),
+        };
+        let started = Instant::now();
+        let mut up = match forward::connect(
+            &job.url,
+            &addrs,
+            port,
+            self.connect_timeout,
+            self.upstream_timeout,
+        ) {
+            Ok(u) => u,
+            Err(e) => return self.fail(c, req, job, e, CacheResult::Error),
+        };
+        job.upstream = Some(started.elapsed());
+        job.server = Some(up.addr.ip());
+        job.result = CacheResult::Tunnel;
+        job.status = 200;
+        c.conn
+            .write_all(b"HTTP/1.1 200 Connection established\r\nVia: 1.1 forkserve\r\n\r\n")?;
+        let early = c.input.buffered().to_vec();
+        c.input.consume(early.len());
+        let moved = tunnel::relay(c.conn, &mut up.stream, &early, self.upstream_timeout)?;
+        job.bytes = moved.down + moved.up;
+        Ok(Next::Close)
+    }
+}
+
+/// What stops a request short.
+enum Outcome {
+    /// Nothing was sent to the client yet: answer with this error page.
+    Answer(ProxyError),
+    /// The client or the origin went away mid-response: close.
+    Broken(String),
+}
+
+enum BodyError {
+    Client(Failure),
+    Origin(io::Error),
+}
+
+impl From<BodyError> for Outcome {
+    fn from(e: BodyError) -> Outcome {
+        match e {
+            BodyError::Origin(e) => Outcome::Answer(ProxyError::new(
+                502,
+                format!("The origin stopped taking the request body: {e}."),
+            )),
+            BodyError::Client(Failure::Http(h)) => {
+                Outcome::Answer(ProxyError::new(h.status, h.detail))
+            }
+            BodyError::Client(f) => {
+                Outcome::Broken(format!("the client's request body stopped: {f:?}"))
+            }
+        }
+    }
+}
+
+/// The client's address for X-Forwarded-For.
+fn client_text(peer: &Peer) -> String {
+    match peer {
+        Peer::Ip(a) => a.ip().to_string(),
+        Peer::Unix { .. } => "unknown".to_string(),
+    }
+}
+
+/// A request header's values, joined and with runs of whitespace collapsed.
+fn normalised(req: &Request, name: &str) -> String {
+    let joined: Vec<String> = req
+        .all(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    joined
+        .join(",")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// True when the request selects the same variant the entry was stored for.
+fn vary_matches(meta: &Meta, req: &Request) -> bool {
+    meta.vary
+        .iter()
+        .all(|(name, value)| normalised(req, name) == *value)
+}
+
+/// The metadata a response would be stored with.
+fn stored_meta(key: &str, resp: &ResponseHead, req: &Request, job: &Job<'_>, now: i64) -> Meta {
+    let vary = resp
+        .header("vary")
+        .map(|v| {
+            v.split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty() && n != "*")
+                .map(|n| {
+                    let value = normalised(req, &n);
+                    (n, value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut meta = Meta {
+        url: key.to_string(),
+        status: resp.status,
+        reason: resp.reason.clone(),
+        headers: resp
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("age"))
+            .cloned()
+            .collect(),
+        vary,
+        request_time: now - job.upstream.map_or(0, |d| d.as_secs() as i64),
+        response_time: now,
+        initial_age: 0,
+        body_len: 0,
+    };
+    meta.initial_age = initial_age(&meta, resp.header("age"));
+    meta
+}
+
+/// RFC 9111 4.2.3: the corrected initial age.
+fn initial_age(meta: &Meta, age_header: Option<&str>) -> i64 {
+    let age_value = age_header
+        .and_then(|a| a.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0);
+    let date = meta
+        .header("date")
+        .and_then(cache::parse_http_date)
+        .unwrap_or(meta.response_time);
+    let apparent = (meta.response_time - date).max(0);
+    let delay = meta.response_time - meta.request_time;
+    apparent.max(age_value + delay)
+}
+
+/// A stored entry's metadata after a 304: its fields updated from the 304's.
+fn refreshed(old: &Meta, resp: &ResponseHead, job: &Job<'_>, now: i64) -> Meta {
+    let mut meta = old.clone();
+    for (n, _) in &resp.headers {
+        meta.headers.retain(|(m, _)| !m.eq_ignore_ascii_case(n));
+    }
+    for (n, v) in &resp.headers {
+        if !n.eq_ignore_ascii_case("age") && !n.eq_ignore_ascii_case("content-length") {
+            meta.headers.push((n.clone(), v.clone()));
+        }
+    }
+    meta.request_time = now - job.upstream.map_or(0, |d| d.as_secs() as i64);
+    meta.response_time = now;
+    meta.initial_age = initial_age(&meta, resp.header("age"));
+    meta
+}
