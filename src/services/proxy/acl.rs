@@ -266,12 +266,18 @@ fn glob_match(glob: &[u8], s: &[u8]) -> bool {
     }
 }
 
-/// Case-insensitive in the scheme and host, exact in the path.
+/// Case-insensitive in the scheme and host, the default port implied, exact
+/// in the path (compared as sent, percent-encoding included).
 fn url_has_prefix(url: &str, prefix: &str) -> bool {
     let split = |u: &str| -> (String, String) {
         let after = u.find("://").map_or(0, |i| i + 3);
-        let path_at = u[after..].find('/').map_or(u.len(), |i| after + i);
-        (u[..path_at].to_ascii_lowercase(), u[path_at..].to_string())
+        let path_at = u[after..].find(['/', '?']).map_or(u.len(), |i| after + i);
+        let origin = u[..path_at].to_ascii_lowercase();
+        let origin = match origin.strip_prefix("https://") {
+            Some(_) => origin.strip_suffix(":443").unwrap_or(&origin).to_string(),
+            None => origin.strip_suffix(":80").unwrap_or(&origin).to_string(),
+        };
+        (origin, u[path_at..].to_string())
     };
     let (ua, up) = split(url);
     let (pa, pp) = split(prefix);

@@ -83,9 +83,9 @@ impl Url {
         Ok(Url { host, port, path })
     }
 
-    /// The cache key and log form: `http://host:port/path?query`.
+    /// The cache key and log form: `http://host[:port]/path?query` (no port when 80).
     pub fn key(&self) -> String {
-        format!("http://{}{}", self.authority(), self.path)
+        format!("http://{}{}", self.host_header(), self.path)
     }
 
     /// `host:port` (brackets around an IPv6 literal); the port left out when 80.
@@ -612,6 +612,7 @@ mod tests {
             ("example.com", 8080, "/?q=1")
         );
         assert_eq!(u.key(), "http://example.com:8080/?q=1");
+        assert_eq!(Url::parse("http://h:80").unwrap().key(), "http://h/");
         let u = Url::parse("http://[::1]/a").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.host_header()),

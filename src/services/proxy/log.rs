@@ -161,11 +161,11 @@ mod tests {
             total: Duration::from_millis(3),
         };
         assert_eq!(
-            r.format(LogFormat::Squid, 784111777_123),
+            r.format(LogFormat::Squid, 784_111_777_123),
             "784111777.123      3 127.0.0.1 TCP_HIT/200 12 GET http://h:80/a%20b - HIER_NONE/- text/plain upstream_ms=0"
         );
         assert_eq!(
-            r.format(LogFormat::Combined, 784111777_123),
+            r.format(LogFormat::Combined, 784_111_777_123),
             "127.0.0.1 - - [06/Nov/1994:08:49:37 +0000] \"GET http://h:80/a%20b HTTP/1.1\" 200 12 \"-\" \"curl/8\" HIT upstream_ms=0 total_ms=3"
         );
     }

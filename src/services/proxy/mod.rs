@@ -450,7 +450,13 @@ impl Proxy {
         );
         job.bytes = page.body.len() as u64;
         c.conn.write_all(&bytes)?;
-        Ok(if keep { Next::KeepAlive } else { Next::Close })
+        if keep {
+            return Ok(Next::KeepAlive);
+        }
+        if req.body != Body::None {
+            crate::services::http::linger(c.conn);
+        }
+        Ok(Next::Close)
     }
 
     /// An origin connection for `url`: the kept one when it goes to the same
