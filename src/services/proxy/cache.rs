@@ -23,6 +23,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
 const MAGIC: &[u8; 8] = b"FSPXC001";
+/// How long a URL whose response could not be stored skips the miss lock.
+const PASS_TTL: Duration = Duration::from_secs(120);
 
 /// Where the cache lives and how big it may grow.
 #[derive(Debug, Clone)]
@@ -170,7 +172,7 @@ impl Cache {
     pub fn lock(&self, url: &str, wait: Duration) -> Option<MissLock> {
         let path = self.dir.join(format!("{}.lock", file_name(url)));
         let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(5);
+        let mut pause = Duration::from_millis(1);
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -183,11 +185,29 @@ impl Cache {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                     // Another worker is fetching this URL: wait for it to finish.
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Remembers that `url` answered with something not storable: for a while its
+    /// misses go upstream at once instead of queueing behind one another on the
+    /// miss lock (Varnish's hit-for-miss).
+    pub fn mark_pass(&self, url: &str) {
+        let _ = File::create(self.dir.join(format!("{}.pass", file_name(url))));
+    }
+
+    /// True when `url` was marked with [`Cache::mark_pass`] within the last 120 s.
+    pub fn is_pass(&self, url: &str) -> bool {
+        std::fs::metadata(self.dir.join(format!("{}.pass", file_name(url))))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PASS_TTL))
+    }
+
+    pub fn clear_pass(&self, url: &str) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.pass", file_name(url))));
     }
 
     /// Starts a new entry: body bytes go to a temporary file.
@@ -259,6 +279,17 @@ impl Cache {
                 }
                 continue;
             }
+            if name.ends_with(".pass") {
+                if md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|a| a >= PASS_TTL)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
             if name.ends_with(".lock") {
                 locks.push((e.path(), md.modified().ok()));
                 continue;
@@ -288,7 +319,10 @@ impl Cache {
     fn remove_idle_locks(&self, locks: &[(PathBuf, Option<SystemTime>)]) {
         let old = SystemTime::now() - Duration::from_secs(60);
         for (path, modified) in locks {
-            if modified.is_some_and(|m| m > old) || path.with_extension("").exists() {
+            if modified.is_some_and(|m| m > old)
+                || path.with_extension("").exists()
+                || path.with_extension("pass").exists()
+            {
                 continue;
             }
             if let Ok(f) = File::open(path)

@@ -557,9 +557,11 @@ pub fn client_head(
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
     let mut via = Vec::new();
     for (n, v) in headers {
+        // A stored response's age replaces the one it came with.
+        let own_age = age.is_some() && n.eq_ignore_ascii_case("age");
         if n.eq_ignore_ascii_case("via") {
             via.push(v.as_str());
-        } else if !n.eq_ignore_ascii_case("age") && !n.eq_ignore_ascii_case("x-cache") {
+        } else if !own_age && !n.eq_ignore_ascii_case("x-cache") {
             let _ = write!(out, "{n}: {v}\r\n");
         }
     }

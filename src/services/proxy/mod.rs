@@ -691,7 +691,15 @@ impl Proxy {
         if req.method == "HEAD" {
             return self.pass(c, req, job, url, addrs, None).map(|r| r.0);
         }
-        let lock = cache.lock(&key, self.upstream_timeout);
+        // One fetch per URL at a time, unless the URL recently answered with
+        // something not storable (then there is nothing to wait for).
+        let lock = if cache.is_pass(&key) {
+            None
+        } else {
+            cache
+                .lock(&key, self.upstream_timeout)
+                .filter(|_| !cache.is_pass(&key))
+        };
         let entry = cache.lookup(&key).filter(|e| vary_matches(&e.meta, req));
         if let Some(e) = entry.as_ref().filter(|e| usable(e)) {
             let e = cache::Entry {
@@ -731,13 +739,19 @@ impl Proxy {
         job.result = CacheResult::Miss;
         let mut meta = stored_meta(&key, &resp, req, job, now);
         let refused = policy::refuse_store(&meta, &req_cc, req.header("authorization").is_some());
-        let mut writer = match (refused, &lock) {
-            (None, Some(_)) => cache.writer().ok(),
-            (Some(why), _) => {
+        // Stored under the miss lock, or without it when the URL was marked as
+        // not storable and now is (the rename makes a concurrent store safe).
+        let mut writer = match refused {
+            None if lock.is_some() || cache.is_pass(&key) => {
+                cache.clear_pass(&key);
+                cache.writer().ok()
+            }
+            None => None,
+            Some(why) => {
                 ::log::debug!("proxy: not storing {key}: {why}");
+                cache.mark_pass(&key);
                 None
             }
-            (None, None) => None,
         };
         let next = self.relay(c, req, job, &resp, writer.as_mut())?;
         if let Some(w) = writer.filter(cache::Writer::is_live) {
