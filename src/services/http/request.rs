@@ -186,24 +186,7 @@ impl Input {
         match body {
             Body::None => Ok(0),
             Body::Length(n) => self.copy_exact(src, n, idle, sink).map(|()| n),
-            Body::Chunked => {
-                let mut total: u64 = 0;
-                loop {
-                    let line = self.line(src, MAX_CHUNK_LINE, idle)?;
-                    let size = chunk_size(&line)
-                        .ok_or_else(|| bad("Malformed chunk size in the chunked body."))?;
-                    if size == 0 {
-                        break;
-                    }
-                    self.copy_exact(src, size, idle, sink)?;
-                    total += size;
-                    if !self.line(src, MAX_CHUNK_LINE, idle)?.is_empty() {
-                        return Err(bad("A chunk of the chunked body is longer than its size."));
-                    }
-                }
-                while !self.line(src, MAX_HEAD, idle)?.is_empty() {}
-                Ok(total)
-            }
+            Body::Chunked => self.copy_chunked(src, idle, u64::MAX, sink),
         }
     }
 
@@ -377,20 +360,10 @@ impl Input {
     fn skip(
         &mut self,
         src: &mut impl Source,
-        mut n: u64,
+        n: u64,
         idle: Option<Duration>,
     ) -> Result<(), Failure> {
-        loop {
-            let take = (self.buf.len() as u64).min(n) as usize;
-            self.buf.drain(..take);
-            n -= take as u64;
-            if n == 0 {
-                return Ok(());
-            }
-            if self.fill(src, idle)? == 0 {
-                return Err(Failure::Closed);
-            }
-        }
+        self.copy_exact(src, n, idle, &mut |_| Ok(()))
     }
 
     /// Takes one line (up to LF) off the buffer, without its CRLF.
@@ -423,13 +396,26 @@ impl Input {
         src: &mut impl Source,
         idle: Option<Duration>,
     ) -> Result<(), Failure> {
+        self.copy_chunked(src, idle, MAX_BODY, &mut |_| Ok(()))
+            .map(drop)
+    }
+
+    /// Decodes a chunked body into `sink` (at most `limit` bytes, else 413) and
+    /// drops its trailer fields (at most 8 KiB, else 431).
+    fn copy_chunked(
+        &mut self,
+        src: &mut impl Source,
+        idle: Option<Duration>,
+        limit: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, Failure> {
         let mut total: u64 = 0;
         loop {
             let line = self.line(src, MAX_CHUNK_LINE, idle)?;
             let size = chunk_size(&line)
                 .ok_or_else(|| bad("Malformed chunk size in the chunked body."))?;
             total = total.saturating_add(size);
-            if total > MAX_BODY {
+            if total > limit {
                 return Err(Failure::Http(HttpError::new(
                     413,
                     "The request body is larger than 1 MiB.",
@@ -438,7 +424,7 @@ impl Input {
             if size == 0 {
                 break;
             }
-            self.skip(src, size, idle)?;
+            self.copy_exact(src, size, idle, sink)?;
             if !self.line(src, MAX_CHUNK_LINE, idle)?.is_empty() {
                 return Err(bad("A chunk of the chunked body is longer than its size."));
             }
@@ -448,7 +434,7 @@ impl Input {
         loop {
             let line = self.line(src, MAX_HEAD, idle)?;
             if line.is_empty() {
-                return Ok(());
+                return Ok(total);
             }
             trailers += line.len() + 2;
             if trailers > MAX_HEAD {
