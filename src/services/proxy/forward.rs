@@ -586,20 +586,31 @@ pub fn client_head(
     out
 }
 
-/// Writes one body piece to the client in `framing`.
-pub fn write_piece(w: &mut impl Write, framing: ClientFraming, piece: &[u8]) -> io::Result<()> {
+/// Writes one body piece in `framing`, after whatever `pending` holds (the head,
+/// so a small response leaves in one segment); `pending` is empty afterwards.
+pub fn write_piece(
+    w: &mut impl Write,
+    framing: ClientFraming,
+    pending: &mut Vec<u8>,
+    piece: &[u8],
+) -> io::Result<()> {
     if piece.is_empty() {
         return Ok(());
     }
-    if framing == ClientFraming::Chunked {
-        let mut buf = Vec::with_capacity(piece.len() + 16);
-        let _ = write!(buf, "{:x}\r\n", piece.len());
-        buf.extend_from_slice(piece);
-        buf.extend_from_slice(b"\r\n");
-        w.write_all(&buf)
-    } else {
-        w.write_all(piece)
+    let chunked = framing == ClientFraming::Chunked;
+    if !chunked && pending.is_empty() {
+        return w.write_all(piece);
     }
+    if chunked {
+        let _ = write!(pending, "{:x}\r\n", piece.len());
+    }
+    pending.extend_from_slice(piece);
+    if chunked {
+        pending.extend_from_slice(b"\r\n");
+    }
+    let done = w.write_all(pending);
+    pending.clear();
+    done
 }
 
 #[cfg(test)]

@@ -550,7 +550,7 @@ impl Proxy {
         let stream = &mut up.stream;
         let mut sink = |piece: &[u8]| -> io::Result<()> {
             let r = if chunked {
-                forward::write_piece(stream, ClientFraming::Chunked, piece)
+                forward::write_piece(stream, ClientFraming::Chunked, &mut Vec::new(), piece)
             } else {
                 stream.write_all(piece)
             };
@@ -620,24 +620,26 @@ impl Proxy {
             job.result.x_cache(),
             None,
         );
-        c.conn
-            .write_all(&head)
-            .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
+        // The head goes out with the first piece of the body.
+        let mut pending = head;
         let conn = &mut *c.conn;
         let up = c.upstream.as_mut().expect("connected");
         let mut out = |piece: &[u8]| -> io::Result<()> {
             if let Some(w) = store.as_deref_mut() {
                 w.write(piece);
             }
-            forward::write_piece(conn, framing, piece)
+            forward::write_piece(conn, framing, &mut pending, piece)
         };
         let sent = forward::relay_body(up, resp.framing, self.upstream_timeout, &mut out);
         match sent {
             Ok(n) => {
                 job.bytes = n;
                 if framing == ClientFraming::Chunked {
+                    pending.extend_from_slice(b"0\r\n\r\n");
+                }
+                if !pending.is_empty() {
                     c.conn
-                        .write_all(b"0\r\n\r\n")
+                        .write_all(&pending)
                         .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
                 }
                 if !resp.reusable {
@@ -653,6 +655,11 @@ impl Proxy {
                 c.upstream = None;
                 if let Some(w) = store {
                     w.abandon();
+                }
+                if !pending.is_empty() {
+                    // Nothing reached the client yet: it can still get an answer.
+                    let detail = format!("The origin failed before sending its body: {e}.");
+                    return Err(Outcome::Answer(ProxyError::new(502, detail)));
                 }
                 Err(Outcome::Broken(format!("response cut short: {e}")))
             }
@@ -749,7 +756,9 @@ impl Proxy {
             None => None,
             Some(why) => {
                 ::log::debug!("proxy: not storing {key}: {why}");
-                cache.mark_pass(&key);
+                if !cache.is_pass(&key) {
+                    cache.mark_pass(&key);
+                }
                 None
             }
         };
