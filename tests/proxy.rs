@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
-use common::{Forkserve, TempDir, forkserve, wait_until};
+use common::{Forkserve, TempDir, fails_with, forkserve, wait_until};
 
 /// A child process killed (by PID) when the guard drops.
 struct Proc(Child);
@@ -773,4 +773,47 @@ fn connect_tunnel_to_openssl_s_server() {
     .unwrap();
     let reply = c.read_line().unwrap();
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+}
+
+#[test]
+fn start_up_errors_name_the_option_or_file_line() {
+    let dir = TempDir::new("proxy-startup");
+    let acl = dir.path("acl");
+    std::fs::write(&acl, "allow 127.0.0.0/8\npermit everything\n").unwrap();
+    let cache = dir.path("cache");
+    let cache = cache.to_str().unwrap();
+    let base = ["proxy", "-l", "tcp:127.0.0.1:0", "--cache-dir", cache];
+    fails_with(
+        &[&base[..], &["--acl", acl.to_str().unwrap()]].concat(),
+        78,
+        "acl:2: 'permit': expected allow or deny",
+    );
+    fails_with(
+        &[&base[..], &["--allow", "10.0.0.0/40"]].concat(),
+        78,
+        "--allow 10.0.0.0/40",
+    );
+    fails_with(
+        &[&base[..], &["--allow-clients", "nonsense"]].concat(),
+        64,
+        "--allow-clients nonsense",
+    );
+    fails_with(
+        &[&base[..], &["--connect-timeout", "0"]].concat(),
+        64,
+        "--connect-timeout",
+    );
+    std::fs::write(dir.path("file"), "").unwrap();
+    let not_dir = dir.path("file");
+    fails_with(
+        &[
+            "proxy",
+            "-l",
+            "tcp:127.0.0.1:0",
+            "--cache-dir",
+            not_dir.to_str().unwrap(),
+        ],
+        71,
+        "cache directory",
+    );
 }
