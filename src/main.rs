@@ -241,7 +241,7 @@ const BUILTINS: &[Builtin] = &[
         },
         make: |o| {
             let rt = runtime_dir().map_err(|e| Error::new(Error::OSERR, e))?;
-            proxy::service(&o.proxy, &rt).map(Some)
+            proxy::service(&o.proxy, &rt, o.user.as_deref()).map(Some)
         },
     },
     Builtin {

@@ -817,3 +817,36 @@ fn start_up_errors_name_the_option_or_file_line() {
         "cache directory",
     );
 }
+
+#[test]
+fn workers_under_user_store_in_a_cache_handed_to_that_user() {
+    // SAFETY: getuid(2) has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let dir = TempDir::new("proxy-user");
+    let (_o, port) = origin();
+    let fs = proxy(&dir, &["--allow", "127.0.0.0/8", "--user", "nobody"]);
+    let url = format!("http://127.0.0.1:{port}/c/owned?cc=max-age%3D600");
+    curl(&fs, &[&url]);
+    let again = curl(&fs, &[&url]);
+    assert_eq!(
+        again.header("x-cache").as_deref(),
+        Some("HIT"),
+        "{}",
+        fs.log_text()
+    );
+    use std::os::unix::fs::MetadataExt;
+    let nobody = std::fs::metadata(dir.path("cache")).unwrap().uid();
+    assert_ne!(nobody, 0, "the cache directory was handed over");
+    let owners: Vec<u32> = std::fs::read_dir(dir.path("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().uid())
+        .collect();
+    assert!(
+        !owners.is_empty() && owners.iter().all(|&u| u == nobody),
+        "{owners:?}"
+    );
+}

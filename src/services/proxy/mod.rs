@@ -123,8 +123,13 @@ fn secs(flag: &str, v: f64) -> Result<Duration, Error> {
 }
 
 /// Builds the proxy service from its options: loads the access list and opens the
-/// cache directory (errors name the option or file at fault).
-pub fn service(opts: &ProxyOpts, runtime_dir: &Path) -> Result<Service, Error> {
+/// cache directory, handed to `run_as` (`--user`) when given, since the workers
+/// write it after the privilege drop. Errors name the option or file at fault.
+pub fn service(
+    opts: &ProxyOpts,
+    runtime_dir: &Path,
+    run_as: Option<&str>,
+) -> Result<Service, Error> {
     let clients = opts
         .allow_clients
         .iter()
@@ -148,6 +153,9 @@ pub fn service(opts: &ProxyOpts, runtime_dir: &Path) -> Result<Service, Error> {
             max_object: (opts.cache_size / 4).max(1),
         };
         c.open().map_err(|e| Error::new(Error::OSERR, e))?;
+        if let Some(user) = run_as {
+            give_cache_to(&c.dir, user)?;
+        }
         Some(c)
     };
     if opts.connect_ports.contains(&0) {
@@ -172,6 +180,20 @@ pub fn service(opts: &ProxyOpts, runtime_dir: &Path) -> Result<Service, Error> {
         },
     };
     Ok(Service::stream("proxy", proxy).idle_timeout(Some(DEFAULT_IDLE_TIMEOUT)))
+}
+
+/// Chowns the cache directory and what is in it to `user`.
+fn give_cache_to(dir: &Path, user: &str) -> Result<(), Error> {
+    let mut paths = vec![dir.to_path_buf()];
+    paths.extend(
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    crate::users::give_to("proxy: cache", user, &refs)
 }
 
 /// One request as it goes through the proxy: what the log line needs.
