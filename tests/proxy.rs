@@ -267,6 +267,16 @@ fn keep_alive_pipelining_and_the_unix_socket() {
         );
         assert_eq!(seen.matches("HTTP/1.1 200 OK").count(), 2, "{seen}");
     }
+    // An HTTP/1.0 client gets a chunked origin response delimited by the close.
+    let mut c = common::Conn::connect(&fs.addr_of("proxy", "tcp"));
+    write!(c, "GET http://127.0.0.1:{port}/chunked HTTP/1.0\r\n\r\n").unwrap();
+    let all = c.read_to_end_string();
+    assert!(all.contains("Connection: close\r\n"), "{all}");
+    assert!(
+        !all.to_ascii_lowercase().contains("transfer-encoding"),
+        "{all}"
+    );
+    assert!(all.ends_with("\r\n\r\nhello chunked world"), "{all}");
 }
 
 #[test]
@@ -482,6 +492,11 @@ fn eviction_at_the_size_cap_and_stale_temp_files() {
     std::fs::write(dir.path("cache").join("tmp.999999.0"), b"partial").unwrap();
     let fs = proxy(&dir, &["--allow", "127.0.0.0/8", "--cache-size", "300K"]);
     assert!(!dir.path("cache").join("tmp.999999.0").exists());
+    // One left by a worker that died while this proxy runs: the next store's
+    // eviction pass removes it.
+    let dead = dir.path("cache").join("tmp.999998.3");
+    assert!(!std::path::Path::new("/proc/999998").exists());
+    std::fs::write(&dead, b"partial").unwrap();
     for i in 0..6 {
         let got = curl(
             &fs,
@@ -492,6 +507,9 @@ fn eviction_at_the_size_cap_and_stale_temp_files() {
     // The last worker evicts after its client has the body: wait for it.
     wait_until("the cache to fit its cap", || {
         (dir_size(&dir.path("cache")) <= 300 * 1024).then_some(())
+    });
+    wait_until("the dead worker's temporary file to go", || {
+        (!dead.exists()).then_some(())
     });
     let last = curl(&fs, &[&format!("http://127.0.0.1:{port}/sized/5?n=60000")]);
     assert_eq!(last.header("x-cache").as_deref(), Some("HIT"));

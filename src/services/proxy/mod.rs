@@ -547,7 +547,7 @@ impl Proxy {
             job.upstream = Some(sent.elapsed());
             match result {
                 Err(Outcome::Answer(e))
-                    if reused && attempt == 0 && req.body == Body::None && e.status == 502 =>
+                    if reused && attempt == 0 && retryable(req) && e.status == 502 =>
                 {
                     c.upstream = None;
                 }
@@ -935,6 +935,16 @@ impl From<BodyError> for Outcome {
             }
         }
     }
+}
+
+/// A request that may be sent again on a fresh connection when a kept one turned
+/// out closed: idempotent (RFC 9110 9.2.2) and without a body (already consumed).
+fn retryable(req: &Request) -> bool {
+    req.body == Body::None
+        && matches!(
+            req.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
 }
 
 /// The client's address for X-Forwarded-For.

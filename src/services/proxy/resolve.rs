@@ -238,6 +238,10 @@ fn query(name: &str, qtype: u16, conf: &Conf) -> Result<Vec<IpAddr>, ResolveErro
                 other => other,
             };
             match answer {
+                Ok(a) if !same_question(&a, &packet) => {
+                    last =
+                        ResolveError::Failed(format!("nameserver {ns} answered another question"));
+                }
                 Ok(a) => match parse_answer(&a, id, qtype) {
                     Ok(addrs) => return Ok(addrs),
                     Err(ResolveError::NotFound) => return Err(ResolveError::NotFound),
@@ -258,13 +262,14 @@ fn query(name: &str, qtype: u16, conf: &Conf) -> Result<Vec<IpAddr>, ResolveErro
     Err(last)
 }
 
-/// A query id that differs between workers and over time.
+/// A random query id (std's hasher keys come from the OS's random source).
 fn query_id() -> u16 {
+    use std::hash::BuildHasher;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    (nanos ^ (std::process::id() << 7)) as u16
+    std::collections::hash_map::RandomState::new().hash_one(nanos) as u16
 }
 
 fn encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
@@ -320,6 +325,14 @@ fn ask_tcp(ns: SocketAddr, packet: &[u8], timeout: Duration) -> io::Result<Vec<u
     let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
     s.read_exact(&mut buf)?;
     Ok(buf)
+}
+
+/// True when the answer repeats the query's question (name, type, class).
+fn same_question(answer: &[u8], query: &[u8]) -> bool {
+    let q = &query[12..];
+    answer.len() >= 12 + q.len()
+        && answer[4..6] == [0, 1]
+        && answer[12..12 + q.len()].eq_ignore_ascii_case(q)
 }
 
 /// The addresses of type `qtype` in the answer section (CNAME chains are
