@@ -5,10 +5,74 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::forward::{self, ProxyError};
+use super::log::CacheResult;
+use super::{Client, Job, Next, Proxy};
 use crate::handler::Connection;
+use crate::services::http::request::Request;
 use crate::sys;
+
+impl Proxy {
+    /// CONNECT host:port: allowed ports and access lists, then a tunnel.
+    pub(super) fn connect_tunnel(
+        &self,
+        c: &mut Client<'_>,
+        req: &Request,
+        job: &mut Job<'_>,
+    ) -> io::Result<Next> {
+        let (host, port) = match forward::split_authority(&req.target, 0) {
+            Ok((h, p)) if p != 0 => (h, p),
+            _ => {
+                let e = ProxyError::new(400, "CONNECT needs a host:port target.");
+                return self.fail(c, req, job, e, CacheResult::Error);
+            }
+        };
+        job.url = format!("{host}:{port}");
+        if !self.connect_ports.contains(&port) {
+            let e = ProxyError::new(
+                403,
+                format!("CONNECT to port {port} is not allowed (see --connect-ports)."),
+            );
+            return self.fail(c, req, job, e, CacheResult::Denied);
+        }
+        let url = format!(
+            "https://{}:{port}/",
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            }
+        );
+        let addrs = match self.admit(c, &host, &url) {
+            Ok(a) => a,
+            Err((e, r)) => return self.fail(c, req, job, e, r),
+        };
+        let started = Instant::now();
+        let mut up = match forward::connect(
+            &job.url,
+            &addrs,
+            port,
+            self.connect_timeout,
+            self.upstream_timeout,
+        ) {
+            Ok(u) => u,
+            Err(e) => return self.fail(c, req, job, e, CacheResult::Error),
+        };
+        job.upstream = Some(started.elapsed());
+        job.server = Some(up.addr.ip());
+        job.result = CacheResult::Tunnel;
+        job.status = 200;
+        c.conn
+            .write_all(b"HTTP/1.1 200 Connection established\r\nVia: 1.1 forkserve\r\n\r\n")?;
+        let early = c.input.buffered().to_vec();
+        c.input.consume(early.len());
+        let moved = relay(c.conn, &mut up.stream, &early, self.upstream_timeout)?;
+        job.bytes = moved.down + moved.up;
+        Ok(Next::Close)
+    }
+}
 
 /// Bytes relayed each way.
 pub struct Relayed {
