@@ -622,6 +622,20 @@ fn errors_502_504_508() {
     );
     let slow = curl(&fs, &[&format!("http://127.0.0.1:{port}/slow?secs=3")]);
     assert_eq!(slow.status, 504);
+    // Not a proxy request, and not HTTP at all: 400, and the proxy lives on.
+    for (raw, needle) in [
+        (
+            "GET /local HTTP/1.1\r\nHost: x\r\n\r\n",
+            "absolute http:// URL",
+        ),
+        ("NONSENSE\r\n\r\n", "Malformed"),
+    ] {
+        let mut c = common::Conn::connect(&fs.addr_of("proxy", "tcp"));
+        c.write_all(raw.as_bytes()).unwrap();
+        let answer = c.read_to_end_string();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains(needle), "{answer}");
+    }
     let looped = curl(
         &fs,
         &[

@@ -278,41 +278,25 @@ impl StreamHandler for Proxy {
         };
         if let Some(why) = self.refuse_client(client.conn.peer()) {
             ::log::info!("proxy: {}: {why}", client.conn.peer());
-            let page = Response::error(403, &why).to_bytes(
-                &crate::http_date(crate::unix_now()),
-                false,
-                false,
-            );
-            let _ = client.conn.write_all(&page);
-            return Ok(());
+            return last_word(client.conn, 403, &why);
         }
         loop {
             let req = match client.input.read_head(client.conn, idle) {
                 Ok(r) => r,
                 Err(Failure::Closed) => return Ok(()),
                 Err(Failure::TimedOut) => {
-                    let page = Response::error(408, "The request did not arrive in time.");
-                    let _ = client.conn.write_all(&page.to_bytes(
-                        &crate::http_date(crate::unix_now()),
-                        false,
-                        false,
-                    ));
-                    return Ok(());
+                    return last_word(client.conn, 408, "The request did not arrive in time.");
                 }
                 Err(Failure::Http(e)) => {
+                    let peer = client.conn.peer();
                     ::log::info!(
-                        "proxy: {}: refused \"{}\": {} {}",
-                        client.conn.peer(),
+                        "proxy: {peer}: refused \"{}\": {} {}",
                         e.line,
                         e.status,
                         e.detail
                     );
-                    let page = Response::error(e.status, &e.detail);
-                    let _ = client.conn.write_all(&page.to_bytes(
-                        &crate::http_date(crate::unix_now()),
-                        false,
-                        false,
-                    ));
+                    let _ = last_word(client.conn, e.status, &e.detail);
+                    crate::services::http::linger(client.conn);
                     return Ok(());
                 }
                 Err(Failure::Io(e)) => return Err(e),
@@ -718,6 +702,14 @@ impl From<BodyError> for Outcome {
             }
         }
     }
+}
+
+/// An error page before the connection closes (a client that is gone anyway
+/// is not an error).
+fn last_word(conn: &mut Connection, status: u16, detail: &str) -> io::Result<()> {
+    let page = Response::error(status, detail);
+    let _ = conn.write_all(&page.to_bytes(&crate::http_date(crate::unix_now()), false, false));
+    Ok(())
 }
 
 /// A request that may be sent again on a fresh connection when a kept one turned
