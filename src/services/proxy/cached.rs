@@ -3,8 +3,9 @@
 //! validators) while the others wait on the miss lock, and the response is stored
 //! when RFC 9111 allows (see [`super::cache`]).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::FileExt;
 
 use super::cache::{self, Cache, Meta, policy};
 use super::forward::{self, ClientFraming, Conditional, ResponseHead, Url};
@@ -129,26 +130,40 @@ impl Proxy {
             Some(age),
         );
         let broken = |err: io::Error| Outcome::Broken(format!("client gone: {err}"));
-        c.conn.write_all(&head).map_err(broken)?;
-        if !head_only {
-            use std::io::{Read, Seek};
+        let len = if head_only { 0 } else { e.meta.body_len };
+        if len <= SMALL_BODY {
+            // Head and body in one write.
+            let mut out = head;
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            e.file.read_exact_at(&mut out[start..], 0).map_err(short)?;
+            c.conn.write_all(&out).map_err(broken)?;
+        } else {
+            c.conn.write_all(&head).map_err(broken)?;
             let mut file = &e.file;
             file.seek(io::SeekFrom::Start(0)).map_err(broken)?;
-            let mut body = file.take(e.meta.body_len);
+            let mut body = file.take(len);
+            // File to socket: std's io::copy uses sendfile/splice here.
             let sent = match c.conn.stream() {
                 Stream::Tcp(s) => io::copy(&mut body, &mut &*s),
                 Stream::Unix(s) => io::copy(&mut body, &mut &*s),
             }
             .map_err(broken)?;
-            job.bytes = sent;
-            if sent != e.meta.body_len {
-                return Err(Outcome::Broken(
-                    "the cache entry was shorter than recorded".into(),
-                ));
+            if sent != len {
+                return Err(short(io::ErrorKind::UnexpectedEof.into()));
             }
         }
+        job.bytes = len;
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
+}
+
+/// Stored bodies up to this size leave in the same write as the head.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// A cache entry that could not be read whole.
+fn short(e: io::Error) -> Outcome {
+    Outcome::Broken(format!("the cache entry could not be read whole: {e}"))
 }
 
 /// What the request says about using stored responses (RFC 9111 5.2.1).
