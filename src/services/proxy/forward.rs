@@ -404,6 +404,7 @@ fn interpret(
     let minor = parsed.version.unwrap_or(1);
     let listed = connection_options(parsed.headers.iter().map(|h| (h.name, h.value)));
     let mut chunked = false;
+    let mut coded = false;
     let mut length: Option<u64> = None;
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
@@ -411,10 +412,7 @@ fn interpret(
         if lower == "transfer-encoding" {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             chunked = v.rsplit(',').next().is_some_and(|t| t.trim() == "chunked");
-            if !chunked {
-                // A final coding other than chunked: the body runs to the close.
-                length = None;
-            }
+            coded = true;
             continue;
         }
         if lower == "content-length" {
@@ -437,17 +435,23 @@ fn interpret(
             String::from_utf8_lossy(h.value).into_owned(),
         ));
     }
+    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length; a final coding
+    // other than chunked runs to the close.
     let framing = if head_request || status < 200 || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
+    } else if coded {
+        Framing::Close
     } else if let Some(n) = length {
         Framing::Length(n)
     } else {
         Framing::Close
     };
     let close = listed.iter().any(|t| t == "close");
+    // Both framings at once: answer this one, then do not trust the connection.
     let reusable = framing != Framing::Close
+        && !(coded && length.is_some())
         && !close
         && (minor >= 1 || listed.iter().any(|t| t == "keep-alive"));
     Ok(ResponseHead {
@@ -456,7 +460,7 @@ fn interpret(
         headers,
         framing,
         reusable,
-        declared_length: if chunked { None } else { length },
+        declared_length: if coded { None } else { length },
     })
 }
 
@@ -635,6 +639,39 @@ mod tests {
         assert!(Url::parse("https://h/").is_err());
         assert!(Url::parse("http://user@h/").is_err());
         assert!(Url::parse("http://h:99999/").is_err());
+    }
+
+    fn head_of(raw: &[u8], head_request: bool) -> ResponseHead {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        r.parse(raw).unwrap();
+        interpret(&r, head_request).unwrap()
+    }
+
+    #[test]
+    fn response_framing_per_rfc_9112() {
+        let h = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\n", false);
+        assert_eq!((h.framing, h.reusable), (Framing::Length(5), false));
+        assert_eq!(h.headers, vec![("X-B".to_string(), "2".to_string())]);
+        let h = head_of(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert_eq!((h.framing, h.reusable), (Framing::Chunked, false));
+        let h = head_of(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Close);
+        let h = head_of(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", false);
+        assert_eq!((h.framing, h.reusable), (Framing::Length(5), false));
+        let h = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(
+            (h.framing, h.declared_length, h.reusable),
+            (Framing::Empty, Some(5), true)
+        );
+        let h = head_of(b"HTTP/1.1 304 Not Modified\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Empty);
     }
 
     #[test]
