@@ -9,7 +9,8 @@
 #   uncached a 1 KiB response without freshness (every request goes to the origin)
 #
 # each with and without keep-alive (ab -k), printing requests/s and the p99
-# latency. Origins: tests/proxy_origin.py for the cached object, forkserve http for
+# latency. forkserve runs twice: under its default fork model (a worker per
+# connection) and, for comparison, under --model prefork --workers 16. Origins: tests/proxy_origin.py for the cached object, forkserve http for
 # the uncached one. Needs squid, tinyproxy, apache2-utils, python3 and a release
 # build (cargo build --release).
 #
@@ -66,6 +67,13 @@ FS_PORT=$(free_port)
     --allow 127.0.0.0/8 --max-children 200 2>"$TMP/fs.log" &
 pids+=($!)
 
+# The same under the prefork model (16 long-lived workers), for comparison: no
+# fork per connection.
+PF_PORT=$(free_port)
+"$BIN" proxy -l "tcp:127.0.0.1:$PF_PORT" --cache-dir "$TMP/pf-cache" --cache-size 256M \
+    --allow 127.0.0.0/8 --model prefork --workers 16 2>/dev/null &
+pids+=($!)
+
 # Squid: same listener, loopback clients, a 256 MiB disk cache (its memory cache
 # stays at its default, as a user would run it).
 SQ_PORT=$(free_port)
@@ -102,9 +110,9 @@ EOF
 tinyproxy -d -c "$TMP/tinyproxy.conf" >/dev/null 2>&1 &
 pids+=($!)
 
-for p in "$FS_PORT" "$SQ_PORT" "$TP_PORT"; do wait_port "$p"; done
+for p in "$FS_PORT" "$PF_PORT" "$SQ_PORT" "$TP_PORT"; do wait_port "$p"; done
 # Prime the caches (one miss each).
-for p in "$FS_PORT" "$SQ_PORT" "$TP_PORT"; do
+for p in "$FS_PORT" "$PF_PORT" "$SQ_PORT" "$TP_PORT"; do
     curl -s -o /dev/null -x "http://127.0.0.1:$p" "$CACHED"
     curl -s -o /dev/null -x "http://127.0.0.1:$p" "$CACHED"
 done
@@ -124,7 +132,7 @@ printf '%-26s %-10s %12s %9s %7s\n' scenario proxy "req/s" "p99 ms" failed
 for scenario in "cached 1 KiB|$CACHED|" "cached 1 KiB, keep-alive|$CACHED|-k" \
     "uncached 1 KiB|$UNCACHED|" "uncached 1 KiB, keep-alive|$UNCACHED|-k"; do
     IFS='|' read -r name url ka <<<"$scenario"
-    for proxy in "forkserve:$FS_PORT" "squid:$SQ_PORT" "tinyproxy:$TP_PORT"; do
+    for proxy in "forkserve:$FS_PORT" "fs-prefork:$PF_PORT" "squid:$SQ_PORT" "tinyproxy:$TP_PORT"; do
         read -r rps p99 failed <<<"$(run "${proxy#*:}" "$url" "$ka")"
         printf '%-26s %-10s %12s %9s %7s\n' "$name" "${proxy%%:*}" "$rps" "$p99" "$failed"
     done

@@ -882,3 +882,38 @@ fn workers_under_user_store_in_a_cache_handed_to_that_user() {
         "{owners:?}"
     );
 }
+
+#[test]
+fn sighup_reaches_prefork_workers_too() {
+    let dir = TempDir::new("proxy-prefork");
+    let (_o, port) = origin();
+    let acl = dir.path("acl");
+    std::fs::write(&acl, "allow 127.0.0.0/8\n").unwrap();
+    let fs = proxy(
+        &dir,
+        &[
+            "--model",
+            "prefork",
+            "--workers",
+            "2",
+            "--acl",
+            acl.to_str().unwrap(),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/c/pf?cc=no-store");
+    assert_eq!(curl(&fs, &[&url]).status, 200);
+    std::fs::write(&acl, "deny 127.0.0.0/8\n").unwrap();
+    fs.signal(libc::SIGHUP);
+    fs.wait_log("replacing 2 server process(es)");
+    // Workers finish what they serve before they are replaced: poll until the
+    // new rules answer.
+    let denied = wait_until("the reloaded rules", || {
+        let got = curl(&fs, &[&url]);
+        (got.status == 403).then_some(got)
+    });
+    assert!(
+        denied.text().contains("acl:1: deny 127.0.0.0/8"),
+        "{}",
+        denied.text()
+    );
+}

@@ -549,16 +549,23 @@ impl Master {
     }
 
     /// SIGHUP: every context handed to a later connection carries one more reload,
-    /// so services that keep configuration files re-read them there.
+    /// so services that keep configuration files re-read them there. Long-lived
+    /// server processes (thread, sequential, prefork) were forked with the old
+    /// count: they are asked to finish what they serve and exit, and are replaced.
     fn count_reload(&mut self) {
         let mut n = 0;
         for ctx in self.svcs.iter_mut().flat_map(|s| s.contexts.iter_mut()) {
             ctx.reloads += 1;
             n = ctx.reloads;
         }
+        let servers = self
+            .children
+            .count_where(|r| matches!(r, Role::Server { .. }));
         log::info!(
-            "SIGHUP received (reload {n}): services re-read their configuration on their next connection"
+            "SIGHUP received (reload {n}): services re-read their configuration on their next connection; replacing {servers} server process(es)"
         );
+        self.children
+            .signal_where(libc::SIGTERM, |r| matches!(r, Role::Server { .. }));
     }
 
     fn begin_shutdown(&mut self, why: &str) {
