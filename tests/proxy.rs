@@ -424,6 +424,13 @@ fn cache_hit_no_store_revalidation_vary_and_restart() {
             ("fr #2", Some("HIT"))
         );
 
+        // A hit over 64 KiB goes out with sendfile.
+        let url = format!("{base}/sized/large?n=200000");
+        curl(&fs, &[&url]);
+        let large = curl(&fs, &[&url]);
+        assert_eq!(large.header("x-cache").as_deref(), Some("HIT"));
+        assert_eq!(large.body, vec![b's'; 200000]);
+
         // Authorization without public: not stored.
         curl(
             &fs,

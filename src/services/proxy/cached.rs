@@ -3,15 +3,16 @@
 //! validators) while the others wait on the miss lock, and the response is stored
 //! when RFC 9111 allows (see [`super::cache`]).
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use super::cache::{self, Cache, Meta, policy};
 use super::forward::{self, ClientFraming, Conditional, ResponseHead, Url};
 use super::log::CacheResult;
 use super::{Client, Job, Next, Outcome, Proxy, client_text};
-use crate::handler::Stream;
+use crate::handler::Connection;
 use crate::services::http::request::Request;
 
 impl Proxy {
@@ -140,18 +141,7 @@ impl Proxy {
             c.conn.write_all(&out).map_err(broken)?;
         } else {
             c.conn.write_all(&head).map_err(broken)?;
-            let mut file = &e.file;
-            file.seek(io::SeekFrom::Start(0)).map_err(broken)?;
-            let mut body = file.take(len);
-            // File to socket: std's io::copy uses sendfile/splice here.
-            let sent = match c.conn.stream() {
-                Stream::Tcp(s) => io::copy(&mut body, &mut &*s),
-                Stream::Unix(s) => io::copy(&mut body, &mut &*s),
-            }
-            .map_err(broken)?;
-            if sent != len {
-                return Err(short(io::ErrorKind::UnexpectedEof.into()));
-            }
+            send_file(c.conn, &e.file, len).map_err(broken)?;
         }
         job.bytes = len;
         Ok(if keep { Next::KeepAlive } else { Next::Close })
@@ -160,6 +150,28 @@ impl Proxy {
 
 /// Stored bodies up to this size leave in the same write as the head.
 const SMALL_BODY: u64 = 64 * 1024;
+
+/// Sends the first `len` bytes of `file` to the client, in the kernel.
+fn send_file(conn: &Connection, file: &std::fs::File, len: u64) -> io::Result<()> {
+    let mut offset: i64 = 0;
+    while (offset as u64) < len {
+        let left = usize::try_from(len - offset as u64)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match crate::sys::sendfile(conn.as_fd(), file.as_fd(), &mut offset, left) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the cache entry is shorter than recorded",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// A cache entry that could not be read whole.
 fn short(e: io::Error) -> Outcome {
