@@ -431,6 +431,19 @@ fn cache_hit_no_store_revalidation_vary_and_restart() {
         assert_eq!(large.header("x-cache").as_deref(), Some("HIT"));
         assert_eq!(large.body, vec![b's'; 200000]);
 
+        // Set-Cookie: not stored; with public, stored without the cookie.
+        for _ in 0..2 {
+            curl(&fs, &[&format!("{base}/cookie/mine")]);
+        }
+        assert_eq!(count(port, "/cookie/mine"), 2);
+        let first = curl(&fs, &[&format!("{base}/cookie/shared?public=1")]);
+        let hit = curl(&fs, &[&format!("{base}/cookie/shared?public=1")]);
+        assert_eq!(first.header("set-cookie").as_deref(), Some("id=1"));
+        assert_eq!(
+            (hit.header("x-cache").as_deref(), hit.header("set-cookie")),
+            (Some("HIT"), None)
+        );
+
         // Authorization without public: not stored.
         curl(
             &fs,

@@ -10,6 +10,7 @@ requests it gets. Prints "PORT <n>" once listening on 127.0.0.1:0.
   /chunked              a small chunked body
   /slow?secs=S          answers after S seconds
   /sized/NAME?n=N       N bytes, max-age=3600
+  /cookie/NAME?public=1 Set-Cookie: id=<count>, max-age=600 (and public)
   /stats                JSON: request counts by path (without the query)
 """
 import hashlib
@@ -78,6 +79,10 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/sized/"):
             count(path)
             return self.send(200, b"s" * int(q.get("n", "1000")), [("Cache-Control", "max-age=3600")])
+        if path.startswith("/cookie/"):
+            n = count(path)
+            cc = "max-age=600" + (", public" if q.get("public") else "")
+            return self.send(200, b"cookie #%d" % n, [("Cache-Control", cc), ("Set-Cookie", "id=%d" % n)])
         if path == "/echo":
             count(path)
             length = int(self.headers.get("Content-Length") or 0)

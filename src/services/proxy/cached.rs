@@ -56,6 +56,9 @@ impl Proxy {
         let next = self.relay(c, req, job, &resp, writer.as_mut())?;
         if let Some(w) = writer.filter(cache::Writer::is_live) {
             meta.body_len = job.bytes;
+            // A cookie set for this client is never replayed to others.
+            meta.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("set-cookie"));
             if let Err(e) = cache.commit(w, &meta) {
                 ::log::warn!("proxy: cache {}: storing {key}: {e}", cache.dir.display());
             }
