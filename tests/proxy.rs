@@ -872,8 +872,7 @@ fn start_up_errors_name_the_option_or_file_line() {
 
 #[test]
 fn workers_under_user_store_in_a_cache_handed_to_that_user() {
-    // SAFETY: getuid(2) has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
+    if !nix::unistd::getuid().is_root() {
         eprintln!("skipped: --user needs root");
         return;
     }

@@ -54,10 +54,7 @@ pub struct Meta {
 
 impl Meta {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::forward::header_in(&self.headers, name)
     }
 
     /// The current age in seconds (RFC 9111 4.2.3).
@@ -429,6 +426,16 @@ pub mod policy {
             .collect()
     }
 
+    /// The Cache-Control directives of a stored response.
+    fn response_directives(meta: &Meta) -> Vec<(String, Option<String>)> {
+        directives(
+            meta.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+                .map(|(_, v)| v.as_str()),
+        )
+    }
+
     pub fn has(cc: &[(String, Option<String>)], name: &str) -> bool {
         cc.iter().any(|(n, _)| n == name)
     }
@@ -442,12 +449,7 @@ pub mod policy {
 
     /// The freshness lifetime in seconds (RFC 9111 4.2.1), 0 when none applies.
     pub fn lifetime(meta: &Meta) -> i64 {
-        let cc = directives(
-            meta.headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-                .map(|(_, v)| v.as_str()),
-        );
+        let cc = response_directives(meta);
         if let Some(s) = seconds(&cc, "s-maxage").or_else(|| seconds(&cc, "max-age")) {
             return s;
         }
@@ -475,12 +477,7 @@ pub mod policy {
         request_cc: &[(String, Option<String>)],
         authorized: bool,
     ) -> Option<&'static str> {
-        let cc = directives(
-            meta.headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-                .map(|(_, v)| v.as_str()),
-        );
+        let cc = response_directives(meta);
         let explicit = has(&cc, "max-age")
             || has(&cc, "s-maxage")
             || meta.header("expires").is_some()
@@ -526,12 +523,7 @@ pub mod policy {
         pragma_no_cache: bool,
         now: i64,
     ) -> bool {
-        let cc = directives(
-            meta.headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-                .map(|(_, v)| v.as_str()),
-        );
+        let cc = response_directives(meta);
         if has(&cc, "no-cache")
             || has(request_cc, "no-cache")
             || (pragma_no_cache && request_cc.is_empty())

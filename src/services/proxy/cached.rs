@@ -33,7 +33,7 @@ impl Proxy {
             return self.serve_entry(c, req, job, cache, e, CacheResult::Hit);
         }
         if req.method == "HEAD" {
-            return self.pass(c, req, job, url, addrs, None).map(|r| r.0);
+            return self.pass(c, req, job, url, addrs);
         }
         let lock = self.miss_lock(cache, &key);
         // Whoever held the lock may just have stored it.

@@ -28,9 +28,7 @@ use crate::services::http::request::{Body, Failure, Input, Request};
 use crate::services::http::response::Response;
 use acl::{Acl, AclSource, Cidr, Target};
 use cache::Cache;
-use forward::{
-    ClientFraming, Conditional, Framing, ProxyError, RelayError, ResponseHead, Upstream, Url,
-};
+use forward::{ClientFraming, Framing, ProxyError, RelayError, ResponseHead, Upstream, Url};
 use log::{CacheResult, LogFormat, Record};
 
 /// How long a client may take between requests on a kept-alive connection when
@@ -364,7 +362,7 @@ impl Proxy {
         let outcome = if cacheable {
             self.serve_cacheable(c, req, job, &url, &addrs)
         } else {
-            self.pass(c, req, job, &url, &addrs, None).map(|r| r.0)
+            self.pass(c, req, job, &url, &addrs)
         };
         match outcome {
             Ok(next) => Ok(next),
@@ -576,8 +574,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// Forwards without storing. Returns how the connection goes on and, for the
-    /// caller that stores, nothing more (storing goes through `fetch_and_store`).
+    /// Forwards the request and its response, storing nothing.
     fn pass(
         &self,
         c: &mut Client<'_>,
@@ -585,10 +582,9 @@ impl Proxy {
         job: &mut Job<'_>,
         url: &Url,
         addrs: &[IpAddr],
-        cond: Option<&Conditional>,
-    ) -> Result<(Next, ResponseHead), Outcome> {
+    ) -> Result<Next, Outcome> {
         let client = client_text(c.conn.peer());
-        let head = forward::request_head(req, url, &client, cond);
+        let head = forward::request_head(req, url, &client, None);
         let resp = self.exchange(c, req, url, addrs, &head, job)?;
         if job.result == CacheResult::Pass
             && matches!(req.method.as_str(), "GET" | "HEAD")
@@ -596,8 +592,7 @@ impl Proxy {
         {
             job.result = CacheResult::Miss;
         }
-        let next = self.relay(c, req, job, &resp, None)?;
-        Ok((next, resp))
+        self.relay(c, req, job, &resp, None)
     }
 
     /// Sends the origin's response to the client, teeing the body into `store`.
