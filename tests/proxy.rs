@@ -645,7 +645,7 @@ fn errors_502_504_508() {
     // Not a proxy request, and not HTTP at all: 400, and the proxy lives on.
     for (raw, needle) in [
         (
-            "GET /local HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             "absolute http:// URL",
         ),
         ("NONSENSE\r\n\r\n", "Malformed"),
