@@ -8,7 +8,8 @@
 //! the next eviction pass (or the next start) removes. `NAME.lock` serialises the
 //! misses for one URL (flock): one worker fetches, the others wait and then read
 //! what it stored. Recency is the file's mtime, set on store and on every hit;
-//! after each store the oldest entries go until the total fits `--cache-size`.
+//! stores add to a running total (`state.size`), and when it passes
+//! `--cache-size` a pass removes the oldest entries down to 90% of it.
 //!
 //! Freshness and storage follow RFC 9111 for a shared cache (see [`policy`]).
 
@@ -23,6 +24,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
 const MAGIC: &[u8; 8] = b"FSPXC001";
+/// The running total of entry bytes, shared by the workers.
+const STATE_SIZE: &str = "state.size";
 /// How long a URL whose response could not be stored skips the miss lock.
 const PASS_TTL: Duration = Duration::from_secs(120);
 
@@ -227,7 +230,8 @@ impl Cache {
         };
         let file = buf.into_inner().map_err(|e| e.into_error());
         self.finish(&w.tmp, file, meta)?;
-        self.evict();
+        let size = std::fs::metadata(self.path(&meta.url)).map_or(w.written, |m| m.len());
+        self.account(size);
         Ok(())
     }
 
@@ -260,9 +264,42 @@ impl Cache {
         done
     }
 
-    /// Removes the oldest entries until the total fits, temporary files of workers
-    /// that no longer exist, and lock files of entries that are gone.
-    pub fn evict(&self) {
+    /// Adds a new entry's size to the running total in `state.size` (under its
+    /// flock); past the cap, an eviction pass recounts the directory and brings
+    /// it down. The total only grows between passes (a replaced entry is counted
+    /// again), so it errs towards evicting early, and each pass corrects it.
+    fn account(&self, added: u64) {
+        let path = self.dir.join(STATE_SIZE);
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            self.evict();
+            return;
+        };
+        let Ok(mut held) = Flock::lock(file, FlockArg::LockExclusive) else {
+            self.evict();
+            return;
+        };
+        let mut text = String::new();
+        let _ = held.read_to_string(&mut text);
+        let mut total = text.trim().parse::<u64>().unwrap_or(u64::MAX / 2) + added;
+        if total > self.max_size {
+            total = self.evict();
+        }
+        let _ = held.set_len(0);
+        let _ = held.write_all_at(total.to_string().as_bytes(), 0);
+    }
+
+    /// Removes the oldest entries until the total is under 90% of the cap (so the
+    /// next passes are not one store away), temporary files of workers that no
+    /// longer exist, lapsed not-storable marks, and lock files of entries that are
+    /// gone. Returns the bytes left.
+    pub fn evict(&self) -> u64 {
+        let low = self.max_size / 10 * 9;
         let mut entries = Vec::new();
         let mut total: u64 = 0;
         let mut locks = Vec::new();
@@ -291,6 +328,9 @@ impl Cache {
                 locks.push((e.path(), md.modified().ok()));
                 continue;
             }
+            if name == STATE_SIZE {
+                continue;
+            }
             total += md.len();
             entries.push((
                 md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -301,7 +341,7 @@ impl Cache {
         if total > self.max_size {
             entries.sort();
             for (_, len, path) in &entries {
-                if total <= self.max_size {
+                if total <= low {
                     break;
                 }
                 if std::fs::remove_file(path).is_ok() {
@@ -311,6 +351,7 @@ impl Cache {
             }
         }
         self.remove_idle_locks(&locks);
+        total
     }
 
     fn remove_idle_locks(&self, locks: &[(PathBuf, Option<SystemTime>)]) {
