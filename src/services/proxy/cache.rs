@@ -102,9 +102,18 @@ pub struct Entry {
     pub file: File,
 }
 
-/// An exclusive hold on one URL's misses; released when dropped.
+/// An exclusive hold on one URL's misses; released when dropped. The lock file
+/// is removed first: a worker still waiting on it then finds the new entry (or
+/// the not-storable mark) when it gets the lock, and files do not pile up.
 pub struct MissLock {
     _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl Drop for MissLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// 128-bit FNV-1a of the URL, as 32 hex digits.
@@ -181,7 +190,7 @@ impl Cache {
                 .open(&path)
                 .ok()?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Some(MissLock { _lock: lock }),
+                Ok(lock) => return Some(MissLock { _lock: lock, path }),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                     // Another worker is fetching this URL: wait for it to finish.
                     std::thread::sleep(pause);
