@@ -734,7 +734,7 @@ fn a_100_mib_response_streams_with_bounded_worker_memory() {
             "worker peak RSS for 100 MiB ({}): {peak} KiB",
             if chunked == "1" { "chunked" } else { "length" }
         );
-        assert!(peak > 0 && peak < 16 * 1024, "worker VmHWM {peak} KiB");
+        assert!(peak > 0 && peak < 8 * 1024, "worker VmHWM {peak} KiB");
     }
     let left: Vec<String> = std::fs::read_dir(dir.path("cache"))
         .unwrap()
