@@ -936,3 +936,27 @@ fn sighup_reaches_prefork_workers_too() {
         denied.text()
     );
 }
+
+#[test]
+fn origin_connections_outlive_client_connections_through_the_pool() {
+    let dir = TempDir::new("proxy-pool");
+    let (_o, port) = origin();
+    let fs = proxy(&dir, &["--allow", "127.0.0.0/8"]);
+    let before = count(port, "connections");
+    for i in 0..5 {
+        // Each curl is a new client connection, so a new worker.
+        let got = curl(
+            &fs,
+            &[&format!("http://127.0.0.1:{port}/c/pooled?cc=no-store")],
+        );
+        assert_eq!(got.text(), format!("pooled #{}", i + 1));
+    }
+    // This stats request is one more connection of its own.
+    let opened = count(port, "connections") - before - 1;
+    assert_eq!(opened, 1, "the workers shared one origin connection");
+    assert!(
+        fs.children()
+            .iter()
+            .any(|p| common::cmdline(*p).contains("proxy pool"))
+    );
+}

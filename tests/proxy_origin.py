@@ -11,7 +11,8 @@ requests it gets. Prints "PORT <n>" once listening on 127.0.0.1:0.
   /slow?secs=S          answers after S seconds
   /sized/NAME?n=N       N bytes, max-age=3600
   /cookie/NAME?public=1 Set-Cookie: id=<count>, max-age=600 (and public)
-  /stats                JSON: request counts by path (without the query)
+  /stats                JSON: request counts by path (without the query), and
+                        "connections": TCP connections accepted
 """
 import hashlib
 import json
@@ -36,6 +37,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        count("connections")
+        super().setup()
 
     def send(self, status, body, headers=()):
         self.send_response(status)

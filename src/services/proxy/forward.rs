@@ -279,8 +279,31 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub stream: TcpStream,
     pub input: Input,
-    /// Requests already sent on it.
+    /// Requests already sent on it (here or, pooled, by other workers).
     pub used: u32,
+    /// The last response was read whole and the origin lets the connection be
+    /// reused: it may serve another request, here or from the pool.
+    pub idle_ok: bool,
+}
+
+impl Upstream {
+    /// A pooled connection, if it goes to one of `addrs` on `port`.
+    pub fn adopt(
+        authority: &str,
+        stream: TcpStream,
+        addrs: &[IpAddr],
+        port: u16,
+    ) -> Option<Upstream> {
+        let addr = stream.peer_addr().ok()?;
+        (addr.port() == port && addrs.contains(&addr.ip())).then(|| Upstream {
+            authority: authority.to_string(),
+            addr,
+            stream,
+            input: Input::default(),
+            used: 1,
+            idle_ok: false,
+        })
+    }
 }
 
 /// Connects to the first of `addrs` that answers within `timeout` each.
@@ -304,6 +327,7 @@ pub fn connect(
                     stream,
                     input: Input::default(),
                     used: 0,
+                    idle_ok: false,
                 });
             }
             Err(e)

@@ -13,6 +13,7 @@ pub mod cache;
 mod cached;
 pub mod forward;
 pub mod log;
+pub mod pool;
 pub mod resolve;
 pub mod tunnel;
 
@@ -23,13 +24,14 @@ use std::time::{Duration, Instant};
 
 use crate::handler::{Connection, Stream, StreamHandler};
 use crate::peer::Peer;
-use crate::server::{Error, Service};
+use crate::server::{Companion, Error, Service};
 use crate::services::http::request::{Body, Failure, Input, Request};
 use crate::services::http::response::Response;
 use acl::{Acl, AclSource, Cidr, Target};
 use cache::Cache;
 use forward::{ClientFraming, Framing, ProxyError, RelayError, ResponseHead, Upstream, Url};
 use log::{CacheResult, LogFormat, Record};
+use std::os::fd::AsRawFd;
 
 /// How long a client may take between requests on a kept-alive connection when
 /// `--idle-timeout` is not given.
@@ -105,6 +107,7 @@ pub struct Proxy {
     acl: AclSource,
     log_format: LogFormat,
     resolver: resolve::Resolver,
+    pool: Option<pool::Pool>,
 }
 
 fn config(msg: String) -> Error {
@@ -160,6 +163,18 @@ pub fn service(
     if opts.connect_ports.contains(&0) {
         return Err(Error::new(Error::USAGE, "--connect-ports: 0 is not a port"));
     }
+    let (pool_path, pool_listener) = pool::bind(runtime_dir).map_err(|e| {
+        Error::new(
+            Error::OSERR,
+            format!(
+                "proxy: binding the pool socket in {}: {e}",
+                runtime_dir.display()
+            ),
+        )
+    })?;
+    if let Some(user) = run_as {
+        crate::users::give_to("proxy: pool", user, &[&pool_path])?;
+    }
     let proxy = Proxy {
         clients,
         connect_timeout: secs("--connect-timeout", opts.connect_timeout)?,
@@ -177,8 +192,13 @@ pub fn service(
             hosts_file: opts.hosts_file.clone(),
             resolv_conf: opts.resolv_conf.clone(),
         },
+        pool: Some(pool::Pool { path: pool_path }),
     };
-    Ok(Service::stream("proxy", proxy).idle_timeout(Some(DEFAULT_IDLE_TIMEOUT)))
+    let fd = pool_listener.as_raw_fd();
+    let companion = Companion::new("pool", move || pool::run(&pool_listener)).owns_fd(fd);
+    Ok(Service::stream("proxy", proxy)
+        .idle_timeout(Some(DEFAULT_IDLE_TIMEOUT))
+        .companion(companion))
 }
 
 /// Chowns the cache directory and what is in it to `user`.
@@ -278,6 +298,16 @@ impl StreamHandler for Proxy {
             ::log::info!("proxy: {}: {why}", client.conn.peer());
             return last_word(client.conn, 403, &why);
         }
+        let served = self.serve_client(&mut client);
+        self.give_back(client.upstream.take());
+        served
+    }
+}
+
+impl Proxy {
+    /// Serves requests in order until the client or an answer ends the connection.
+    fn serve_client(&self, client: &mut Client<'_>) -> io::Result<()> {
+        let idle = client.idle;
         loop {
             let req = match client.input.read_head(client.conn, idle) {
                 Ok(r) => r,
@@ -300,7 +330,7 @@ impl StreamHandler for Proxy {
                 Err(Failure::Io(e)) => return Err(e),
             };
             let mut job = Job::new(&req);
-            let next = self.serve(&mut client, &req, &mut job);
+            let next = self.serve(client, &req, &mut job);
             job.log(client.conn.peer(), self.log_format);
             match next {
                 Ok(Next::KeepAlive) if req.keep_alive() => {}
@@ -312,9 +342,7 @@ impl StreamHandler for Proxy {
             }
         }
     }
-}
 
-impl Proxy {
     /// Why this client may not use the proxy, if it may not.
     fn refuse_client(&self, peer: &Peer) -> Option<String> {
         let Peer::Ip(addr) = peer else { return None };
@@ -477,7 +505,14 @@ impl Proxy {
             .as_ref()
             .is_some_and(|u| u.authority != authority || !addrs.contains(&u.addr.ip()))
         {
-            c.upstream = None;
+            self.give_back(c.upstream.take());
+        }
+        if c.upstream.is_none() {
+            c.upstream = self
+                .pool
+                .as_ref()
+                .and_then(|p| p.take(&authority))
+                .and_then(|s| Upstream::adopt(&authority, s, addrs, url.port));
         }
         if c.upstream.is_none() {
             c.upstream = Some(forward::connect(
@@ -489,6 +524,16 @@ impl Proxy {
             )?);
         }
         Ok(c.upstream.as_mut().expect("just connected"))
+    }
+
+    /// Hands a reusable origin connection to the pool (else it just closes).
+    fn give_back(&self, up: Option<Upstream>) {
+        if let (Some(pool), Some(up)) = (&self.pool, up)
+            && up.idle_ok
+            && up.input.buffered().is_empty()
+        {
+            pool.put(&up.authority, up.stream);
+        }
     }
 
     /// Sends the request (and its body) and reads the response head. A kept
@@ -512,6 +557,7 @@ impl Proxy {
             let up = self.upstream(c, url, addrs).map_err(Outcome::Answer)?;
             job.server = Some(up.addr.ip());
             up.used += 1;
+            up.idle_ok = false;
             let wrote = up.stream.write_all(head);
             let result = match wrote {
                 Ok(()) if req.body != Body::None => {
@@ -644,8 +690,9 @@ impl Proxy {
                         .write_all(&pending)
                         .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
                 }
-                if !resp.reusable {
-                    c.upstream = None;
+                match c.upstream.as_mut() {
+                    Some(up) if resp.reusable => up.idle_ok = true,
+                    _ => c.upstream = None,
                 }
                 Ok(if keep { Next::KeepAlive } else { Next::Close })
             }
