@@ -95,9 +95,7 @@ impl Proxy {
                 cache.dir.display()
             );
         }
-        if !resp.reusable {
-            c.upstream = None;
-        }
+        c.response_read(resp);
         let e = cache::Entry { meta, file: e.file };
         self.serve_entry(c, req, job, cache, e, CacheResult::Revalidated)
     }

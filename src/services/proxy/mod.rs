@@ -272,6 +272,17 @@ struct Client<'c> {
     upstream: Option<Upstream>,
 }
 
+impl Client<'_> {
+    /// A response has been read whole: its origin connection may serve again,
+    /// unless the origin said otherwise.
+    fn response_read(&mut self, resp: &ResponseHead) {
+        match self.upstream.as_mut() {
+            Some(up) if resp.reusable => up.idle_ok = true,
+            _ => self.upstream = None,
+        }
+    }
+}
+
 /// What to do with the client connection after a request.
 #[derive(PartialEq)]
 enum Next {
@@ -493,12 +504,15 @@ impl Proxy {
     }
 
     /// An origin connection for `url`: the kept one when it goes to the same
-    /// place, else a new one.
+    /// place, else one from the pool (`from_pool`: for requests that may be
+    /// retried, since an idle connection may have been closed meanwhile), else a
+    /// new one.
     fn upstream<'u>(
         &self,
         c: &'u mut Client<'_>,
         url: &Url,
         addrs: &[IpAddr],
+        from_pool: bool,
     ) -> Result<&'u mut Upstream, ProxyError> {
         let authority = url.authority();
         if c.upstream
@@ -507,7 +521,7 @@ impl Proxy {
         {
             self.give_back(c.upstream.take());
         }
-        if c.upstream.is_none() {
+        if c.upstream.is_none() && from_pool {
             c.upstream = self
                 .pool
                 .as_ref()
@@ -554,7 +568,9 @@ impl Proxy {
                 .as_ref()
                 .is_some_and(|u| u.authority == url.authority() && u.used > 0);
             let sent = Instant::now();
-            let up = self.upstream(c, url, addrs).map_err(Outcome::Answer)?;
+            let up = self
+                .upstream(c, url, addrs, retryable(req))
+                .map_err(Outcome::Answer)?;
             job.server = Some(up.addr.ip());
             up.used += 1;
             up.idle_ok = false;
@@ -690,10 +706,7 @@ impl Proxy {
                         .write_all(&pending)
                         .map_err(|e| Outcome::Broken(format!("client gone: {e}")))?;
                 }
-                match c.upstream.as_mut() {
-                    Some(up) if resp.reusable => up.idle_ok = true,
-                    _ => c.upstream = None,
-                }
+                c.response_read(resp);
                 Ok(if keep { Next::KeepAlive } else { Next::Close })
             }
             Err(RelayError::Client(e)) => {
