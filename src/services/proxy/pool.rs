@@ -8,7 +8,9 @@
 //! One exchange per Unix-socket connection: `T host:port\n` (take) is answered
 //! `1` with a descriptor or `0`; `P host:port\n` (put) carries the descriptor.
 //! Idle connections are dropped after [`IDLE`] (origins close theirs after a few
-//! seconds) or when the origin has closed them or sent something unasked.
+//! seconds) or when the origin has closed them or sent something unasked. The
+//! socket is mode 0600 and only peers of the server's own uid are answered: a
+//! connection handed in by someone else could carry a request of theirs.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut, Write};
@@ -121,6 +123,8 @@ pub fn bind(rt: &Path) -> io::Result<(PathBuf, UnixListener)> {
     let path = rt.join(format!("proxy-pool.{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    // Only this server's own processes may hand connections in or take them.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok((path, listener))
 }
 
@@ -155,6 +159,10 @@ pub fn run(listener: &UnixListener) -> i32 {
 }
 
 fn serve(s: &UnixStream, idle: &mut HashMap<String, Vec<(TcpStream, Instant)>>) {
+    // The socket file is 0600; a peer of another uid still has no business here.
+    if sys::peer_cred(s.as_fd()).map_or(true, |c| c.uid != sys::getuid()) {
+        return;
+    }
     let _ = s.set_read_timeout(Some(ASK_TIMEOUT));
     let _ = s.set_write_timeout(Some(ASK_TIMEOUT));
     let Ok((msg, fd)) = receive(s) else { return };
