@@ -68,6 +68,11 @@ pub struct Context {
     pub idle_timeout: Option<Duration>,
     /// The local address the connection or datagram arrived on, as text (`tcp:…`).
     pub local: String,
+    /// How many reload requests (SIGHUP) the master had received when this
+    /// connection was handed out. A handler that loaded configuration at start-up
+    /// re-reads it when this is not 0 (the master itself never runs handler code,
+    /// so the copy it forks from keeps the start-up state).
+    pub reloads: u64,
 }
 
 /// The connected socket a stream handler reads and writes.

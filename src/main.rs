@@ -11,7 +11,7 @@ mod docs;
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
-use forkserve::services::{Lang, chat, echo, exec, files, http, metrics, models, time};
+use forkserve::services::{Lang, chat, echo, exec, files, http, metrics, models, proxy, time};
 use forkserve::{Error, ListenAddr, Model, Sandbox, Server, Service};
 
 #[derive(Parser)]
@@ -75,6 +75,9 @@ enum Command {
     Metrics,
     /// Send this host's CPU, memory, TCP connections and load to a metrics collector
     MetricsAgent(metrics::agent::AgentArgs),
+    /// HTTP forward proxy with a disk cache, access lists and CONNECT (default
+    /// tcp:127.0.0.1:3128, unix:RUNDIR/proxy.sock; loopback clients only unless --allow-clients)
+    Proxy,
 }
 
 impl Command {
@@ -94,6 +97,7 @@ impl Command {
             Command::Metrics => Some("metrics"),
             Command::MetricsAgent(_) => None,
             Command::Manpage(_) | Command::Completions { .. } => None,
+            Command::Proxy => Some("proxy"),
         }
     }
 }
@@ -198,6 +202,8 @@ struct ServeOpts {
     http: http::HttpOpts,
     #[command(flatten)]
     metrics: metrics::MetricsOpts,
+    #[command(flatten)]
+    proxy: proxy::ProxyOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -301,6 +307,19 @@ const BUILTINS: &[Builtin] = &[
                 &o.listen,
                 o.user.as_deref(),
             )
+        },
+    },
+    Builtin {
+        name: "proxy",
+        defaults: |rt| {
+            vec![
+                "tcp:127.0.0.1:3128".into(),
+                format!("unix:{}/proxy.sock", rt.display()),
+            ]
+        },
+        make: |o| {
+            let rt = runtime_dir_as(o.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
+            proxy::service(&o.proxy, &rt, o.user.as_deref()).map(Some)
         },
     },
     Builtin {
@@ -525,5 +544,18 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.code as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks over every subcommand and option: two
+    /// options with one name (services add global options) fail here, not at run
+    /// time.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

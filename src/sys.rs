@@ -709,6 +709,18 @@ fn recv_raw(
     }
 }
 
+/// Copies up to `count` bytes of `file` from `*offset` to the socket `out` in the
+/// kernel (sendfile(2)), advancing `*offset`; 0 at the end of the file.
+pub fn sendfile(
+    out: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: &mut i64,
+    count: usize,
+) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the borrow; offset points to a live i64.
+    cvt_ssize(unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), offset, count) })
+}
+
 /// Sends one datagram to `addr` without blocking.
 pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: &RawAddr) -> io::Result<usize> {
     // SAFETY: data and addr are live buffers of the lengths given.

@@ -93,6 +93,30 @@ pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
     Ok(find_group(&read_db(Path::new("/etc/group"))?, name))
 }
 
+/// Gives `paths` to `user` and the user's group: files a service creates before
+/// the privilege drop of `--user` that its workers must write. Errors start with
+/// `what` (the service) and name the user (78 when unknown) or the path (71).
+pub fn give_to(what: &str, user: &str, paths: &[&Path]) -> Result<(), crate::Error> {
+    use crate::Error;
+    let u = lookup_user(user)
+        .map_err(|e| Error::new(Error::OSERR, format!("{what}: --user {user}: {e}")))?
+        .ok_or_else(|| {
+            Error::new(
+                Error::CONFIG,
+                format!("{what}: --user {user}: no such user"),
+            )
+        })?;
+    for p in paths {
+        crate::sys::chown(p, u.uid, u.gid).map_err(|e| {
+            Error::new(
+                Error::OSERR,
+                format!("{what}: chown {} to {user}: {e}", p.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Supplementary groups of `user` from /etc/group, `gid` first.
 pub fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<u32>> {
     Ok(groups_of(&read_db(Path::new("/etc/group"))?, user, gid))

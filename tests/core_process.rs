@@ -10,15 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs forkserve with `args`, expecting it to exit at once with `code` and a
-/// message containing `needle` on stderr.
-fn fails_with(args: &[&str], code: i32, needle: &str) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: no {needle:?} in {err}");
-}
-
 fn tcp_echo() -> Forkserve {
     forkserve().args(["echo", "-l", "tcp:127.0.0.1:0"]).start()
 }

@@ -159,6 +159,7 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         model: svc.model,
         idle_timeout: svc.idle_timeout,
         local: local_text,
+        reloads: 0,
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);

@@ -301,6 +301,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 model: conf.model,
                 idle_timeout: conf.idle_timeout,
                 local: l.addr().to_string(),
+                reloads: 0,
             })
             .collect();
         let nslots = match conf.model {
@@ -601,6 +602,10 @@ impl Master {
         }
     }
 
+    /// SIGHUP: every context handed to a later connection carries one more reload,
+    /// so services that keep configuration files re-read them there. Long-lived
+    /// server processes (thread, sequential, prefork) were forked with the old
+    /// count: they are asked to finish what they serve and exit, and are replaced.
     fn begin_shutdown(&mut self, why: &str) {
         log::info!(
             "{why}: shutting down; draining {} worker(s) and {} server process(es) for up to {}s",

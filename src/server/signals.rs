@@ -3,7 +3,9 @@
 //! the flags at a safe point.
 //!
 //! Meanings in the master: SIGTERM/SIGINT drain and exit (a second one: stop now),
-//! SIGQUIT stop now, SIGHUP runs the services' reload hooks, SIGCHLD reap.
+//! SIGQUIT stop now, SIGHUP reload (the services' reload hooks run, connections
+//! learn of it through `Context::reloads`, server processes are replaced), SIGCHLD
+//! reap.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

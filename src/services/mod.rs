@@ -12,6 +12,7 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod models;
+pub mod proxy;
 pub mod time;
 
 pub use lang::Lang;

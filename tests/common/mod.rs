@@ -287,6 +287,15 @@ impl Drop for Forkserve {
     }
 }
 
+/// Runs forkserve with `args`, expecting it to exit at once with `code` and a
+/// message containing `needle` on stderr.
+pub fn fails_with(args: &[&str], code: i32, needle: &str) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: no {needle:?} in {err}");
+}
+
 /// Polls `f` until it returns Some, or panics after [`WAIT`].
 pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;

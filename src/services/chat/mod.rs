@@ -349,22 +349,7 @@ fn bind_ipc(rt: &Path) -> Result<(PathBuf, UnixListener), Error> {
 
 /// Makes the IPC directory and socket belong to `user`, whom the server will run as.
 fn hand_ipc_to(path: &Path, user: &str) -> Result<(), Error> {
-    let u = crate::users::lookup_user(user)
-        .map_err(|e| Error::new(Error::OSERR, format!("--user {user}: {e}")))?
-        .ok_or_else(|| Error::new(Error::CONFIG, format!("--user {user}: no such user")))?;
-    let (uid, gid) = (
-        nix::unistd::Uid::from_raw(u.uid),
-        nix::unistd::Gid::from_raw(u.gid),
-    );
-    for p in [path, path.parent().unwrap_or(path)] {
-        nix::unistd::chown(p, Some(uid), Some(gid)).map_err(|e| {
-            Error::new(
-                Error::OSERR,
-                format!("chat: chown {} to {user}: {e}", p.display()),
-            )
-        })?;
-    }
-    Ok(())
+    crate::users::give_to("chat", user, &[path, path.parent().unwrap_or(path)])
 }
 
 /// Removes `chat-ipc.PID` directories whose process is gone.

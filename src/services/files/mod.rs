@@ -111,7 +111,7 @@ pub struct FilesOpts {
 }
 
 /// Parses `123`, `64K`, `64M`, `1G` (binary multiples).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),

@@ -113,7 +113,10 @@ fn refuse(conn: &mut Connection, e: &HttpError, texts: Texts) -> io::Result<()> 
     Ok(())
 }
 
-fn linger(conn: &mut Connection) {
+/// Half-closes and reads what the client still sends for a moment (at most
+/// 4 MiB, 2 s), so unread request bytes do not make the kernel reset the
+/// connection and lose the answer just written.
+pub fn linger(conn: &mut Connection) {
     let _ = conn.shutdown_write();
     let until = Instant::now() + Duration::from_secs(2);
     let mut scratch = [0u8; 16 * 1024];

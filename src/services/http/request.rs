@@ -147,11 +147,78 @@ fn is_timeout(e: &io::Error) -> bool {
 #[derive(Default)]
 pub struct Input {
     buf: Vec<u8>,
+    /// Proxy mode: CONNECT's authority-form target is accepted and bodies have no
+    /// size limit (they are streamed on, not discarded).
+    proxy: bool,
 }
 
 impl Input {
+    /// An input for a forward proxy: accepts `CONNECT host:port` and bodies of any
+    /// length (the caller streams them with [`Input::copy_body`]).
+    pub fn for_proxy() -> Input {
+        Input {
+            buf: Vec::new(),
+            proxy: true,
+        }
+    }
+
+    /// The bytes received and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` buffered bytes (at most all of them).
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n.min(self.buf.len()));
+    }
+
+    /// Streams a body framed as `body` to `sink`, a piece at a time (memory stays
+    /// bounded by the read size); a chunked body is decoded and its trailer
+    /// fields dropped. Returns the body bytes passed on. An error from `sink` ends
+    /// the copy as `Failure::Io` with that error.
+    pub fn copy_body(
+        &mut self,
+        src: &mut impl Source,
+        body: Body,
+        idle: Option<Duration>,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, Failure> {
+        match body {
+            Body::None => Ok(0),
+            Body::Length(n) => self.copy_exact(src, n, idle, sink).map(|()| n),
+            Body::Chunked => self.copy_chunked(src, idle, u64::MAX, sink),
+        }
+    }
+
+    fn copy_exact(
+        &mut self,
+        src: &mut impl Source,
+        mut n: u64,
+        idle: Option<Duration>,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), Failure> {
+        loop {
+            let take = (self.buf.len() as u64).min(n) as usize;
+            if take > 0 {
+                sink(&self.buf[..take]).map_err(Failure::Io)?;
+                self.buf.drain(..take);
+                n -= take as u64;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            if self.fill(src, idle)? == 0 {
+                return Err(Failure::Closed);
+            }
+        }
+    }
+
     /// Reads more bytes into the buffer, waiting at most `timeout`; 0 at end of file.
-    fn fill(&mut self, src: &mut impl Source, timeout: Option<Duration>) -> Result<usize, Failure> {
+    pub fn fill(
+        &mut self,
+        src: &mut impl Source,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Failure> {
         src.set_timeout(timeout).map_err(Failure::Io)?;
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -277,7 +344,7 @@ impl Input {
             body: Body::None,
             must_close: false,
         };
-        check(&mut req).map_err(|mut e| {
+        check(&mut req, self.proxy).map_err(|mut e| {
             e.line = req.line();
             Failure::Http(e)
         })?;
@@ -301,20 +368,10 @@ impl Input {
     fn skip(
         &mut self,
         src: &mut impl Source,
-        mut n: u64,
+        n: u64,
         idle: Option<Duration>,
     ) -> Result<(), Failure> {
-        loop {
-            let take = (self.buf.len() as u64).min(n) as usize;
-            self.buf.drain(..take);
-            n -= take as u64;
-            if n == 0 {
-                return Ok(());
-            }
-            if self.fill(src, idle)? == 0 {
-                return Err(Failure::Closed);
-            }
-        }
+        self.copy_exact(src, n, idle, &mut |_| Ok(()))
     }
 
     /// Takes one line (up to LF) off the buffer, without its CRLF.
@@ -347,13 +404,26 @@ impl Input {
         src: &mut impl Source,
         idle: Option<Duration>,
     ) -> Result<(), Failure> {
+        self.copy_chunked(src, idle, MAX_BODY, &mut |_| Ok(()))
+            .map(drop)
+    }
+
+    /// Decodes a chunked body into `sink` (at most `limit` bytes, else 413) and
+    /// drops its trailer fields (at most 8 KiB, else 431).
+    fn copy_chunked(
+        &mut self,
+        src: &mut impl Source,
+        idle: Option<Duration>,
+        limit: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, Failure> {
         let mut total: u64 = 0;
         loop {
             let line = self.line(src, MAX_CHUNK_LINE, idle)?;
             let size = chunk_size(&line)
                 .ok_or_else(|| bad("Malformed chunk size in the chunked body."))?;
             total = total.saturating_add(size);
-            if total > MAX_BODY {
+            if total > limit {
                 return Err(Failure::Http(HttpError::new(
                     413,
                     "The request body is larger than 1 MiB.",
@@ -362,7 +432,7 @@ impl Input {
             if size == 0 {
                 break;
             }
-            self.skip(src, size, idle)?;
+            self.copy_exact(src, size, idle, sink)?;
             if !self.line(src, MAX_CHUNK_LINE, idle)?.is_empty() {
                 return Err(bad("A chunk of the chunked body is longer than its size."));
             }
@@ -372,7 +442,7 @@ impl Input {
         loop {
             let line = self.line(src, MAX_HEAD, idle)?;
             if line.is_empty() {
-                return Ok(());
+                return Ok(total);
             }
             trailers += line.len() + 2;
             if trailers > MAX_HEAD {
@@ -431,10 +501,14 @@ fn version_error(line: &str) -> HttpError {
 }
 
 /// Checks a parsed head against RFC 9112 and fills in its path and body framing.
-fn check(req: &mut Request) -> Result<(), HttpError> {
-    // The asterisk-form (`OPTIONS * HTTP/1.1`) names the server itself.
+fn check(req: &mut Request, proxy: bool) -> Result<(), HttpError> {
+    // The asterisk-form (`OPTIONS * HTTP/1.1`) names the server itself; a proxy
+    // also takes CONNECT's authority-form (`host:port`), kept whole as the path.
     let asterisk = req.target == "*" && req.method == "OPTIONS";
-    req.path = (if asterisk {
+    let authority = proxy && req.method == "CONNECT" && !req.target.contains('/');
+    req.path = (if authority {
+        Some(req.target.as_str())
+    } else if asterisk {
         Some("*")
     } else {
         target_path(&req.target)
@@ -502,7 +576,7 @@ fn check(req: &mut Request) -> Result<(), HttpError> {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(u64::MAX);
-        if n > MAX_BODY {
+        if n > MAX_BODY && !proxy {
             return Err(HttpError::new(
                 413,
                 "The request body is larger than 1 MiB.",
