@@ -1,12 +1,15 @@
 //! The `forkserve` command: parses arguments, builds the built-in services, runs
 //! them. With no subcommand every built-in service runs on its default addresses.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod configured;
+mod ctl;
 mod loadgen;
 
 use forkserve::listener::runtime_dir_as;
@@ -59,6 +62,10 @@ enum Command {
     /// The reference handler under sequential, thread and fork at once (tcp:127.0.0.1:9001-9003;
     /// --listen models-sequential=ADDR, models-thread=ADDR, models-fork=ADDR)
     Models,
+    /// Check a configuration file and print the effective configuration (78 on error)
+    CheckConfig { file: std::path::PathBuf },
+    /// Talk to a running server's control socket: status, services, children, reload, upgrade, drain, resume, set
+    Ctl(ctl::CtlArgs),
 }
 
 impl Command {
@@ -74,6 +81,7 @@ impl Command {
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
             Command::Models => Some("models"),
+            Command::CheckConfig { .. } | Command::Ctl(_) => None,
         }
     }
 }
@@ -83,6 +91,17 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::Ctl(args) => Some(ctl::run(args)),
+        Command::CheckConfig { file } => Some(match configured::check(file) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("forkserve check-config: {e}");
+                ExitCode::from(e.code as u8)
+            }
+        }),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -157,6 +176,16 @@ struct ServeOpts {
     /// Language of the texts users read (time, chat, http, models): en, or es (the reference's Spanish)
     #[arg(long, value_name = "LANG", default_value = "en", global = true)]
     lang: Lang,
+    /// Read services and settings from a TOML file (the command line overrides it);
+    /// SIGHUP re-reads it
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// The control socket for `forkserve ctl` (default RUNDIR/control.sock)
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<std::path::PathBuf>,
+    /// Serve Prometheus text at GET /metrics on ADDR (tcp:HOST:PORT or unix:/PATH)
+    #[arg(long, value_name = "ADDR", global = true)]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     files: files::FilesOpts,
     #[command(flatten)]
@@ -303,8 +332,8 @@ fn addresses(
     (b.defaults)(&rt).iter().map(|a| parse_addr(a)).collect()
 }
 
-fn build(cli: &Cli) -> Result<Server, Error> {
-    let opts = &cli.opts;
+/// The server-wide settings of `opts` (both the command line and `--config`).
+fn server_settings(opts: &ServeOpts) -> Result<Server, Error> {
     let mode = u32::from_str_radix(opts.socket_mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
@@ -321,12 +350,44 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         // files). The default one is made for the user where it is used.
         runtime_dir_as(opts.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
     }
-    let mut server = Server::new()
+    let metrics = opts.metrics_listen.as_deref().map(parse_addr).transpose()?;
+    Ok(Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
         .socket_mode(mode)
         .ready_fd(opts.ready_fd)
         .user(opts.user.clone(), opts.group.clone())
-        .inetd(opts.inetd);
+        .inetd(opts.inetd)
+        .control(opts.control.clone())
+        .metrics_listen(metrics))
+}
+
+/// `--config FILE`: the services of the file, reloaded on SIGHUP.
+fn build_from_config(cli: &Cli, path: &Path, argv: &[OsString]) -> Result<Server, Error> {
+    if cli.command.is_some() || !cli.opts.listen.is_empty() {
+        return Err(usage(
+            "--config: services and their addresses come from the file (no subcommand, no --listen)",
+        ));
+    }
+    let overrides = configured::overrides(argv);
+    let file = forkserve::config::ConfigFile::load(path)
+        .map_err(|e| Error::new(Error::CONFIG, e.to_string()))?;
+    let mut server = server_settings(&configured::global_opts(&file, &overrides)?)?;
+    for p in configured::plan(path, &overrides)? {
+        server = server.service((p.build)()?);
+    }
+    let check = vec!["check-config".into(), path.as_os_str().to_owned()];
+    Ok(server
+        .reloader(Some(configured::reloader(path.to_path_buf(), overrides)))
+        .upgrade_argv(argv.to_vec(), check))
+}
+
+fn build(cli: &Cli, argv: &[OsString]) -> Result<Server, Error> {
+    let opts = &cli.opts;
+    if let Some(path) = &opts.config {
+        return build_from_config(cli, path, argv);
+    }
+    let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    let mut server = server_settings(opts)?.upgrade_argv(argv.to_vec(), vec!["--version".into()]);
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).
         Some(name) => BUILTINS
@@ -374,7 +435,9 @@ fn build(cli: &Cli) -> Result<Server, Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Kept for a binary upgrade: the process title overwrites argv later.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -395,7 +458,7 @@ fn main() -> ExitCode {
         return ExitCode::from(Error::UNAVAILABLE as u8);
     }
     forkserve::proctitle::init();
-    let result = build(&cli).and_then(Server::run);
+    let result = build(&cli, &argv).and_then(Server::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -37,17 +37,26 @@ impl Master {
             return true;
         }
         let held = svc.sources.get(key);
+        svc.counters.refuse("per_source");
         log_refusal(&mut svc.refusals, &svc.conf.name, peer, held, policy, max);
         false
     }
 
-    /// Records a forked worker.
-    fn started(&mut self, s: usize, pid: i32, peer: Peer) {
+    /// Records a forked worker (`latency`: its first-byte slot).
+    fn started(&mut self, s: usize, pid: i32, peer: Peer, latency: Option<u32>) {
         let svc = &mut self.svcs[s];
         svc.active += 1;
         svc.served += 1;
+        svc.counters.started(svc.active, svc.conf.max_children);
         self.served_total += 1;
-        self.children.insert(pid, Role::Worker { service: s, peer });
+        self.children.insert(
+            pid,
+            Role::Worker {
+                service: s,
+                peer,
+                latency,
+            },
+        );
         self.title_dirty = true;
         self.pending.fork_worked();
     }
@@ -95,13 +104,21 @@ impl Master {
     /// `was_waiting`: it comes from the queue, and goes back to its front.
     fn fork_or_keep(&mut self, w: Waiting, was_waiting: bool) {
         let (s, l) = (w.service, w.listener);
+        let slot = self.board.take();
         match sys::fork() {
-            Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
+            Ok(Forked::Child) => {
+                self.board.arm_in_child(slot, w.since);
+                fork::run_stream_worker(self, s, l, w.fd, w.peer)
+            }
             Ok(Forked::Parent(pid)) => {
                 drop(w.fd);
-                self.started(s, pid, w.peer);
+                self.started(s, pid, w.peer, slot);
             }
             Err(e) => {
+                if let Some(slot) = slot {
+                    self.board.release(slot);
+                }
+                self.svcs[s].counters.forks_failed += 1;
                 let name = self.svcs[s].conf.name.clone();
                 match self.pending.keep(w, was_waiting) {
                     Ok(wait) => self.fork_failures.log(|n| {
@@ -120,6 +137,7 @@ impl Master {
                                 RateLimitedLog::more(n)
                             )
                         });
+                        self.svcs[w.service].counters.refuse("fork_queue_full");
                         self.forget(w);
                     }
                 }
@@ -144,6 +162,7 @@ impl Master {
                 w.peer,
                 pending::MAX_WAIT.as_secs()
             );
+            self.svcs[w.service].counters.refuse("fork_timeout");
             self.forget(w);
         }
         while let Some(w) = self.pending.take_due(now) {
@@ -189,8 +208,9 @@ impl Master {
             }
             match sys::fork() {
                 Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
-                Ok(Forked::Parent(pid)) => self.started(s, pid, peer),
+                Ok(Forked::Parent(pid)) => self.started(s, pid, peer, None),
                 Err(e) => {
+                    self.svcs[s].counters.forks_failed += 1;
                     let name = self.svcs[s].conf.name.clone();
                     self.fork_failures.log(|k| {
                         log::error!(

@@ -3,7 +3,8 @@
 //! the flags at a safe point.
 //!
 //! Meanings in the master: SIGTERM/SIGINT drain and exit (a second one: stop now),
-//! SIGQUIT stop now, SIGHUP logged (reserved), SIGCHLD reap.
+//! SIGQUIT stop now, SIGHUP reload the configuration, SIGUSR1 log the counters,
+//! SIGUSR2 upgrade the binary (re-execute in place), SIGCHLD reap.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -15,16 +16,18 @@ use signal_hook::SigId;
 use crate::sys;
 
 /// The signals forkserve handles, in flag order.
-const HANDLED: [i32; 6] = [
+const HANDLED: [i32; 7] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGHUP,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
 
-static FLAGS: [AtomicBool; 6] = [
+static FLAGS: [AtomicBool; 7] = [
+    AtomicBool::new(false),
     AtomicBool::new(false),
     AtomicBool::new(false),
     AtomicBool::new(false),
