@@ -73,8 +73,9 @@ fn ask(socket: &PathBuf, line: &str) -> Result<Value, (u8, String)> {
     let mut s = UnixStream::connect(socket).map_err(unavailable)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(unavailable)?;
-    s.write_all(format!("{line}\n").as_bytes())
-        .map_err(unavailable)?;
+    // A refused client may find the socket closed before it writes: the answer
+    // may still be there to read.
+    let wrote = s.write_all(format!("{line}\n").as_bytes());
     // A refusal is written and the socket closed before our request is read: the
     // answer comes, then a reset. Keep what came.
     let mut bytes = Vec::new();
@@ -85,10 +86,15 @@ fn ask(socket: &PathBuf, line: &str) -> Result<Value, (u8, String)> {
             Ok(n) => bytes.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) if !bytes.is_empty() => break,
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(unavailable(wrote.err().unwrap_or(e))),
         }
     }
     let text = String::from_utf8_lossy(&bytes);
+    if text.is_empty()
+        && let Err(e) = wrote
+    {
+        return Err(unavailable(e));
+    }
     if text.is_empty() {
         return Err((
             EX_UNAVAILABLE,

@@ -290,24 +290,55 @@ fn a_broken_file_keeps_the_running_configuration() {
     assert_eq!(status["services"].as_array().unwrap().len(), 1);
 }
 
-/// A copy of the binary in `dir`, which an upgrade then replaces.
+/// A directory beside the binary under test (same filesystem, so the binary can
+/// be hard-linked into it).
+fn dir_beside_binary(tag: &str) -> TempDir {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let p =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+/// The binary under test, linked into `dir` (an upgrade then replaces the link).
+/// Links, not copies: a file this process writes could be held open by a child
+/// another test is forking, and executing it would fail with ETXTBSY.
 fn copy_binary(dir: &TempDir) -> PathBuf {
     let p = dir.path("forkserve");
-    std::fs::copy(bin(), &p).unwrap();
+    std::fs::hard_link(bin(), &p).unwrap();
     p
 }
 
-/// Replaces the file at `p` by a new file (as a package upgrade does).
-fn replace_binary(p: &Path, with: &[u8], mode: u32) {
+/// Replaces the file at `p` (as a package upgrade does): by another link to the
+/// binary under test, or by `script`, written by a shell (see [`copy_binary`]).
+fn replace_binary(p: &Path, script: Option<&str>, mode: &str) {
     let tmp = p.with_extension("new");
-    std::fs::write(&tmp, with).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    match script {
+        None => std::fs::hard_link(bin(), &tmp).unwrap(),
+        Some(text) => {
+            let st = Command::new("sh")
+                .args([
+                    "-c",
+                    "printf '%s' \"$1\" > \"$2\" && chmod \"$3\" \"$2\"",
+                    "sh",
+                    text,
+                ])
+                .arg(&tmp)
+                .arg(mode)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
     std::fs::rename(&tmp, p).unwrap();
 }
 
 #[test]
 fn upgrade_under_load_keeps_the_pid_and_every_connection() {
-    let dir = TempDir::new("ops-upgrade");
+    let dir = dir_beside_binary("ops-upgrade");
     let exe = copy_binary(&dir);
     let exe_s = exe.to_str().unwrap().to_string();
     // No per-source limit: a debug-build master reaps late under load, and the
@@ -334,7 +365,7 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
         let s = ctl_json(&sock, &["status"]);
         (service(&s, "e")["counters"]["accepted"].as_u64().unwrap() > 100).then_some(())
     });
-    replace_binary(&exe, &std::fs::read(bin()).unwrap(), 0o755);
+    replace_binary(&exe, None, "755");
     let out = ctl(&sock, &["upgrade"]);
     assert!(out.status.success(), "{}\n{}", text(&out), fs.log_text());
     let status = ctl_json(&sock, &["status"]);
@@ -367,7 +398,7 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
 
 #[test]
 fn a_failing_new_binary_leaves_the_old_master_serving() {
-    let dir = TempDir::new("ops-upgrade-fail");
+    let dir = dir_beside_binary("ops-upgrade-fail");
     let exe = copy_binary(&dir);
     let config = "[[service]]\nname = \"e\"\nkind = \"echo\"\nlisten = [\"tcp:127.0.0.1:0\"]\n";
     let fs = start(exe.to_str().unwrap(), &dir, config, 1, &[]);
@@ -375,7 +406,7 @@ fn a_failing_new_binary_leaves_the_old_master_serving() {
     let addr = fs.addr(0).to_string();
 
     // A binary that does not start.
-    replace_binary(&exe, b"#!/bin/sh\necho broken >&2\nexit 3\n", 0o755);
+    replace_binary(&exe, Some("#!/bin/sh\necho broken >&2\nexit 3\n"), "755");
     fs.signal(libc::SIGUSR2);
     let line = fs.wait_log("upgrade failed, the running binary keeps serving");
     assert!(
@@ -384,7 +415,7 @@ fn a_failing_new_binary_leaves_the_old_master_serving() {
     );
     echo_once(&addr);
     // A file that is not executable, through ctl.
-    replace_binary(&exe, b"not a program", 0o644);
+    replace_binary(&exe, Some("not a program"), "644");
     let out = ctl(&sock, &["upgrade"]);
     assert_eq!(out.status.code(), Some(69), "{}", text(&out));
     assert!(text(&out).contains("upgrade failed"), "{}", text(&out));

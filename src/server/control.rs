@@ -123,6 +123,17 @@ impl ControlServer {
                 None => Listener::bind(addr, mode),
             }
         };
+        // The default path may belong to another forkserve of the same user.
+        let path = path.filter(|p| {
+            let taken = !path_given && UnixStream::connect(p).is_ok();
+            if taken {
+                log::warn!(
+                    "no control socket: another server answers on {}; give --control PATH",
+                    p.display()
+                );
+            }
+            !taken
+        });
         let control = path.map(|p| {
             bind(
                 CONTROL,

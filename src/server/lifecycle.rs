@@ -440,6 +440,9 @@ impl Master {
         if !self.pending.is_empty() {
             return "connections are waiting for a fork; try again".into();
         }
+        if self.argv.is_empty() {
+            return "no command line to re-execute (Server::upgrade_argv was not given one)".into();
+        }
         let exe = self.exe.clone();
         log::info!("upgrade: checking {}", exe.display());
         if let Err(e) = check_binary(&exe, &self.upgrade_check) {

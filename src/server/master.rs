@@ -398,6 +398,11 @@ fn drop_privileges(server: &Server, svcs: &[Svc]) -> Result<(), Error> {
             }
         }
     }
+    if sys::geteuid() == user.uid && sys::geteuid() != 0 {
+        // Already the user: a master re-executed by an upgrade after dropping them.
+        log::info!("running as {name} (uid {}, gid {gid})", user.uid);
+        return Ok(());
+    }
     let groups = crate::users::supplementary_groups(&user.name, gid)
         .map_err(|e| Error::new(Error::OSERR, format!("reading /etc/group: {e}")))?;
     sys::drop_privileges(user.uid, gid, &groups).map_err(|e| {
@@ -612,7 +617,7 @@ impl Master {
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
         if self.signals.take(libc::SIGHUP) {
-            log::info!("SIGHUP: reloading the configuration");
+            log::info!("SIGHUP received: reloading the configuration");
             let _ = self.reload();
         }
         if self.signals.take(libc::SIGUSR1) {
@@ -624,7 +629,7 @@ impl Master {
             );
         }
         if self.signals.take(libc::SIGUSR2) {
-            log::info!("SIGUSR2: upgrading the binary");
+            log::info!("SIGUSR2 received: upgrading the binary");
             self.upgrade_requested = true;
         }
         if quit || ((term || int) && self.shutdown.is_some()) {
