@@ -109,38 +109,38 @@ fn parse_opts(
     }
 }
 
+/// The long options of the file's `tables` (top level: `None`), in order, then
+/// the command line's.
+fn args_of(
+    file: &ConfigFile,
+    tables: &[(Option<usize>, &toml::Table)],
+    cli: &[OsString],
+) -> Result<Vec<OsString>, Error> {
+    let mut args = Vec::new();
+    for (index, table) in tables {
+        let spelled = file.options_as_args(*index, table).map_err(config_error)?;
+        args.extend(spelled.into_iter().map(OsString::from));
+    }
+    args.extend(cli.iter().cloned());
+    Ok(args)
+}
+
 /// The whole argument list of service `s`: file globals, its table, overrides.
 fn service_args(
     file: &ConfigFile,
     s: &ServiceTable,
     cli: &[OsString],
 ) -> Result<Vec<OsString>, Error> {
-    let mut args: Vec<OsString> = file
-        .options_as_args(None, &file.global)
-        .map_err(config_error)?
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-    args.extend(
-        file.options_as_args(Some(s.index), &s.options)
-            .map_err(config_error)?
-            .into_iter()
-            .map(OsString::from),
-    );
-    args.extend(cli.iter().cloned());
-    Ok(args)
+    args_of(
+        file,
+        &[(None, &file.global), (Some(s.index), &s.options)],
+        cli,
+    )
 }
 
 /// The server-wide options: the file's top level, then the command line.
 pub fn global_opts(file: &ConfigFile, cli: &[OsString]) -> Result<ServeOpts, Error> {
-    let mut args: Vec<OsString> = file
-        .options_as_args(None, &file.global)
-        .map_err(config_error)?
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-    args.extend(cli.iter().cloned());
-    parse_opts(file, None, &args)
+    parse_opts(file, None, &args_of(file, &[(None, &file.global)], cli)?)
 }
 
 /// Every service of `path`, ready to be built (checked: kinds, options).

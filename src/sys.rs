@@ -248,6 +248,19 @@ pub fn unblock_all_signals() {
     }
 }
 
+/// Unblocks `sigs` in this thread's signal mask.
+pub fn unblock_signals(sigs: &[i32]) {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Closes a raw descriptor this process owns through some other handle that will never
 /// be dropped (a forked child closing the master's listeners before `_exit`).
 pub fn close_fd(fd: RawFd) {

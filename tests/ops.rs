@@ -344,7 +344,7 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
     // No per-source limit: a debug-build master reaps late under load, and the
     // fair share would refuse some of the bench's connections (counted apart).
     let config = "[[service]]\nname = \"e\"\nkind = \"echo\"\nlisten = [\"tcp:127.0.0.1:0\"]\nmax_children = 64\nmax_per_source = 0\n";
-    let fs = start(&exe_s, &dir, config, 1, &[]);
+    let mut fs = start(&exe_s, &dir, config, 1, &[]);
     let sock = dir.path("control.sock");
     let addr = fs.addr(0).to_string();
     let mut old = Conn::connect(&addr);
@@ -394,6 +394,11 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
     assert_eq!(v["errors"]["total"], 0, "{json}");
     assert!(v["requests"].as_u64().unwrap() > 100, "{json}");
     echo_once(&addr);
+    // The new image still answers its signals: SIGUSR1, and SIGTERM ends it cleanly.
+    fs.signal(libc::SIGUSR1);
+    fs.wait_log("status: ");
+    fs.signal(libc::SIGTERM);
+    assert!(fs.wait_exit().success(), "{}", fs.log_text());
 }
 
 #[test]

@@ -163,6 +163,39 @@ impl Counters {
     }
 }
 
+/// The families with one value per service: name, type, help, value (from the
+/// counters and the number of active workers).
+type Simple = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Counters, usize) -> u64,
+);
+const SIMPLE: [Simple; 5] = [
+    (
+        "accepted_total",
+        "counter",
+        "Connections (or datagrams) given a worker.",
+        |c, _| c.accepted,
+    ),
+    (
+        "full_total",
+        "counter",
+        "Times a service reached max-children (new clients then wait in the backlog).",
+        |c, _| c.full,
+    ),
+    ("active", "gauge", "Workers running now.", |_, a| a as u64),
+    ("peak", "gauge", "Most workers running at once.", |c, _| {
+        c.peak as u64
+    }),
+    (
+        "forks_failed_total",
+        "counter",
+        "fork(2) calls that failed.",
+        |c, _| c.forks_failed,
+    ),
+];
+
 /// Prometheus text exposition of every service's counters.
 pub fn prometheus<'a>(services: impl Iterator<Item = (&'a str, &'a Counters, usize)>) -> String {
     let services: Vec<_> = services.collect();
@@ -173,21 +206,18 @@ pub fn prometheus<'a>(services: impl Iterator<Item = (&'a str, &'a Counters, usi
         body(&mut out);
     };
     let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    family(
-        "accepted_total",
-        "counter",
-        "Connections (or datagrams) given a worker.",
-        &mut |o| {
-            for (n, c, _) in &services {
+    for (name, kind, help, value) in SIMPLE {
+        family(name, kind, help, &mut |o| {
+            for (n, c, a) in &services {
                 let _ = writeln!(
                     o,
-                    "forkserve_accepted_total{{service=\"{}\"}} {}",
+                    "forkserve_{name}{{service=\"{}\"}} {}",
                     label(n),
-                    c.accepted
+                    value(c, *a)
                 );
             }
-        },
-    );
+        });
+    }
     family(
         "refused_total",
         "counter",
@@ -202,46 +232,6 @@ pub fn prometheus<'a>(services: impl Iterator<Item = (&'a str, &'a Counters, usi
                         label(n)
                     );
                 }
-            }
-        },
-    );
-    family(
-        "full_total",
-        "counter",
-        "Times a service reached max-children (new clients then wait in the backlog).",
-        &mut |o| {
-            for (n, c, _) in &services {
-                let _ = writeln!(
-                    o,
-                    "forkserve_full_total{{service=\"{}\"}} {}",
-                    label(n),
-                    c.full
-                );
-            }
-        },
-    );
-    family("active", "gauge", "Workers running now.", &mut |o| {
-        for (n, _, a) in &services {
-            let _ = writeln!(o, "forkserve_active{{service=\"{}\"}} {a}", label(n));
-        }
-    });
-    family("peak", "gauge", "Most workers running at once.", &mut |o| {
-        for (n, c, _) in &services {
-            let _ = writeln!(o, "forkserve_peak{{service=\"{}\"}} {}", label(n), c.peak);
-        }
-    });
-    family(
-        "forks_failed_total",
-        "counter",
-        "fork(2) calls that failed.",
-        &mut |o| {
-            for (n, c, _) in &services {
-                let _ = writeln!(
-                    o,
-                    "forkserve_forks_failed_total{{service=\"{}\"}} {}",
-                    label(n),
-                    c.forks_failed
-                );
             }
         },
     );

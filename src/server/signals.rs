@@ -113,6 +113,10 @@ impl Signals {
             let id = unsafe { signal_hook::low_level::register(sig, move || on_signal(i)) }?;
             ids.push((sig, id));
         }
+        // A master re-executed by an upgrade starts with the old image's mask (the
+        // handled signals blocked): now that they have handlers, let them in.
+        let with_handlers: Vec<i32> = ids.iter().map(|(sig, _)| *sig).collect();
+        sys::unblock_signals(&with_handlers);
         Ok(Signals {
             read,
             write,
