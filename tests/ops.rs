@@ -622,3 +622,57 @@ fn scrape(addr: &str) -> String {
     assert!(r.starts_with("HTTP/1.0 200 OK"), "{r}");
     r.split_once("\r\n\r\n").unwrap().1.to_string()
 }
+
+/// Reads datagrams from `sock` into `seen` until one contains `needle`.
+fn notified(
+    sock: &std::os::unix::net::UnixDatagram,
+    needle: &str,
+    seen: &mut Vec<String>,
+) -> String {
+    wait_until(&format!("sd_notify {needle:?} (seen {seen:?})"), || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).ok()?;
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg.clone());
+        msg.contains(needle).then_some(msg)
+    })
+}
+
+#[test]
+fn systemd_hears_reloading_ready_and_the_counters() {
+    let dir = dir_beside_binary("ops-notify");
+    let exe = copy_binary(&dir);
+    let path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let file = dir.path("forkserve.toml");
+    write_file(
+        &file,
+        "[[service]]\nname = \"e\"\nkind = \"echo\"\nlisten = [\"tcp:127.0.0.1:0\"]\n",
+    );
+    let fs = forkserve_at(exe.to_str().unwrap())
+        .arg("--config")
+        .arg(&file)
+        .arg("--control")
+        .arg(dir.path("control.sock"))
+        .env("NOTIFY_SOCKET", &path)
+        .start();
+    let mut seen = Vec::new();
+    notified(&sock, "READY=1", &mut seen);
+    echo_once(fs.addr(0));
+    notified(&sock, "e: 0 active (peak 1), 1 accepted", &mut seen);
+    fs.signal(libc::SIGHUP);
+    let msg = notified(&sock, "RELOADING=1", &mut seen);
+    assert!(msg.contains("MONOTONIC_USEC="), "{msg}");
+    notified(&sock, "READY=1", &mut seen);
+    // The upgraded image still notifies (NOTIFY_SOCKET is handed on), as the same pid.
+    replace_binary(&exe, None, "755");
+    let out = ctl(&dir.path("control.sock"), &["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    notified(&sock, "READY=1", &mut seen);
+    assert_eq!(
+        ctl_json(&dir.path("control.sock"), &["status"])["pid"],
+        fs.pid
+    );
+}
