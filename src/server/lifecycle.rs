@@ -201,19 +201,23 @@ impl Master {
                 limits.push((i, p.max_children, p.max_per_source));
                 continue;
             }
-            let conf = (p.build)()
-                .map_err(|e| e.message)?
-                .fingerprint(p.fingerprint);
-            let listeners = self.bind_for(old, &conf).inspect_err(|_| {
-                for p in &mut prepared {
-                    release(p);
-                }
-            })?;
-            prepared.push(Prepared {
-                old,
-                conf,
-                listeners,
+            let built = (p.build)().map_err(|e| e.message).and_then(|conf| {
+                let conf = conf.fingerprint(p.fingerprint);
+                self.bind_for(old, &conf).map(|l| (conf, l))
             });
+            match built {
+                Ok((conf, listeners)) => prepared.push(Prepared {
+                    old,
+                    conf,
+                    listeners,
+                }),
+                Err(e) => {
+                    for p in &mut prepared {
+                        release(&mut p.listeners);
+                    }
+                    return Err(e);
+                }
+            }
         }
         // Phase 2: apply.
         let kept: Vec<usize> = limits.iter().map(|l| l.0).collect();
@@ -270,36 +274,28 @@ impl Master {
                     .then(|| o.conf.addrs.iter().position(|a| a == addr))
                     .flatten()
             });
-            match reuse {
-                Some(j) => out.push(Err(j)),
-                None => match Listener::bind(addr, self.socket_mode) {
-                    Ok(l) => {
-                        if l.is_stream() != conf.is_stream() {
-                            out.push(Ok(l));
-                            let mut p = Prepared {
-                                old,
-                                conf: conf.clone(),
-                                listeners: out,
-                            };
-                            release(&mut p);
-                            return Err(format!(
-                                "{}: {addr} is the wrong kind of socket",
-                                conf.name
-                            ));
-                        }
-                        log::info!("{}: listening on {}", conf.name, l.addr());
-                        out.push(Ok(l));
+            if let Some(j) = reuse {
+                out.push(Err(j));
+                continue;
+            }
+            let bound = Listener::bind(addr, self.socket_mode)
+                .map_err(|e| format!("{}: {e}", conf.name))
+                .and_then(|mut l| {
+                    if l.is_stream() == conf.is_stream() {
+                        return Ok(l);
                     }
-                    Err(e) => {
-                        let mut p = Prepared {
-                            old,
-                            conf: conf.clone(),
-                            listeners: out,
-                        };
-                        release(&mut p);
-                        return Err(format!("{}: {e}", conf.name));
-                    }
-                },
+                    l.remove_file();
+                    Err(format!("{}: {addr} is the wrong kind of socket", conf.name))
+                });
+            match bound {
+                Ok(l) => {
+                    log::info!("{}: listening on {}", conf.name, l.addr());
+                    out.push(Ok(l));
+                }
+                Err(e) => {
+                    release(&mut out);
+                    return Err(e);
+                }
             }
         }
         if out.is_empty() {
@@ -309,38 +305,22 @@ impl Master {
     }
 
     fn start_prepared(&mut self, p: Prepared) {
-        let mut listeners = Vec::new();
-        let mut taken = Vec::new();
-        for l in p.listeners {
-            match l {
-                Ok(l) => listeners.push(Some(l)),
-                Err(j) => {
-                    taken.push(j);
-                    listeners.push(None);
-                }
-            }
-        }
+        // The old service's listeners: those the new one keeps move over, the
+        // rest are closed when it retires.
+        let mut old_listeners: Vec<Option<Listener>> = match p.old {
+            Some(i) => std::mem::take(&mut self.svcs[i].listeners)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => Vec::new(),
+        };
+        let listeners: Vec<Listener> = p
+            .listeners
+            .into_iter()
+            .map(|l| l.unwrap_or_else(|j| old_listeners[j].take().expect("a kept listener")))
+            .collect();
         if let Some(i) = p.old {
-            // Take the kept listeners out of the old service, highest index first.
-            let mut moved: Vec<(usize, Listener)> = Vec::new();
-            let mut order = taken.clone();
-            order.sort_unstable_by(|a, b| b.cmp(a));
-            for j in order {
-                moved.push((j, self.svcs[i].listeners.remove(j)));
-                self.svcs[i].contexts.remove(j);
-            }
-            let mut k = 0;
-            for slot in listeners.iter_mut() {
-                if slot.is_none() {
-                    let j = taken[k];
-                    k += 1;
-                    let pos = moved
-                        .iter()
-                        .position(|(m, _)| *m == j)
-                        .expect("moved listener");
-                    *slot = Some(moved.swap_remove(pos).1);
-                }
-            }
+            self.svcs[i].listeners = old_listeners.into_iter().flatten().collect();
             log::info!(
                 "{}: changed; new connections get the new settings, running ones finish",
                 p.conf.name
@@ -349,7 +329,6 @@ impl Master {
         } else {
             log::info!("{}: added", p.conf.name);
         }
-        let listeners: Vec<Listener> = listeners.into_iter().flatten().collect();
         let mut svc = new_svc(p.conf, listeners);
         svc.title_prefix = svc.title_prefix();
         self.svcs.push(svc);
@@ -747,12 +726,12 @@ impl Master {
     }
 }
 
-/// Frees what a failed reload had bound.
-fn release(p: &mut Prepared) {
-    for l in p.listeners.iter_mut().flatten() {
+/// Frees what a failed reload had bound (the kept listeners stay where they are).
+fn release(listeners: &mut Vec<Result<Listener, usize>>) {
+    for l in listeners.iter_mut().flatten() {
         l.remove_file();
     }
-    p.listeners.clear();
+    listeners.clear();
 }
 
 /// Runs `exe` with `args` and waits (at most 10 s) for it to succeed.
