@@ -74,6 +74,9 @@ struct Conn {
     output: Option<Vec<u8>>,
     written: usize,
     deadline: Instant,
+    /// Answered or gone: dropped when the poll list is next built (so indexes
+    /// stay valid while requests are answered).
+    done: bool,
 }
 
 /// What a connection wants from the master: the text of a complete request.
@@ -180,7 +183,7 @@ impl ControlServer {
     /// Pushes the descriptors to poll; returns how many.
     pub fn pollfds(&mut self, out: &mut Vec<sys::PollFd>) -> usize {
         let now = Instant::now();
-        self.conns.retain(|c| c.deadline > now);
+        self.conns.retain(|c| !c.done && c.deadline > now);
         let before = out.len();
         let room = self.conns.len() < MAX_CONNS;
         for l in [&self.control, &self.metrics].into_iter().flatten() {
@@ -209,15 +212,12 @@ impl ControlServer {
     /// returns the complete requests, to be answered with [`answer`].
     pub fn serve(&mut self, revents: &[i16]) -> Vec<Request> {
         let nl = [&self.control, &self.metrics].into_iter().flatten().count();
-        let conns_before = self.conns.len();
         let mut requests = Vec::new();
         // Connections first (their indexes are those of the poll list).
-        let mut done = vec![false; conns_before];
-        for (i, slot) in done.iter_mut().enumerate() {
-            if revents.get(nl + i).copied().unwrap_or(0) == 0 {
-                continue;
+        for i in 0..self.conns.len() {
+            if revents.get(nl + i).copied().unwrap_or(0) != 0 {
+                self.conns[i].done = self.progress(i, &mut requests);
             }
-            *slot = self.progress(i, &mut requests);
         }
         let mut k = 0;
         let listeners = [
@@ -230,17 +230,6 @@ impl ControlServer {
                 self.accept(fd, kind);
             }
             k += 1;
-        }
-        // Drop finished connections, highest index first, keeping request indexes valid.
-        for i in (0..conns_before).rev() {
-            if done[i] && !requests.iter().any(|r: &Request| r.conn == i) {
-                self.conns.swap_remove(i);
-                for r in requests.iter_mut() {
-                    if r.conn == self.conns.len() {
-                        r.conn = i;
-                    }
-                }
-            }
         }
         requests
     }
@@ -291,6 +280,7 @@ impl ControlServer {
                 output: None,
                 written: 0,
                 deadline: Instant::now() + CONN_DEADLINE,
+                done: false,
             });
         }
     }
@@ -372,9 +362,8 @@ impl ControlServer {
             c.output = Some(body);
             c.written = 0;
             let mut ignore = Vec::new();
-            if self.progress(r.conn, &mut ignore) {
-                self.conns.swap_remove(r.conn);
-            }
+            let done = self.progress(r.conn, &mut ignore);
+            self.conns[r.conn].done = done;
         }
     }
 
