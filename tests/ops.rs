@@ -372,6 +372,8 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
     assert_eq!(status["pid"], fs.pid, "the master keeps its pid");
     assert_eq!(status["upgrades"], 1);
     assert!(fs.has_log("upgrade: re-executing"));
+    // The counters carry on from where the old image left them.
+    assert!(service(&status, "e")["counters"]["accepted"].as_u64().unwrap() > 100);
     // The old connection is still served by its worker (the old code), a child of
     // the same master.
     assert_eq!(parent_of(old_worker), Some(fs.pid));

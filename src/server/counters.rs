@@ -163,6 +163,62 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Everything, for the next image of a binary upgrade.
+    pub fn handover(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "full": self.full,
+            "peak": self.peak,
+            "forks_failed": self.forks_failed,
+            "exits_status": self.exits_status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "exits_signal": self.exits_signal.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "first_byte": self.first_byte.counts.to_vec(),
+            "first_byte_sum_us": self.first_byte.sum_us,
+        })
+    }
+
+    /// The counters a previous image handed over (what it lacks stays 0).
+    pub fn taken_over(v: &serde_json::Value) -> Counters {
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        let by_code = |k: &str| {
+            v[k].as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(c, n)| Some((c.parse().ok()?, n.as_u64()?)))
+                .collect()
+        };
+        let mut c = Counters {
+            accepted: u("accepted"),
+            full: u("full"),
+            peak: u("peak") as usize,
+            forks_failed: u("forks_failed"),
+            exits_status: by_code("exits_status"),
+            exits_signal: by_code("exits_signal"),
+            ..Counters::default()
+        };
+        for reason in REASONS {
+            if let Some(n) = v["refused"][reason].as_u64() {
+                c.refused.insert(reason, n);
+            }
+        }
+        for (slot, n) in c
+            .first_byte
+            .counts
+            .iter_mut()
+            .zip(v["first_byte"].as_array().into_iter().flatten())
+        {
+            *slot = n.as_u64().unwrap_or(0);
+        }
+        c.first_byte.sum_us = u("first_byte_sum_us");
+        c
+    }
+}
+
+/// Why a connection is closed without a worker.
+pub const REASONS: [&str; 3] = ["per_source", "fork_queue_full", "fork_timeout"];
+
 /// The families with one value per service: name, type, help, value (from the
 /// counters and the number of active workers).
 type Simple = (
@@ -224,7 +280,7 @@ pub fn prometheus<'a>(services: impl Iterator<Item = (&'a str, &'a Counters, usi
         "Connections closed without a worker, by reason.",
         &mut |o| {
             for (n, c, _) in &services {
-                for reason in ["per_source", "fork_queue_full", "fork_timeout"] {
+                for reason in REASONS {
                     let v = c.refused.get(reason).copied().unwrap_or(0);
                     let _ = writeln!(
                         o,
@@ -380,6 +436,19 @@ mod tests {
         assert_eq!(h.quantile_us(0.99), Some(5_000));
         assert_eq!(h.quantile_us(1.0), Some(u64::MAX));
         assert_eq!(quantile_text(Some(5_000)), "≤5ms");
+    }
+
+    #[test]
+    fn counters_survive_a_handover() {
+        let mut c = Counters::default();
+        c.started(3, 4);
+        c.refuse("fork_timeout");
+        c.exited(ExitStatus::Code(1));
+        c.exited(ExitStatus::Signal(libc::SIGTERM));
+        c.first_byte.record(700);
+        let back = Counters::taken_over(&c.handover());
+        assert_eq!(back.json(0), c.json(0));
+        assert_eq!(back.first_byte.sum_us, 700);
     }
 
     #[test]

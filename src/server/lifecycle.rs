@@ -46,6 +46,10 @@ pub(crate) struct Handover {
     pub listeners: Vec<(String, String, OwnedFd, Option<PathBuf>)>,
     /// (pid, service, role, peer, age)
     pub children: Vec<(i32, String, String, String, Duration)>,
+    /// Counters by service name, connections served, and the master's age.
+    pub counters: serde_json::Map<String, Value>,
+    pub served: u64,
+    pub age: Duration,
 }
 
 /// Reads (and forgets) the state a previous image left, if this image was
@@ -69,6 +73,9 @@ pub(crate) fn take_handover() -> Option<Handover> {
     };
     let mut h = Handover {
         upgrades: v["upgrades"].as_u64().unwrap_or(0),
+        counters: v["counters"].as_object().cloned().unwrap_or_default(),
+        served: v["served"].as_u64().unwrap_or(0),
+        age: Duration::from_millis(v["age_ms"].as_u64().unwrap_or(0)),
         ..Handover::default()
     };
     for l in v["listeners"].as_array().into_iter().flatten() {
@@ -507,7 +514,15 @@ impl Master {
                        "age_ms": c.started.elapsed().as_millis() as u64})
             })
             .collect();
-        json!({"upgrades": self.upgrades + 1, "listeners": listeners, "children": children})
+        let counters: serde_json::Map<String, Value> = self
+            .svcs
+            .iter()
+            .filter(|s| !s.retired)
+            .map(|s| (s.conf.name.clone(), s.counters.handover()))
+            .collect();
+        json!({"upgrades": self.upgrades + 1, "listeners": listeners, "children": children,
+               "counters": counters, "served": self.served_total,
+               "age_ms": self.started.elapsed().as_millis() as u64})
     }
 
     /// (service, role, peer) of a child, as text.
@@ -535,8 +550,15 @@ impl Master {
         }
     }
 
-    /// Takes over the children the previous image left.
+    /// Takes over the children, counters and age the previous image left.
     pub(super) fn adopt_children(&mut self, h: &Handover) {
+        for svc in &mut self.svcs {
+            if let Some(v) = h.counters.get(&svc.conf.name) {
+                svc.counters = counters::Counters::taken_over(v);
+            }
+        }
+        self.served_total = h.served;
+        self.started = Instant::now().checked_sub(h.age).unwrap_or(self.started);
         for (pid, service, role, peer, age) in &h.children {
             let s = self
                 .svcs
