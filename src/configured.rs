@@ -144,9 +144,10 @@ pub fn global_opts(file: &ConfigFile, cli: &[OsString]) -> Result<ServeOpts, Err
 }
 
 /// Every service of `path`, ready to be built (checked: kinds, options).
-pub fn plan(path: &Path, cli: &[OsString]) -> Result<Vec<Planned>, Error> {
+/// `systemd`: socket-activated, so a service without `listen` takes the sockets
+/// named after it.
+pub fn plan(path: &Path, cli: &[OsString], systemd: bool) -> Result<Vec<Planned>, Error> {
     let file = ConfigFile::load(path).map_err(config_error)?;
-    let systemd = std::env::var_os("LISTEN_FDS").is_some();
     let mut planned = Vec::new();
     for s in &file.services {
         let Some(b) = builtin(&s.kind) else {
@@ -202,9 +203,10 @@ pub fn plan(path: &Path, cli: &[OsString]) -> Result<Vec<Planned>, Error> {
     Ok(planned)
 }
 
-/// The reloader a `--config` server re-reads its file with.
-pub fn reloader(path: PathBuf, cli: Vec<OsString>) -> Reloader {
-    Box::new(move || plan(&path, &cli))
+/// The reloader a `--config` server re-reads its file with (`systemd` as at the
+/// start: the environment that told it is gone by then).
+pub fn reloader(path: PathBuf, cli: Vec<OsString>, systemd: bool) -> Reloader {
+    Box::new(move || plan(&path, &cli, systemd))
 }
 
 /// `forkserve check-config FILE`: validates it and prints the effective
@@ -226,7 +228,8 @@ pub fn check(path: &Path) -> Result<String, Error> {
     if let Some(m) = &g.metrics_listen {
         out.push_str(&format!("metrics_listen = \"{m}\"\n"));
     }
-    for (p, s) in plan(path, &cli)?.into_iter().zip(&file.services) {
+    let systemd = forkserve::systemd::socket_activated();
+    for (p, s) in plan(path, &cli, systemd)?.into_iter().zip(&file.services) {
         let svc = (p.build)()?;
         let addrs: Vec<String> = svc.addrs().iter().map(|a| format!("\"{a}\"")).collect();
         let extra: Vec<String> = s

@@ -343,7 +343,7 @@ fn server_settings(opts: &ServeOpts) -> Result<Server, Error> {
                 opts.socket_mode
             ))
         })?;
-    let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    let systemd = forkserve::systemd::socket_activated() || opts.inetd;
     if opts.user.is_some() && !systemd && std::env::var_os("RUNTIME_DIRECTORY").is_some() {
         // Run as root with --user: a given runtime directory becomes the user's
         // before anything is bound in it (the master, as the user, removes the
@@ -372,12 +372,17 @@ fn build_from_config(cli: &Cli, path: &Path, argv: &[OsString]) -> Result<Server
     let file = forkserve::config::ConfigFile::load(path)
         .map_err(|e| Error::new(Error::CONFIG, e.to_string()))?;
     let mut server = server_settings(&configured::global_opts(&file, &overrides)?)?;
-    for p in configured::plan(path, &overrides)? {
+    let activated = forkserve::systemd::socket_activated();
+    for p in configured::plan(path, &overrides, activated)? {
         server = server.service((p.build)()?);
     }
     let check = vec!["check-config".into(), path.as_os_str().to_owned()];
     Ok(server
-        .reloader(Some(configured::reloader(path.to_path_buf(), overrides)))
+        .reloader(Some(configured::reloader(
+            path.to_path_buf(),
+            overrides,
+            activated,
+        )))
         .upgrade_argv(argv.to_vec(), check))
 }
 
@@ -386,7 +391,7 @@ fn build(cli: &Cli, argv: &[OsString]) -> Result<Server, Error> {
     if let Some(path) = &opts.config {
         return build_from_config(cli, path, argv);
     }
-    let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    let systemd = forkserve::systemd::socket_activated() || opts.inetd;
     let mut server = server_settings(opts)?.upgrade_argv(argv.to_vec(), vec!["--version".into()]);
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).

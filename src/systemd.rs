@@ -27,6 +27,16 @@ impl PassedFd {
     }
 }
 
+/// Set by a master that re-executes itself (binary upgrade) holding sockets systemd
+/// passed: the new image gets them through the upgrade's hand-over, not LISTEN_FDS.
+pub const ACTIVATED_ENV: &str = "FORKSERVE_SOCKET_ACTIVATED";
+
+/// True when this process was started by socket activation (LISTEN_FDS), or is
+/// the re-executed image of such a master. Read it before [`take_listen_fds`].
+pub fn socket_activated() -> bool {
+    std::env::var_os("LISTEN_FDS").is_some() || std::env::var_os(ACTIVATED_ENV).is_some()
+}
+
 /// Takes the sockets systemd passed to this process (fds 3 …), if LISTEN_PID names
 /// us, and removes LISTEN_* from the environment so no child sees them.
 pub fn take_listen_fds() -> Vec<PassedFd> {

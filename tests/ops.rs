@@ -373,7 +373,12 @@ fn upgrade_under_load_keeps_the_pid_and_every_connection() {
     assert_eq!(status["upgrades"], 1);
     assert!(fs.has_log("upgrade: re-executing"));
     // The counters carry on from where the old image left them.
-    assert!(service(&status, "e")["counters"]["accepted"].as_u64().unwrap() > 100);
+    assert!(
+        service(&status, "e")["counters"]["accepted"]
+            .as_u64()
+            .unwrap()
+            > 100
+    );
     // The old connection is still served by its worker (the old code), a child of
     // the same master.
     assert_eq!(parent_of(old_worker), Some(fs.pid));
@@ -677,4 +682,60 @@ fn systemd_hears_reloading_ready_and_the_counters() {
         ctl_json(&dir.path("control.sock"), &["status"])["pid"],
         fs.pid
     );
+}
+
+#[test]
+fn socket_activated_services_keep_their_sockets_across_reload_and_upgrade() {
+    if Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: no systemd-socket-activate");
+        return;
+    }
+    let dir = dir_beside_binary("ops-activated");
+    let exe = copy_binary(&dir);
+    let file = dir.path("forkserve.toml");
+    let config = "[[service]]\nname = \"e\"\nkind = \"echo\"\n";
+    write_file(&file, config);
+    let sock = dir.path("e.sock");
+    let control = dir.path("control.sock");
+    let mut b = forkserve();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&sock)
+        .arg("--fdname=e")
+        .arg(&exe)
+        .arg("--config")
+        .arg(&file)
+        .arg("--control")
+        .arg(&control);
+    cmd.env_remove("LISTEN_FDS").env_remove("NOTIFY_SOCKET");
+    *b.command() = cmd;
+    let fs = b.spawn();
+    fs.wait_log(&format!("{} as 3", sock.display()));
+    let addr = format!("unix:{}", sock.display());
+    // The first connection makes systemd-socket-activate exec forkserve.
+    echo_once(&addr);
+    fs.wait_log("master");
+    // A changed service keeps the socket systemd passed.
+    write_file(&file, &format!("{config}idle_timeout = 5\n"));
+    let out = ctl(&control, &["reload"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), fs.log_text());
+    assert!(text(&out).contains("1 changed"), "{}", text(&out));
+    echo_once(&addr);
+    // So does the upgraded image, as the same pid.
+    let mut open = Conn::connect(&addr);
+    roundtrip(&mut open, "across");
+    replace_binary(&exe, None, "755");
+    let out = ctl(&control, &["upgrade"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), fs.log_text());
+    echo_once(&addr);
+    roundtrip(&mut open, "still");
+    let status = ctl_json(&control, &["services"]);
+    assert_eq!(status["pid"], fs.pid);
+    assert_eq!(service(&status, "e")["listen"][0], addr);
+    assert!(fs.has_log("upgrade: re-executing"), "{}", fs.log_text());
+    assert_eq!(ctl_json(&control, &["status"])["upgrades"], 1);
 }

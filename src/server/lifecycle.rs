@@ -46,6 +46,8 @@ pub(crate) struct Handover {
     pub listeners: Vec<(String, String, OwnedFd, Option<PathBuf>)>,
     /// (pid, service, role, peer, age)
     pub children: Vec<(i32, String, String, String, Duration)>,
+    /// Sockets systemd passed to the first image, with the names they go by.
+    pub passed: Vec<crate::systemd::PassedFd>,
     /// Counters by service name, connections served, and the master's age.
     pub counters: serde_json::Map<String, Value>,
     pub served: u64,
@@ -83,6 +85,13 @@ pub(crate) fn take_handover() -> Option<Handover> {
             continue;
         };
         let _ = sys::set_cloexec(fd.as_fd(), true);
+        if let Some(name) = l["systemd_name"].as_str() {
+            h.passed.push(crate::systemd::PassedFd {
+                name: name.to_string(),
+                fd,
+            });
+            continue;
+        }
         h.listeners.push((
             l["service"].as_str().unwrap_or("").to_string(),
             l["addr"].as_str().unwrap_or("").to_string(),
@@ -274,6 +283,12 @@ impl Master {
         conf: &Service,
     ) -> Result<Vec<Result<Listener, usize>>, String> {
         let mut out: Vec<Result<Listener, usize>> = Vec::new();
+        if conf.addrs.is_empty()
+            && let Some(i) = old
+        {
+            // Socket-activated: the service keeps the sockets systemd passed.
+            return Ok((0..self.svcs[i].listeners.len()).map(Err).collect());
+        }
         for addr in &conf.addrs {
             let reuse = old.and_then(|i| {
                 let o = &self.svcs[i];
@@ -445,9 +460,16 @@ impl Master {
         };
         let nfds = self.listeners_cloexec(false);
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != HANDOVER_ENV)
+            .filter(|(k, _)| k != HANDOVER_ENV && k != crate::systemd::ACTIVATED_ENV)
             .collect();
         env.extend(self.notifier.env_for_exec());
+        if self
+            .svcs
+            .iter()
+            .any(|s| s.listeners.iter().any(|l| l.is_inherited()))
+        {
+            env.push((crate::systemd::ACTIVATED_ENV.into(), "1".into()));
+        }
         env.push((HANDOVER_ENV.into(), memfd.as_raw_fd().to_string().into()));
         log::info!(
             "upgrade: re-executing {} as pid {} ({} listener(s), {} child(ren) handed over)",
@@ -484,6 +506,17 @@ impl Master {
         for svc in self.svcs.iter().filter(|s| !s.retired) {
             let by_index = svc.listeners.len() == svc.conf.addrs.len();
             for (j, l) in svc.listeners.iter().enumerate() {
+                // A socket from systemd goes by the name bind_all matches it with.
+                let systemd_name = l.is_inherited().then(|| {
+                    svc.conf
+                        .addrs
+                        .iter()
+                        .find_map(|a| match a {
+                            ListenAddr::Systemd(n) => Some(n.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| svc.conf.name.clone())
+                });
                 let addr = if by_index && !l.is_inherited() {
                     svc.conf.addrs[j].to_string()
                 } else {
@@ -494,6 +527,7 @@ impl Master {
                     "addr": addr,
                     "fd": l.as_raw_fd(),
                     "created": l.created_file().map(|p| p.to_string_lossy().into_owned()),
+                    "systemd_name": systemd_name,
                 }));
             }
         }

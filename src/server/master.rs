@@ -123,7 +123,12 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return Err(Error::new(Error::USAGE, "no service to run"));
     }
     let notifier = Notifier::from_env();
-    let passed = systemd::take_listen_fds();
+    let mut passed = systemd::take_listen_fds();
+    let mut handover = lifecycle::take_handover();
+    if let Some(h) = &mut handover {
+        passed.append(&mut h.passed);
+    }
+    crate::proctitle::unsetenv(systemd::ACTIVATED_ENV);
     let signals =
         Signals::install().map_err(|e| Error::new(Error::OSERR, format!("signals: {e}")))?;
 
@@ -135,7 +140,6 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return fork::serve_inetd(&server, Some(pf));
     }
 
-    let mut handover = lifecycle::take_handover();
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(Error::OSERR, format!("the path of this binary: {e}")))?;
     let svcs = bind_all(&server, passed, handover.as_mut())?;
