@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use forkserve::config::{ConfigError, ConfigFile, ServiceTable};
 use forkserve::server::{Planned, Reloader};
-use forkserve::{Error, Service};
+use forkserve::{Error, Server, Service};
 
-use super::{BUILTINS, Builtin, ServeOpts, addresses, configure};
+use super::{BUILTINS, Builtin, Cli, ServeOpts, addresses, configure, server_settings};
 
 /// Keys a reload applies in place, without rebuilding the service.
 const LIMITS: [&str; 2] = ["max_children", "max_per_source"];
@@ -201,6 +201,27 @@ pub fn plan(path: &Path, cli: &[OsString], systemd: bool) -> Result<Vec<Planned>
         });
     }
     Ok(planned)
+}
+
+/// `--config FILE`: the services of the file, reloaded on SIGHUP.
+pub fn server(cli: &Cli, path: &Path, argv: &[OsString]) -> Result<Server, Error> {
+    if cli.command.is_some() || !cli.opts.listen.is_empty() {
+        return Err(Error::new(
+            Error::USAGE,
+            "--config: services and their addresses come from the file (no subcommand, no --listen)",
+        ));
+    }
+    let overrides = overrides(argv);
+    let file = ConfigFile::load(path).map_err(config_error)?;
+    let mut server = server_settings(&global_opts(&file, &overrides)?)?;
+    let activated = forkserve::systemd::socket_activated();
+    for p in plan(path, &overrides, activated)? {
+        server = server.service((p.build)()?);
+    }
+    let check = vec!["check-config".into(), path.as_os_str().to_owned()];
+    Ok(server
+        .reloader(Some(reloader(path.to_path_buf(), overrides, activated)))
+        .upgrade_argv(argv.to_vec(), check))
 }
 
 /// The reloader a `--config` server re-reads its file with (`systemd` as at the

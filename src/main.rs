@@ -361,35 +361,10 @@ fn server_settings(opts: &ServeOpts) -> Result<Server, Error> {
         .metrics_listen(metrics))
 }
 
-/// `--config FILE`: the services of the file, reloaded on SIGHUP.
-fn build_from_config(cli: &Cli, path: &Path, argv: &[OsString]) -> Result<Server, Error> {
-    if cli.command.is_some() || !cli.opts.listen.is_empty() {
-        return Err(usage(
-            "--config: services and their addresses come from the file (no subcommand, no --listen)",
-        ));
-    }
-    let overrides = configured::overrides(argv);
-    let file = forkserve::config::ConfigFile::load(path)
-        .map_err(|e| Error::new(Error::CONFIG, e.to_string()))?;
-    let mut server = server_settings(&configured::global_opts(&file, &overrides)?)?;
-    let activated = forkserve::systemd::socket_activated();
-    for p in configured::plan(path, &overrides, activated)? {
-        server = server.service((p.build)()?);
-    }
-    let check = vec!["check-config".into(), path.as_os_str().to_owned()];
-    Ok(server
-        .reloader(Some(configured::reloader(
-            path.to_path_buf(),
-            overrides,
-            activated,
-        )))
-        .upgrade_argv(argv.to_vec(), check))
-}
-
 fn build(cli: &Cli, argv: &[OsString]) -> Result<Server, Error> {
     let opts = &cli.opts;
     if let Some(path) = &opts.config {
-        return build_from_config(cli, path, argv);
+        return configured::server(cli, path, argv);
     }
     let systemd = forkserve::systemd::socket_activated() || opts.inetd;
     let mut server = server_settings(opts)?.upgrade_argv(argv.to_vec(), vec!["--version".into()]);
