@@ -30,6 +30,7 @@
 //! ```
 
 pub mod addr;
+pub mod config;
 pub mod handler;
 pub mod listener;
 pub mod logging;

@@ -238,6 +238,15 @@ impl Listener {
         })
     }
 
+    /// Wraps a listener a previous image of this master bound and handed over
+    /// across a binary upgrade: it stays ours (its socket file is removed at exit).
+    pub fn handed_over(fd: OwnedFd, created: Option<PathBuf>) -> io::Result<Listener> {
+        let mut l = Listener::from_inherited(fd)?;
+        l.inherited = false;
+        l.created = created;
+        Ok(l)
+    }
+
     /// True for a socket inherited from systemd (never shut down or unlinked).
     pub fn is_inherited(&self) -> bool {
         self.inherited

@@ -1,12 +1,15 @@
 //! The `forkserve` command: parses arguments, builds the built-in services, runs
 //! them. With no subcommand every built-in service runs on its default addresses.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod configured;
+mod ctl;
 mod docs;
 mod loadgen;
 
@@ -78,6 +81,10 @@ enum Command {
     /// HTTP forward proxy with a disk cache, access lists and CONNECT (default
     /// tcp:127.0.0.1:3128, unix:RUNDIR/proxy.sock; loopback clients only unless --allow-clients)
     Proxy,
+    /// Check a configuration file and print the effective configuration (78 on error)
+    CheckConfig { file: std::path::PathBuf },
+    /// Talk to a running server's control socket: status, services, children, reload, upgrade, drain, resume, set
+    Ctl(ctl::CtlArgs),
 }
 
 impl Command {
@@ -98,6 +105,7 @@ impl Command {
             Command::MetricsAgent(_) => None,
             Command::Manpage(_) | Command::Completions { .. } => None,
             Command::Proxy => Some("proxy"),
+            Command::CheckConfig { .. } | Command::Ctl(_) => None,
         }
     }
 }
@@ -110,6 +118,17 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
         Command::MetricsAgent(args) => Some(metrics::agent::run(args)),
         Command::Manpage(args) => Some(docs::manpage(Cli::command(), args)),
         Command::Completions { shell } => Some(docs::completions(Cli::command(), *shell)),
+        Command::Ctl(args) => Some(ctl::run(args)),
+        Command::CheckConfig { file } => Some(match configured::check(file) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("forkserve check-config: {e}");
+                ExitCode::from(e.code as u8)
+            }
+        }),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -194,6 +213,16 @@ struct ServeOpts {
     /// Language of the texts users read (time, chat, http, models): en, or es (the reference's Spanish)
     #[arg(long, value_name = "LANG", default_value = "en", global = true)]
     lang: Lang,
+    /// Read services and settings from a TOML file (the command line overrides it);
+    /// SIGHUP re-reads it
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// The control socket for `forkserve ctl` (default RUNDIR/control.sock)
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<std::path::PathBuf>,
+    /// Serve Prometheus text at GET /metrics on ADDR (tcp:HOST:PORT or unix:/PATH)
+    #[arg(long, value_name = "ADDR", global = true)]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     files: files::FilesOpts,
     #[command(flatten)]
@@ -411,8 +440,8 @@ fn addresses(
         .collect()
 }
 
-fn build(cli: &Cli) -> Result<Server, Error> {
-    let opts = &cli.opts;
+/// The server-wide settings of `opts` (both the command line and `--config`).
+fn server_settings(opts: &ServeOpts) -> Result<Server, Error> {
     let mode = u32::from_str_radix(opts.socket_mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
@@ -422,7 +451,7 @@ fn build(cli: &Cli) -> Result<Server, Error> {
                 opts.socket_mode
             ))
         })?;
-    let systemd = std::env::var_os("LISTEN_FDS").is_some() || opts.inetd;
+    let systemd = forkserve::systemd::socket_activated() || opts.inetd;
     if opts.socket_activated && !systemd {
         return Err(Error::new(
             Error::UNAVAILABLE,
@@ -437,13 +466,29 @@ fn build(cli: &Cli) -> Result<Server, Error> {
         // files). The default one is made for the user where it is used.
         runtime_dir_as(opts.user.as_deref()).map_err(|e| Error::new(Error::OSERR, e))?;
     }
-    let mut server = Server::new()
+    let metrics = opts
+        .metrics_listen
+        .as_deref()
+        .map(|a| parse_addr(a, opts.user.as_deref()))
+        .transpose()?;
+    Ok(Server::new()
         .drain_timeout(secs("--drain-timeout", opts.drain_timeout)?)
         .socket_mode(mode)
         .ready_fd(opts.ready_fd)
         .user(opts.user.clone(), opts.group.clone())
         .inetd(opts.inetd)
-        .sandbox(!opts.no_sandbox);
+        .sandbox(!opts.no_sandbox)
+        .control(opts.control.clone())
+        .metrics_listen(metrics))
+}
+
+fn build(cli: &Cli, argv: &[OsString]) -> Result<Server, Error> {
+    let opts = &cli.opts;
+    if let Some(path) = &opts.config {
+        return configured::server(cli, path, argv);
+    }
+    let systemd = forkserve::systemd::socket_activated() || opts.inetd;
+    let mut server = server_settings(opts)?.upgrade_argv(argv.to_vec(), vec!["--version".into()]);
     if let Some(Command::Exec(args)) = &cli.command {
         let addrs = opts
             .listen
@@ -509,7 +554,9 @@ fn build(cli: &Cli) -> Result<Server, Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Kept for a binary upgrade: the process title overwrites argv later.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -535,7 +582,7 @@ fn main() -> ExitCode {
         return ExitCode::from(Error::UNAVAILABLE as u8);
     }
     forkserve::proctitle::init();
-    let result = build(&cli).and_then(Server::run);
+    let result = build(&cli, &argv).and_then(Server::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -315,6 +315,19 @@ pub fn unblock_all_signals() {
     }
 }
 
+/// Unblocks `sigs` in this thread's signal mask.
+pub fn unblock_signals(sigs: &[i32]) {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Closes a raw descriptor this process owns through some other handle that will never
 /// be dropped (a forked child closing the master's listeners before `_exit`).
 pub fn close_fd(fd: RawFd) {
@@ -1157,4 +1170,93 @@ pub fn socket_kind_of(fd: RawFd) -> io::Result<SocketKind> {
     }
     // SAFETY: the descriptor is open and is only borrowed for this call.
     socket_kind(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Counters shared between the master and its children across fork: an anonymous
+/// MAP_SHARED mapping of `len` zeroed `u64` slots (a child's store is seen by the
+/// master; no copy-on-write), kept for the life of the process. Pages are touched
+/// only where slots are used.
+pub fn shared_counters(len: usize) -> io::Result<&'static [std::sync::atomic::AtomicU64]> {
+    let len = len.max(1);
+    // SAFETY: a fresh anonymous mapping; the kernel zero-fills it, and zero is a
+    // valid AtomicU64. It is never unmapped, so the slice may be 'static.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len * size_of::<u64>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::slice::from_raw_parts(ptr.cast(), len))
+    }
+}
+
+/// An anonymous in-memory file (memfd), open for read and write, not close-on-exec:
+/// how the master hands its state to the image it re-executes.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::other("memfd name has a NUL byte"))?;
+    // SAFETY: c is a valid C string; the returned fd is new and owned here.
+    unsafe {
+        let fd = libc::memfd_create(c.as_ptr(), 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Replaces the process image (same pid). Returns only on failure.
+pub fn execve(
+    path: &Path,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Error {
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("NUL byte in an argument"));
+    let build = || -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let p = cstr(path.as_os_str().as_bytes())?;
+        let a = args
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let e = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok((p, a, e))
+    };
+    let (p, a, e) = match build() {
+        Ok(x) => x,
+        Err(err) => return err,
+    };
+    let mut argv: Vec<*const libc::c_char> = a.iter().map(|s| s.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = e.iter().map(|s| s.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: every pointer is a NUL-terminated string kept alive above; both
+    // arrays end with a null pointer.
+    unsafe {
+        libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    io::Error::last_os_error()
+}
+
+/// CLOCK_MONOTONIC in microseconds (sd_notify MONOTONIC_USEC=).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

@@ -1,6 +1,6 @@
 //! systemd integration: sockets passed by socket activation (LISTEN_FDS, with
 //! LISTEN_FDNAMES), connections passed inetd-style, and sd_notify messages
-//! (READY=1, STATUS=, STOPPING=1, EXTEND_TIMEOUT_USEC=, WATCHDOG=1).
+//! (READY=1, STATUS=, STOPPING=1, RELOADING=1, EXTEND_TIMEOUT_USEC=, WATCHDOG=1).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -25,6 +25,16 @@ impl PassedFd {
             Err(_) => false,
         }
     }
+}
+
+/// Set by a master that re-executes itself (binary upgrade) holding sockets systemd
+/// passed: the new image gets them through the upgrade's hand-over, not LISTEN_FDS.
+pub const ACTIVATED_ENV: &str = "FORKSERVE_SOCKET_ACTIVATED";
+
+/// True when this process was started by socket activation (LISTEN_FDS), or is
+/// the re-executed image of such a master. Read it before [`take_listen_fds`].
+pub fn socket_activated() -> bool {
+    std::env::var_os("LISTEN_FDS").is_some() || std::env::var_os(ACTIVATED_ENV).is_some()
 }
 
 /// Takes the sockets systemd passed to this process (fds 3 …), if LISTEN_PID names
@@ -69,6 +79,8 @@ pub fn take_listen_fds() -> Vec<PassedFd> {
 pub struct Notifier {
     socket: Option<(UnixDatagram, UnixAddr)>,
     watchdog: Option<Duration>,
+    /// NOTIFY_SOCKET and WATCHDOG_USEC as received, for a re-executed image.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Notifier {
@@ -84,6 +96,14 @@ impl Notifier {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|&u| u > 0 && wd_pid_ok)
             .map(Duration::from_micros);
+        let mut env = Vec::new();
+        if let Some(p) = &path {
+            env.push(("NOTIFY_SOCKET".into(), p.clone()));
+        }
+        if let Some(w) = watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
+            env.push(("WATCHDOG_PID".into(), sys::getpid().to_string().into()));
+        }
         for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             proctitle::unsetenv(key);
         }
@@ -105,7 +125,16 @@ impl Notifier {
                 }
             }
         });
-        Notifier { socket, watchdog }
+        Notifier {
+            socket,
+            watchdog,
+            env,
+        }
+    }
+
+    /// The environment that lets a re-executed image of this process notify.
+    pub fn env_for_exec(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        self.env.clone()
     }
 
     /// A notifier that sends nothing (children, tests).
@@ -113,6 +142,7 @@ impl Notifier {
         Notifier {
             socket: None,
             watchdog: None,
+            env: Vec::new(),
         }
     }
 

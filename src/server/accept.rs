@@ -43,6 +43,7 @@ impl Master {
         let svc = &mut self.svcs[s];
         let held = svc.sources.get(peer.source_key());
         let (policy, max) = (svc.conf.per_source, svc.conf.max_children);
+        svc.counters.refuse("per_source");
         log_refusal(&mut svc.refusals, &svc.conf.name, peer, held, policy, max);
     }
 
@@ -94,6 +95,7 @@ impl Master {
                 w.peer,
                 pending::HOLD_MAX_WAIT.as_secs()
             );
+            self.svcs[w.service].counters.refuse("hold_timeout");
         }
         // While forks fail, the connections already waiting for one go first.
         while self.pending.is_empty() {
@@ -123,13 +125,22 @@ impl Master {
         }
     }
 
-    /// Records a forked worker (or a spawned program).
-    pub(super) fn started(&mut self, s: usize, pid: i32, peer: Peer) {
+    /// Records a forked worker (or a spawned program; `latency`: its first-byte
+    /// slot).
+    pub(super) fn started(&mut self, s: usize, pid: i32, peer: Peer, latency: Option<u32>) {
         let svc = &mut self.svcs[s];
         svc.active += 1;
         svc.served += 1;
+        svc.counters.started(svc.active, svc.conf.max_children);
         self.served_total += 1;
-        self.children.insert(pid, Role::Worker { service: s, peer });
+        self.children.insert(
+            pid,
+            Role::Worker {
+                service: s,
+                peer,
+                latency,
+            },
+        );
         self.title_dirty = true;
         self.pending.fork_worked();
     }
@@ -189,16 +200,26 @@ impl Master {
                 Err(failed) => failed,
             }
         } else {
+            let slot = self.board.take();
             match sys::fork() {
-                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
+                Ok(Forked::Child) => {
+                    self.board.arm_in_child(slot, w.since);
+                    fork::run_stream_worker(self, s, l, w.fd, w.peer)
+                }
                 Ok(Forked::Parent(pid)) => {
                     drop(w.fd);
-                    self.started(s, pid, w.peer);
+                    self.started(s, pid, w.peer, slot);
                     return;
                 }
-                Err(e) => (w, e),
+                Err(e) => {
+                    if let Some(slot) = slot {
+                        self.board.release(slot);
+                    }
+                    (w, e)
+                }
             }
         };
+        self.svcs[s].counters.forks_failed += 1;
         let name = self.svcs[s].conf.name.clone();
         match self.pending.keep(w, was_waiting) {
             Ok(wait) => self.fork_failures.log(|n| {
@@ -217,6 +238,7 @@ impl Master {
                         RateLimitedLog::more(n)
                     )
                 });
+                self.svcs[w.service].counters.refuse("fork_queue_full");
                 self.forget(w);
             }
         }
@@ -239,6 +261,7 @@ impl Master {
                 w.peer,
                 pending::MAX_WAIT.as_secs()
             );
+            self.svcs[w.service].counters.refuse("fork_timeout");
             self.forget(w);
         }
         while let Some(w) = self.pending.take_due(now) {
@@ -284,8 +307,9 @@ impl Master {
             }
             match sys::fork() {
                 Ok(Forked::Child) => fork::run_datagram_worker(self, s, l, n, reply_to, peer),
-                Ok(Forked::Parent(pid)) => self.started(s, pid, peer),
+                Ok(Forked::Parent(pid)) => self.started(s, pid, peer, None),
                 Err(e) => {
+                    self.svcs[s].counters.forks_failed += 1;
                     let name = self.svcs[s].conf.name.clone();
                     self.fork_failures.log(|k| {
                         log::error!(

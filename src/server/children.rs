@@ -12,11 +12,24 @@ use crate::sys::{self, ExitStatus};
 #[derive(Debug)]
 pub enum Role {
     /// Serves one connection or datagram of a fork-model service.
-    Worker { service: usize, peer: Peer },
+    /// `latency`: its slot on the first-byte board, if it got one.
+    Worker {
+        service: usize,
+        peer: Peer,
+        latency: Option<u32>,
+    },
     /// A long-lived server process (thread, sequential or prefork model).
     Server { service: usize, slot: usize },
     /// A helper process a service asked for (the chat broker).
     Companion { service: usize, index: usize },
+    /// A child of the previous image of this master (before a binary upgrade):
+    /// `role` is what it was (worker, server, companion), `service` the service of
+    /// that name now running, if any.
+    Inherited {
+        service: Option<usize>,
+        role: String,
+        peer: String,
+    },
 }
 
 #[derive(Debug)]
@@ -55,6 +68,17 @@ impl Children {
                 started: Instant::now(),
             },
         );
+    }
+
+    /// Records a child that has been running for `age` already.
+    pub fn insert_aged(&mut self, pid: i32, role: Role, age: Duration) {
+        let started = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.map.insert(pid, Child { role, started });
+    }
+
+    /// Every live child.
+    pub fn iter(&self) -> impl Iterator<Item = (&i32, &Child)> {
+        self.map.iter()
     }
 
     pub fn len(&self) -> usize {

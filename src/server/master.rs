@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
+use super::control::{self, ControlServer};
+use super::counters::{Counters, LatencyBoard};
+use super::lifecycle::{self, Handover};
 use super::pending::{Held, Pending};
 use super::signals::Signals;
-use super::{Error, Server, Service, fork};
+use super::{Error, Reloader, Server, Service, fork};
 use crate::addr::ListenAddr;
 use crate::handler::{Context, Model};
 use crate::listener::AcceptErrors;
@@ -20,8 +23,8 @@ use crate::proctitle;
 use crate::sys::{self, ExitStatus, Forked};
 use crate::systemd::{self, Notifier, PassedFd};
 
-/// Poll slots before the listeners: the signal pipe and the SIGCHLD signalfd.
-const FIRST_LISTENER: usize = 2;
+/// Poll slots before the control sockets: the signal pipe and the SIGCHLD signalfd.
+const FIRST_CONTROL: usize = 2;
 
 /// The title's counts are rewritten at most this often: the rewrite dirties a
 /// page that every fork then has to copy.
@@ -38,17 +41,22 @@ pub(crate) struct Svc {
     pub companions: Vec<(Option<i32>, Backoff)>,
     pub refusals: RateLimitedLog,
     pub served: u64,
-    title_prefix: String,
+    pub title_prefix: String,
+    pub counters: Counters,
+    /// `ctl drain`: not accepting until `ctl resume`.
+    pub draining: bool,
+    /// Removed or replaced by a reload: its workers finish, nothing new starts.
+    pub retired: bool,
 }
 
 impl Svc {
     /// True when the master itself accepts for this service (fork model).
     fn master_accepts(&self) -> bool {
-        self.conf.model == Model::Fork
+        self.conf.model == Model::Fork && !self.draining && !self.retired
     }
 
     /// The unchanging part of this service's piece of the master's title.
-    fn title_prefix(&self) -> String {
+    pub fn title_prefix(&self) -> String {
         let model = match self.conf.model {
             Model::Fork => String::new(),
             Model::Prefork => format!(" [prefork {}]", self.conf.workers),
@@ -93,6 +101,20 @@ pub(crate) struct Master {
     last_status: Option<Instant>,
     last_watchdog: Instant,
     pub served_total: u64,
+    /// Where the control sockets start in `pollfds`, and how many there are.
+    control_polled: usize,
+    pub control: ControlServer,
+    pub board: LatencyBoard,
+    pub reloader: Option<Reloader>,
+    pub socket_mode: u32,
+    pub argv: Vec<std::ffi::OsString>,
+    pub upgrade_check: Vec<std::ffi::OsString>,
+    /// The binary to re-execute: the path this one was started from.
+    pub exe: std::path::PathBuf,
+    pub upgrades: u64,
+    pub upgrade_requested: bool,
+    pub last_upgrade_error: Option<String>,
+    pub started: Instant,
 }
 
 /// Entry point of [`Server::run`].
@@ -102,7 +124,12 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return Err(Error::new(Error::USAGE, "no service to run"));
     }
     let notifier = Notifier::from_env();
-    let passed = systemd::take_listen_fds();
+    let mut passed = systemd::take_listen_fds();
+    let mut handover = lifecycle::take_handover();
+    if let Some(h) = &mut handover {
+        passed.append(&mut h.passed);
+    }
+    crate::proctitle::unsetenv(systemd::ACTIVATED_ENV);
     let signals =
         Signals::install().map_err(|e| Error::new(Error::OSERR, format!("signals: {e}")))?;
 
@@ -116,7 +143,25 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
 
     // An unknown --user or --group is refused before anything is bound.
     let run_as = resolve_user(&server)?;
-    let svcs = bind_all(&server, passed)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(Error::OSERR, format!("the path of this binary: {e}")))?;
+    let svcs = bind_all(&server, passed, handover.as_mut())?;
+    let control_path = server.control.clone().or_else(control::default_path);
+    let control = ControlServer::bind(
+        control_path.as_deref(),
+        server.control.is_some(),
+        server.metrics_listen.as_ref(),
+        handover.as_mut(),
+    )
+    .map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
+    if let Some(h) = &mut handover {
+        for (service, addr, _, created) in h.listeners.drain(..) {
+            log::warn!("upgrade: {service} {addr} is no longer configured; closing it");
+            if let Some(p) = created {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
     for svc in &svcs {
         for l in &svc.listeners {
             log::info!("{}: listening on {}", svc.conf.name, l.addr());
@@ -147,7 +192,22 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         last_status: None,
         last_watchdog: Instant::now(),
         served_total: 0,
+        control_polled: 0,
+        control,
+        board: LatencyBoard::new(),
+        reloader: server.reloader,
+        socket_mode: server.socket_mode,
+        argv: server.argv,
+        upgrade_check: server.upgrade_check,
+        exe,
+        upgrades: handover.as_ref().map_or(0, |h| h.upgrades),
+        upgrade_requested: false,
+        last_upgrade_error: None,
+        started: Instant::now(),
     };
+    if let Some(h) = &handover {
+        master.adopt_children(h);
+    }
     for svc in &mut master.svcs {
         svc.title_prefix = svc.title_prefix();
     }
@@ -161,7 +221,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
             master.spawn_server(i, s);
         }
     }
-    if let Some(fd) = server.ready_fd {
+    if let Some(fd) = server.ready_fd.filter(|_| handover.is_none()) {
         signal_ready_fd(fd);
     }
     master.notifier.notify("READY=1\nSTATUS=serving");
@@ -197,7 +257,11 @@ fn signal_ready_fd(fd: RawFd) {
 
 /// Binds (or takes from systemd) every listener of every service, checking that
 /// each service got sockets of its kind. Nothing has forked yet.
-fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
+fn bind_all(
+    server: &Server,
+    passed: Vec<PassedFd>,
+    mut handover: Option<&mut Handover>,
+) -> Result<Vec<Svc>, Error> {
     let activated = !passed.is_empty();
     let mut passed: Vec<Option<PassedFd>> = passed.into_iter().map(Some).collect();
     let mut svcs = Vec::new();
@@ -247,6 +311,13 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 if matches!(addr, ListenAddr::Systemd(_)) {
                     continue;
                 }
+                if let Some(l) = handover
+                    .as_deref_mut()
+                    .and_then(|h| h.take_listener(&conf.name, addr))
+                {
+                    listeners.push(l);
+                    continue;
+                }
                 match Listener::bind(addr, server.socket_mode) {
                     Ok(l) => listeners.push(l),
                     Err(e) => errors.push(e),
@@ -294,33 +365,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
         if listeners.is_empty() && errors.is_empty() {
             errors.push(format!("{}: no address to listen on", conf.name));
         }
-        let contexts = listeners
-            .iter()
-            .map(|l| Context {
-                service: conf.name.clone(),
-                model: conf.model,
-                idle_timeout: conf.idle_timeout,
-                local: l.addr().to_string(),
-                reloads: 0,
-            })
-            .collect();
-        let nslots = match conf.model {
-            Model::Fork => 0,
-            Model::Prefork => conf.workers,
-            Model::Thread | Model::Sequential => 1,
-        };
-        svcs.push(Svc {
-            conf: conf.clone(),
-            listeners,
-            contexts,
-            active: 0,
-            sources: SourceCounts::default(),
-            slots: vec![(None, Backoff::default()); nslots],
-            companions: vec![(None, Backoff::default()); conf.companions.len()],
-            refusals: RateLimitedLog::default(),
-            served: 0,
-            title_prefix: String::new(),
-        });
+        svcs.push(lifecycle::new_svc(conf.clone(), listeners));
     }
     let unmatched: Vec<String> = passed
         .iter()
@@ -383,6 +428,11 @@ fn drop_privileges(user: &crate::users::User, gid: u32, svcs: &[Svc]) -> Result<
             }
         }
     }
+    if sys::geteuid() == user.uid && sys::geteuid() != 0 {
+        // Already the user: a master re-executed by an upgrade after dropping them.
+        log::info!("running as {name} (uid {}, gid {gid})", user.uid);
+        return Ok(());
+    }
     let groups = crate::users::supplementary_groups(&user.name, gid)
         .map_err(|e| Error::new(Error::OSERR, format!("reading /etc/group: {e}")))?;
     sys::drop_privileges(user.uid, gid, &groups).map_err(|e| {
@@ -406,13 +456,16 @@ impl Master {
         self.title.clear();
         self.title.push_str(proctitle::name());
         self.title.push_str(": master ");
-        for (i, svc) in self.svcs.iter().enumerate() {
+        for (i, svc) in self.svcs.iter().filter(|s| !s.retired).enumerate() {
             if i > 0 {
                 self.title.push_str("; ");
             }
             self.title.push_str(&svc.title_prefix);
             if svc.conf.model == Model::Fork {
                 let _ = write!(self.title, " [{}/{}]", svc.active, svc.conf.max_children);
+            }
+            if svc.draining {
+                self.title.push_str(" [draining]");
             }
         }
         proctitle::set_title(&self.title);
@@ -437,6 +490,9 @@ impl Master {
             sys::close_fd(fd);
         }
         for fd in self.pending.raw_fds().chain(self.held.raw_fds()) {
+            sys::close_fd(fd);
+        }
+        for fd in self.control.raw_fds() {
             sys::close_fd(fd);
         }
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -478,11 +534,25 @@ impl Master {
                 self.reap();
             }
             self.handle_signals();
-            for k in FIRST_LISTENER..self.pollfds.len() {
+            let first_listener = FIRST_CONTROL + self.control_polled;
+            if self.control_polled > 0 {
+                let revents: Vec<i16> = self.pollfds[FIRST_CONTROL..first_listener]
+                    .iter()
+                    .map(|p| p.revents)
+                    .collect();
+                if revents.iter().any(|&r| r != 0) {
+                    let requests = self.control.serve(&revents);
+                    self.answer_requests(requests);
+                }
+            }
+            for k in first_listener..self.pollfds.len() {
                 if self.pollfds[k].revents != 0 {
-                    let (s, l) = self.pollmap[k - FIRST_LISTENER];
+                    let (s, l) = self.pollmap[k - first_listener];
                     self.serve_ready(s, l);
                 }
+            }
+            if std::mem::take(&mut self.upgrade_requested) {
+                self.upgrade();
             }
             self.run_timers();
             if self.shutdown.is_some()
@@ -504,6 +574,7 @@ impl Master {
             self.signals.chld_fd().unwrap_or(-1),
             sys::POLLIN,
         ));
+        self.control_polled = self.control.pollfds(&mut self.pollfds);
         // While forks fail, accepted connections wait: accept no more.
         if self.shutdown.is_some() || !self.pending.is_empty() {
             return;
@@ -541,6 +612,9 @@ impl Master {
             }
         }
         if let Some(t) = self.accept_paused_until {
+            consider(t);
+        }
+        if let Some(t) = self.control.next_deadline() {
             consider(t);
         }
         if let Some(t) = self.pending.due() {
@@ -581,14 +655,21 @@ impl Master {
         let int = self.signals.take(libc::SIGINT);
         let quit = self.signals.take(libc::SIGQUIT);
         if self.signals.take(libc::SIGHUP) {
-            self.reload();
+            log::info!("SIGHUP received: reloading the configuration");
+            let _ = self.reload();
+            self.reload_services();
         }
         if self.signals.take(libc::SIGUSR1) {
             log::info!(
-                "status: {} children, {} served",
+                "status: {} children, {} served; {}",
                 self.children.len(),
-                self.served_total
+                self.served_total,
+                self.counters_line()
             );
+        }
+        if self.signals.take(libc::SIGUSR2) {
+            log::info!("SIGUSR2 received: upgrading the binary");
+            self.upgrade_requested = true;
         }
         if quit || ((term || int) && self.shutdown.is_some()) {
             let why = if quit {
@@ -675,6 +756,12 @@ impl Master {
 
     fn cleanup_files(&mut self) {
         self.close_listeners();
+        self.control.close();
+    }
+
+    /// True once SIGTERM/SIGINT/SIGQUIT started the end.
+    pub fn shutdown_started(&self) -> bool {
+        self.shutdown.is_some()
     }
 
     fn run_timers(&mut self) {
@@ -687,6 +774,9 @@ impl Master {
         }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
+                if self.svcs[i].retired {
+                    continue;
+                }
                 for c in 0..self.svcs[i].companions.len() {
                     let (pid, b) = &self.svcs[i].companions[c];
                     if pid.is_none() && b.due.is_some_and(|d| d <= now) {
@@ -695,7 +785,7 @@ impl Master {
                 }
                 for s in 0..self.svcs[i].slots.len() {
                     let (pid, b) = &self.svcs[i].slots[s];
-                    if pid.is_none() && b.due.is_some_and(|d| d <= now) {
+                    if pid.is_none() && b.due.is_some_and(|d| d <= now) && !self.svcs[i].draining {
                         self.spawn_server(i, s);
                     }
                 }
@@ -711,13 +801,14 @@ impl Master {
                     .children
                     .count_where(|r| matches!(r, Role::Worker { .. }));
                 let mut msg = format!(
-                    "STATUS={} {live} connection(s) live, {} served",
+                    "STATUS={} {live} connection(s) live, {} served; {}",
                     if self.shutdown.is_some() {
                         "draining:"
                     } else {
                         "serving:"
                     },
-                    self.served_total
+                    self.served_total,
+                    self.counters_line()
                 );
                 if self.shutdown.is_some() {
                     msg.push_str("\nEXTEND_TIMEOUT_USEC=3000000");
@@ -790,11 +881,24 @@ impl Master {
         let abnormal = !(r.status.success() || expected_stop);
         let life = r.lifetime.as_secs_f64();
         match r.role {
-            Role::Worker { service, peer } => {
+            Role::Worker {
+                service,
+                peer,
+                latency,
+            } => {
+                let first_byte = latency.and_then(|slot| self.board.release(slot));
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
                 svc.sources.remove(peer.source_key(), svc.conf.per_source);
+                svc.counters.exited(r.status);
+                if let Some(us) = first_byte {
+                    svc.counters.first_byte.record(us);
+                }
                 self.title_dirty = true;
+                if svc.retired {
+                    self.stop_companions_if_idle(service);
+                }
+                let svc = &self.svcs[service];
                 if abnormal {
                     log::warn!(
                         "{} worker {} (peer {peer}) {} after {life:.3}s",
@@ -813,7 +917,12 @@ impl Master {
                     "{} server process {} ({})",
                     svc.conf.name, r.pid, svc.conf.model
                 );
-                if stopping {
+                if svc.retired || svc.draining {
+                    log::info!("{what} {} after {life:.1}s", r.status);
+                    if svc.retired {
+                        self.stop_companions_if_idle(service);
+                    }
+                } else if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
                 } else if r.status.success() {
                     // A planned exit (a prefork worker recycled after
@@ -834,7 +943,7 @@ impl Master {
                 let svc = &mut self.svcs[service];
                 svc.companions[index].0 = None;
                 let name = &svc.conf.companions[index].name;
-                if stopping {
+                if stopping || svc.retired {
                     log::info!(
                         "{} {name} {} {} after {life:.1}s",
                         svc.conf.name,
@@ -852,10 +961,31 @@ impl Master {
                     );
                 }
             }
+            Role::Inherited {
+                service,
+                role,
+                peer,
+            } => {
+                if role == "worker"
+                    && let Some(s) = service
+                {
+                    self.svcs[s].active -= 1;
+                    self.svcs[s].counters.exited(r.status);
+                    self.title_dirty = true;
+                }
+                log::debug!(
+                    "{role} {} of the previous image ({peer}) {} after {life:.1}s",
+                    r.pid,
+                    r.status
+                );
+                if let Some(s) = service {
+                    self.stop_companions_if_idle(s);
+                }
+            }
         }
     }
 
-    fn spawn_server(&mut self, s: usize, slot: usize) {
+    pub(super) fn spawn_server(&mut self, s: usize, slot: usize) {
         self.svcs[s].slots[slot].1.due = None;
         match sys::fork() {
             Ok(Forked::Child) => fork::run_server_process(self, s, slot),
@@ -879,7 +1009,7 @@ impl Master {
         }
     }
 
-    fn spawn_companion(&mut self, s: usize, c: usize) {
+    pub(super) fn spawn_companion(&mut self, s: usize, c: usize) {
         self.svcs[s].companions[c].1.due = None;
         let run = Arc::clone(&self.svcs[s].conf.companions[c].run);
         match sys::fork() {

@@ -22,7 +22,10 @@
 
 mod accept;
 mod children;
+mod control;
+pub(crate) mod counters;
 mod fork;
+mod lifecycle;
 mod master;
 mod pending;
 mod process;
@@ -31,7 +34,9 @@ mod signals;
 mod spawn;
 mod worker;
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +47,7 @@ use crate::sandbox::Sandbox;
 
 pub use crate::logging::RateLimitedLog;
 pub use children::PerSource;
+pub use counters::quantile_text;
 pub use spawn::Spawner;
 
 /// The handler a service runs, by socket type.
@@ -114,7 +120,23 @@ pub struct Service {
     pub(crate) reloads: Vec<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) recv_buffer: Option<usize>,
     pub(crate) sandbox: Option<Sandbox>,
+    pub(crate) fingerprint: Option<String>,
 }
+
+/// One service of a configuration as a reload sees it: what it depends on (its
+/// fingerprint), its limits, and how to build it. Only services that are new or
+/// whose fingerprint changed are built; a change of limits alone is applied in
+/// place.
+pub struct Planned {
+    pub name: String,
+    pub fingerprint: String,
+    pub max_children: usize,
+    pub max_per_source: Option<usize>,
+    pub build: Box<dyn FnOnce() -> Result<Service, Error>>,
+}
+
+/// Re-reads the configuration for a reload (SIGHUP, `forkserve ctl reload`).
+pub type Reloader = Box<dyn Fn() -> Result<Vec<Planned>, Error>>;
 
 impl Service {
     fn new(name: &str, handler: Handler) -> Service {
@@ -133,6 +155,7 @@ impl Service {
             reloads: Vec::new(),
             recv_buffer: None,
             sandbox: None,
+            fingerprint: None,
         }
     }
 
@@ -232,6 +255,19 @@ impl Service {
         self
     }
 
+    /// Gives the service another name.
+    pub fn rename(mut self, name: &str) -> Service {
+        self.name = name.to_string();
+        self
+    }
+
+    /// What the service was built from (see [`Planned`]): a reload rebuilds it
+    /// only when this changes.
+    pub fn fingerprint(mut self, f: String) -> Service {
+        self.fingerprint = Some(f);
+        self
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -295,6 +331,11 @@ pub struct Server {
     pub(crate) setup_logging: bool,
     pub(crate) process_titles: bool,
     pub(crate) sandbox: bool,
+    pub(crate) reloader: Option<Reloader>,
+    pub(crate) control: Option<PathBuf>,
+    pub(crate) metrics_listen: Option<ListenAddr>,
+    pub(crate) argv: Vec<OsString>,
+    pub(crate) upgrade_check: Vec<OsString>,
 }
 
 impl Default for Server {
@@ -317,6 +358,11 @@ impl Server {
             setup_logging: true,
             process_titles: true,
             sandbox: true,
+            reloader: None,
+            control: None,
+            metrics_listen: None,
+            argv: Vec::new(),
+            upgrade_check: vec!["--version".into()],
         }
     }
 
@@ -388,6 +434,34 @@ impl Server {
         self
     }
 
+    /// How SIGHUP re-reads the configuration (none: SIGHUP logs that there is
+    /// nothing to reload).
+    pub fn reloader(mut self, r: Option<Reloader>) -> Server {
+        self.reloader = r;
+        self
+    }
+
+    /// The control socket's path (`forkserve ctl`); None: no control socket.
+    pub fn control(mut self, path: Option<PathBuf>) -> Server {
+        self.control = path;
+        self
+    }
+
+    /// Serves Prometheus text at `GET /metrics` on this address.
+    pub fn metrics_listen(mut self, addr: Option<ListenAddr>) -> Server {
+        self.metrics_listen = addr;
+        self
+    }
+
+    /// The command line to re-execute on a binary upgrade (SIGUSR2), captured
+    /// before the process title overwrote it, and the arguments the new binary is
+    /// first run with to check that it starts (default `--version`).
+    pub fn upgrade_argv(mut self, argv: Vec<OsString>, check: Vec<OsString>) -> Server {
+        self.argv = argv;
+        self.upgrade_check = check;
+        self
+    }
+
     /// Binds every listener (or takes them from systemd), then runs the master until
     /// SIGTERM/SIGINT/SIGQUIT. Returns after a clean shutdown.
     pub fn run(mut self) -> Result<(), Error> {
@@ -429,6 +503,11 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The control socket's default path: RUNDIR/control.sock.
+pub fn default_control_path() -> Option<PathBuf> {
+    control::default_path()
 }
 
 /// Raw descriptors of all listeners, for children to close.

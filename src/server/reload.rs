@@ -12,7 +12,7 @@ use super::master::Master;
 impl Master {
     /// On SIGHUP: runs the reload hooks of every service, counts the reload in
     /// every context, and replaces the server processes.
-    pub(super) fn reload(&mut self) {
+    pub(super) fn reload_services(&mut self) {
         for svc in &self.svcs {
             for hook in &svc.conf.reloads {
                 hook();

@@ -3,9 +3,10 @@
 //! the flags at a safe point.
 //!
 //! Meanings in the master: SIGTERM/SIGINT drain and exit (a second one: stop now),
-//! SIGQUIT stop now, SIGHUP reload (the services' reload hooks run, connections
-//! learn of it through `Context::reloads`, server processes are replaced), SIGCHLD
-//! reap.
+//! SIGQUIT stop now, SIGHUP reload (the configuration file is read again, the
+//! services' reload hooks run, connections learn of it through
+//! `Context::reloads`, server processes are replaced), SIGUSR1 log the counters,
+//! SIGUSR2 upgrade the binary (re-execute in place), SIGCHLD reap.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -17,16 +18,18 @@ use signal_hook::SigId;
 use crate::sys;
 
 /// The signals forkserve handles, in flag order.
-const HANDLED: [i32; 6] = [
+const HANDLED: [i32; 7] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGHUP,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
 
-static FLAGS: [AtomicBool; 6] = [
+static FLAGS: [AtomicBool; 7] = [
+    AtomicBool::new(false),
     AtomicBool::new(false),
     AtomicBool::new(false),
     AtomicBool::new(false),
@@ -112,6 +115,10 @@ impl Signals {
             let id = unsafe { signal_hook::low_level::register(sig, move || on_signal(i)) }?;
             ids.push((sig, id));
         }
+        // A master re-executed by an upgrade starts with the old image's mask (the
+        // handled signals blocked): now that they have handlers, let them in.
+        let with_handlers: Vec<i32> = ids.iter().map(|(sig, _)| *sig).collect();
+        sys::unblock_signals(&with_handlers);
         Ok(Signals {
             read,
             write,

@@ -51,7 +51,7 @@ impl Master {
         match result {
             Ok(Some(pid)) => {
                 drop(w.fd);
-                self.started(s, pid, w.peer);
+                self.started(s, pid, w.peer, None);
                 Ok(())
             }
             Ok(None) => {
