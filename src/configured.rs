@@ -14,6 +14,7 @@ use forkserve::server::{Planned, Reloader};
 use forkserve::{Error, Server, Service};
 
 use super::{BUILTINS, Builtin, Cli, ServeOpts, addresses, configure, server_settings};
+use forkserve::services::exec;
 
 /// Keys a reload applies in place, without rebuilding the service.
 const LIMITS: [&str; 2] = ["max_children", "max_per_source"];
@@ -34,6 +35,10 @@ fn config_error(e: ConfigError) -> Error {
     Error::new(Error::CONFIG, e.to_string())
 }
 
+/// The kind that runs a program (`program = [...]`): not a built-in, since its
+/// handler (stream or datagram) follows from its addresses.
+const EXEC: &str = "exec";
+
 /// The built-in a kind names.
 fn builtin(kind: &str) -> Option<&'static Builtin> {
     let name = if kind == "models" {
@@ -52,6 +57,7 @@ fn kinds() -> String {
         .filter(|n| !n.starts_with("models-"))
         .collect();
     k.push("models");
+    k.push(EXEC);
     k.join(", ")
 }
 
@@ -150,13 +156,14 @@ pub fn plan(path: &Path, cli: &[OsString], systemd: bool) -> Result<Vec<Planned>
     let file = ConfigFile::load(path).map_err(config_error)?;
     let mut planned = Vec::new();
     for s in &file.services {
-        let Some(b) = builtin(&s.kind) else {
+        let b = builtin(&s.kind);
+        if b.is_none() && s.kind != EXEC {
             return Err(config_error(file.error(
                 Some(s.index),
                 "kind",
                 format!("unknown kind '{}' (kinds: {})", s.kind, kinds()),
             )));
-        };
+        }
         let args = service_args(&file, s, cli)?;
         let opts = parse_opts(&file, Some(s), &args)?;
         let fingerprint = format!(
@@ -184,6 +191,16 @@ pub fn plan(path: &Path, cli: &[OsString], systemd: bool) -> Result<Vec<Planned>
                     let place = where_.to_string();
                     let place = place.trim_end_matches(": ");
                     Error::new(e.code, format!("{place}: {}", e.message))
+                };
+                let Some(b) = b else {
+                    // exec: its addresses decide its handler; with none it takes
+                    // the sockets systemd passed.
+                    let addrs = listen.clone();
+                    let svc = exec::service(&opts.exec, &opts.exec.program, addrs, opts.inetd)
+                        .map_err(at)?;
+                    return Ok(configure(svc.rename(&name), &opts)
+                        .map_err(at)?
+                        .fingerprint(fingerprint));
                 };
                 let svc: Service = (b.make)(&opts).map_err(at)?.ok_or_else(|| {
                     at(Error::new(

@@ -233,6 +233,8 @@ struct ServeOpts {
     metrics: metrics::MetricsOpts,
     #[command(flatten)]
     proxy: proxy::ProxyOpts,
+    #[command(flatten)]
+    exec: exec::ExecOpts,
 }
 
 /// A built-in service: its name, default addresses, and how to make it (`None`:
@@ -500,7 +502,8 @@ fn build(cli: &Cli, argv: &[OsString]) -> Result<Server, Error> {
                 "exec: give at least one -l ADDR (or run under systemd socket activation)",
             ));
         }
-        return Ok(server.service(configure(exec::service(args, addrs, opts.inetd)?, opts)?));
+        let svc = exec::service(&opts.exec, &args.program, addrs, opts.inetd)?;
+        return Ok(server.service(configure(svc, opts)?));
     }
     let chosen: Vec<&Builtin> = match cli.command.as_ref().and_then(Command::service) {
         // A subcommand runs the built-in of its name, or its group NAME-* (models).

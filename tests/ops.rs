@@ -739,3 +739,53 @@ fn socket_activated_services_keep_their_sockets_across_reload_and_upgrade() {
     assert!(fs.has_log("upgrade: re-executing"), "{}", fs.log_text());
     assert_eq!(ctl_json(&control, &["status"])["upgrades"], 1);
 }
+
+/// Every kind of the issue's shape, the program-running one included: an `exec`
+/// table's `program` runs per connection (stream) and per datagram, with its own
+/// options (`stderr`), and a reload that drops it stops it.
+#[test]
+fn exec_kind_runs_its_program_from_the_config() {
+    let dir = TempDir::new("ops-exec");
+    let config = r#"
+[[service]]
+name = "hello"
+kind = "exec"
+listen = ["tcp:127.0.0.1:0"]
+program = ["/usr/bin/printf", "hello\n"]
+stderr = "inherit"
+
+[[service]]
+name = "when"
+kind = "exec"
+listen = ["udp:127.0.0.1:0"]
+program = ["/bin/echo", "datagram answered"]
+"#;
+    let fs = start(bin(), &dir, config, 2, &[]);
+    let mut c = Conn::connect(&fs.addr_of("hello", "tcp"));
+    assert_eq!(c.read_line().unwrap(), "hello");
+    let reply = datagram_roundtrip(&fs.addr_of("when", "udp"), b"?", &dir.0);
+    assert_eq!(String::from_utf8_lossy(&reply), "datagram answered\n");
+    let checked = Command::new(bin())
+        .args(["check-config"])
+        .arg(dir.path("forkserve.toml"))
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let shown = String::from_utf8_lossy(&checked.stdout);
+    assert!(shown.contains("kind = \"exec\""), "{shown}");
+    // A table without a program is refused, naming it.
+    write_file(
+        &dir.path("bad.toml"),
+        "[[service]]\nname = \"x\"\nkind = \"exec\"\nlisten = [\"tcp:127.0.0.1:0\"]\n",
+    );
+    let bad = Command::new(bin())
+        .args(["check-config"])
+        .arg(dir.path("bad.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no program"),
+        "{bad:?}"
+    );
+}

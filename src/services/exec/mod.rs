@@ -63,21 +63,30 @@ pub enum StartMode {
     Fork,
 }
 
-/// The `exec` subcommand's own options.
+/// The `exec` service's options (also keys of an `exec` table in `--config`).
+#[derive(Args, Debug, Clone)]
+pub struct ExecOpts {
+    /// exec: access rules, lines `CIDR|uid=N|gid=N|* allow [VAR=VALUE…]` or `… deny`; the first match decides, no match denies; re-read on SIGHUP
+    #[arg(long, value_name = "FILE", global = true)]
+    pub rules: Option<PathBuf>,
+    /// exec: set TCPREMOTEHOST and TCPLOCALHOST from /etc/hosts (never DNS); re-read on SIGHUP
+    #[arg(long, global = true)]
+    pub resolve: bool,
+    /// exec: where the program's stderr goes
+    #[arg(long, value_name = "WHERE", default_value = "log", global = true)]
+    pub stderr: StderrMode,
+    /// exec: how a stream connection's program starts under the fork model
+    #[arg(long, value_name = "HOW", default_value = "spawn", global = true)]
+    pub start: StartMode,
+    /// exec: the program and its arguments, one --program each (the `program`
+    /// array of a config file; on the command line, `forkserve exec -- PROGRAM ARGS`)
+    #[arg(long = "program", value_name = "ARG", hide = true, global = true)]
+    pub program: Vec<String>,
+}
+
+/// The `exec` subcommand's own arguments: the program to run.
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Access rules: lines `CIDR|uid=N|gid=N|* allow [VAR=VALUE…]` or `… deny`; the first match decides, no match denies; re-read on SIGHUP
-    #[arg(long, value_name = "FILE")]
-    pub rules: Option<PathBuf>,
-    /// Set TCPREMOTEHOST and TCPLOCALHOST from /etc/hosts (never DNS); re-read on SIGHUP
-    #[arg(long)]
-    pub resolve: bool,
-    /// Where the program's stderr goes
-    #[arg(long, value_name = "WHERE", default_value = "log")]
-    pub stderr: StderrMode,
-    /// How a stream connection's program starts under the fork model
-    #[arg(long, value_name = "HOW", default_value = "spawn")]
-    pub start: StartMode,
     /// The program to run and its arguments (after `--` when they start with `-`)
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true, num_args = 1..)]
     pub program: Vec<String>,
@@ -461,9 +470,14 @@ fn passed_sockets() -> Vec<ListenAddr> {
 /// Builds the `exec` service from its options and listen addresses. Usage errors
 /// (no program, not executable, mixed socket types) and a bad rules file come
 /// back before anything is bound.
-pub fn service(args: &ExecArgs, addrs: Vec<ListenAddr>, inetd: bool) -> Result<Service, Error> {
+pub fn service(
+    args: &ExecOpts,
+    program_argv: &[String],
+    addrs: Vec<ListenAddr>,
+    inetd: bool,
+) -> Result<Service, Error> {
     let name = "exec";
-    let program = program(&args.program)?;
+    let program = program(program_argv)?;
     let addrs = if addrs.is_empty() {
         passed_sockets()
     } else {
