@@ -31,6 +31,7 @@
 
 pub mod addr;
 pub mod handler;
+pub mod impair;
 pub mod listener;
 pub mod logging;
 pub mod peer;

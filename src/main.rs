@@ -44,6 +44,9 @@ enum Command {
     },
     /// Fetch a file from the file service: files-get ADDR NAME [-o OUT]
     FilesGet(files::client::GetArgs),
+    /// A UDP relay that emulates a slow, lossy link (for tests and bench/)
+    #[command(hide = true)]
+    Impair(forkserve::impair::ImpairArgs),
     /// Chat with rooms, history and a broker process (default tcp:127.0.0.1:7777, unix:RUNDIR/chat.sock)
     Chat,
     /// Read a password on stdin and print its Argon2 hash for a chat --users file
@@ -69,7 +72,7 @@ impl Command {
             Command::Time => Some("time"),
             Command::Bench(_) => None,
             Command::Files { .. } => Some("files"),
-            Command::FilesGet(_) => None,
+            Command::FilesGet(_) | Command::Impair(_) => None,
             Command::Chat => Some("chat"),
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
@@ -83,6 +86,7 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
     match command {
         Command::Bench(args) => Some(loadgen::run(args)),
         Command::FilesGet(args) => Some(files::client::run(args)),
+        Command::Impair(args) => Some(forkserve::impair::run(args)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -268,6 +272,7 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
         .map(|t| secs("--idle-timeout", t))
         .transpose()?;
     let model = models::fixed_model(svc.name()).unwrap_or(opts.model);
+    let per_source = opts.max_per_source.or(svc.get_max_per_source());
     let svc = if idle.is_some() {
         svc.idle_timeout(idle)
     } else {
@@ -276,7 +281,7 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
     Ok(svc
         .model(model)
         .max_children(opts.max_children)
-        .max_per_source(opts.max_per_source)
+        .max_per_source(per_source)
         .workers(opts.workers)
         .max_requests(opts.max_requests))
 }

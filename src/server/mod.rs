@@ -21,6 +21,7 @@
 //! ```
 
 mod children;
+mod fairq;
 mod fork;
 mod master;
 mod process;
@@ -183,6 +184,11 @@ impl Service {
     /// The model.
     pub fn get_model(&self) -> Model {
         self.model
+    }
+
+    /// The per-source limit set so far (a service's own default, if it has one).
+    pub fn get_max_per_source(&self) -> Option<usize> {
+        self.max_per_source
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::children::SourceCounts;
+use super::fairq::{FairQueue, Queued};
 use super::signals::Signals;
 use super::{Handler, Service, worker};
 use crate::handler::{Context, Model};
@@ -42,6 +43,8 @@ struct Proc<'a> {
     buf: Vec<u8>,
     /// The listeners' addresses for the title, formatted once.
     addrs: String,
+    /// Sequential datagram services: what was read and waits, per source, round robin.
+    fair: Option<FairQueue>,
 }
 
 /// Runs the server process; returns its exit status.
@@ -64,6 +67,8 @@ pub(crate) fn serve(
         shared_socks: Vec::new(),
         buf: vec![0u8; 65536],
         addrs: crate::listener::addrs_text(listeners),
+        fair: (conf.model == Model::Sequential && matches!(conf.handler, Handler::Datagram(_)))
+            .then(|| FairQueue::new(conf.max_per_source)),
     };
     if conf.model == Model::Thread {
         let (rx, tx) = match UnixStream::pair() {
@@ -166,7 +171,9 @@ impl Proc<'_> {
                     fds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
                 }
             }
-            if let Err(e) = sys::poll(&mut fds, None) {
+            let waiting = self.fair.as_ref().is_some_and(|f| !f.is_empty());
+            let timeout = waiting.then_some(Duration::ZERO);
+            if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!("{}: poll: {e}", self.conf.name);
                 return 71;
             }
@@ -186,7 +193,59 @@ impl Proc<'_> {
                     self.serve_one(l);
                 }
             }
+            if !self.stopping() {
+                self.serve_queued();
+            }
         }
+    }
+
+    /// Reads every datagram waiting on listener `l` into the fair queue (sequential
+    /// model); those over their source's share are dropped.
+    fn enqueue_datagrams(&mut self, l: usize) {
+        for _ in 0..super::fairq::MAX_QUEUED {
+            let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            let (peer, reply_to) = worker::datagram_peer(addr, cred);
+            let item = Queued {
+                listener: l,
+                data: self.buf[..n].to_vec(),
+                reply_to,
+                peer,
+            };
+            let Some(fair) = self.fair.as_mut() else {
+                return;
+            };
+            if let Err(item) = fair.push(item) {
+                log::info!(
+                    "{}: dropped a datagram from {}: its source already has {} waiting",
+                    self.conf.name,
+                    item.peer,
+                    fair.per_source()
+                );
+            }
+        }
+    }
+
+    /// Serves the next queued datagram, if any (one per turn of the loop, so new
+    /// arrivals are queued between two).
+    fn serve_queued(&mut self) {
+        let Some(item) = self.fair.as_mut().and_then(FairQueue::pop) else {
+            return;
+        };
+        let Handler::Datagram(h) = &self.conf.handler else {
+            return;
+        };
+        self.served += 1;
+        worker::serve_datagram(
+            h.as_ref(),
+            self.listeners[item.listener].as_fd(),
+            &item.data,
+            item.reply_to,
+            item.peer,
+            &self.contexts[item.listener],
+        );
     }
 
     fn drain_done_pipe(&self) {
@@ -271,6 +330,7 @@ impl Proc<'_> {
                     }
                 }
             }
+            Handler::Datagram(_) if self.fair.is_some() => self.enqueue_datagrams(l),
             Handler::Datagram(h) => {
                 let h = Arc::clone(h);
                 let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf)

@@ -82,7 +82,9 @@
 //! forked worker also has a watchdog: SIGALRM ends it after 120 s (a Unix-datagram
 //! client that stops reading would otherwise keep it waiting for ever).
 
+pub mod cc;
 pub mod client;
+pub mod cookie;
 pub mod server;
 pub mod wire;
 
@@ -105,10 +107,19 @@ pub struct FilesOpts {
     /// File service: largest file served, in bytes (a K, M or G suffix is allowed)
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, global = true)]
     pub max_file: u64,
-    /// File service: a reply goes out in batches of N datagrams, one batch per ms
-    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
-    pub max_inflight: usize,
+    /// File service: most chunks one request draws (the window cap)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW, global = true)]
+    pub max_window: usize,
 }
+
+/// Default `--max-window`: 64 chunks of 1136 bytes, some 71 KiB per request.
+pub const DEFAULT_WINDOW: usize = 64;
+/// Largest `--max-window`.
+pub const MAX_WINDOW: usize = 1024;
+/// Requests served at once from one source (IP address, or uid on Unix sockets)
+/// unless `--max-per-source` says otherwise: a client drives its transfer with a
+/// few requests in flight, and one source cannot take every worker slot.
+pub const DEFAULT_PER_SOURCE: usize = 4;
 
 /// Parses `123`, `64K`, `64M`, `1G` (binary multiples).
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -154,13 +165,16 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
             opts.max_file
         )));
     }
-    if opts.max_inflight == 0 {
-        return Err(usage("--max-inflight: expected at least 1".into()));
+    if !(1..=MAX_WINDOW).contains(&opts.max_window) {
+        return Err(usage(format!(
+            "--max-window {}: expected 1 to {MAX_WINDOW} chunks",
+            opts.max_window
+        )));
     }
     let limits = Limits {
         max_datagram: opts.max_datagram,
         max_file: opts.max_file,
-        max_inflight: opts.max_inflight,
+        max_window: opts.max_window,
     };
     let files = Files::open(root, limits).map_err(|e| {
         let why = e.to_string();
@@ -173,5 +187,7 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
         Error::new(66, format!("files: cannot serve {}: {why}", root.display()))
     })?;
     log::info!("files: serving {}", root.display());
-    Ok(Some(Service::datagram("files", files)))
+    Ok(Some(
+        Service::datagram("files", files).max_per_source(Some(DEFAULT_PER_SOURCE)),
+    ))
 }

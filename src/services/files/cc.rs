@@ -1,0 +1,359 @@
+//! Congestion control for the file service, run by `files-get`.
+//!
+//! The server keeps no state between requests (under the fork model each request
+//! datagram is its own process), so the client holds the whole control loop, as a
+//! TCP sender does but at the receiving end: it asks for chunks in windows, counts
+//! every chunk that arrives as an acknowledgement, measures round-trip times, sizes
+//! its requests by its congestion window and paces them (each GET names the gap the
+//! server keeps between its chunks). Nothing a client asks for can exceed what its
+//! own window allows, and a client that misbehaves only floods its own, validated,
+//! address.
+//!
+//! - [`RttEstimator`]: RFC 6298 smoothed RTT and variance; the retransmission
+//!   timeout is `srtt + max(G, 4·rttvar)` with exponential back-off, floored at
+//!   [`MIN_RTO`] instead of RFC 6298's 1 s (as Linux's 200 ms and QUIC's PTO, RFC
+//!   9002, do not use it either): a lost last chunk costs a few RTTs, not a second.
+//! - [`Window`]: a loss-based AIMD with slow start, the Reno-friendly region of CUBIC
+//!   (RFC 9438 §4.3: multiplicative decrease β = 0.7 and additive increase
+//!   α = 3(1−β)/(1+β) ≈ 0.53 chunks per RTT, which takes the same average share as
+//!   Reno's β = 0.5, α = 1 with a shallower saw-tooth, so a modest queue stays
+//!   busy). One decrease per window of losses (NewReno's recovery point). Slow
+//!   start starts at 10 chunks (RFC 6928) and leaves early on a rising RTT, as
+//!   HyStart++ (RFC 9406) does, with its conservative slow start that resumes when
+//!   the RTT rise was noise, so the queue is not overrun by a doubling.
+//!
+//! Why loss-based and TCP-friendly rather than LEDBAT (RFC 6817): a file fetched on
+//! request is foreground traffic the user waits for; LEDBAT would yield nearly the
+//! whole link to any TCP flow and, on a link whose queue is shared with other
+//! delay-blind traffic, get close to nothing. Sharing the link about evenly with TCP
+//! downloads, as TCP flows share it among themselves, is what a file service should
+//! do.
+
+use std::time::Duration;
+
+/// Floor of the retransmission timeout.
+pub const MIN_RTO: Duration = Duration::from_millis(50);
+/// Ceiling of the retransmission timeout (RFC 6298 2.5).
+pub const MAX_RTO: Duration = Duration::from_secs(60);
+/// Clock granularity G of RFC 6298.
+const GRANULARITY: Duration = Duration::from_millis(1);
+
+/// RFC 6298 round-trip time estimation.
+#[derive(Debug, Clone)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min: Duration,
+    initial: Duration,
+    backoff: u32,
+}
+
+impl RttEstimator {
+    /// Before any sample the timeout is `initial` (RFC 6298 says 1 s).
+    pub fn new(initial: Duration) -> RttEstimator {
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            min: Duration::MAX,
+            initial,
+            backoff: 0,
+        }
+    }
+
+    /// Takes a measurement (never one of a request that was sent twice: Karn's rule
+    /// is the caller's) and ends any back-off.
+    pub fn sample(&mut self, r: Duration) {
+        let r = r.max(Duration::from_micros(1));
+        self.min = self.min.min(r);
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar = self.rttvar * 3 / 4 + diff / 4;
+                self.srtt = Some(srtt * 7 / 8 + r / 8);
+            }
+        }
+        self.backoff = 0;
+    }
+
+    /// The smoothed RTT (the initial timeout before any sample).
+    pub fn srtt(&self) -> Duration {
+        self.srtt.unwrap_or(self.initial)
+    }
+
+    /// The smallest RTT seen (the initial timeout before any sample).
+    pub fn min_rtt(&self) -> Duration {
+        if self.min == Duration::MAX {
+            self.initial
+        } else {
+            self.min
+        }
+    }
+
+    /// True once a sample was taken.
+    pub fn measured(&self) -> bool {
+        self.srtt.is_some()
+    }
+
+    /// The retransmission timeout, backed off.
+    pub fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            None => self.initial,
+            Some(srtt) => (srtt + (self.rttvar * 4).max(GRANULARITY)).max(MIN_RTO),
+        };
+        (base * 2u32.saturating_pow(self.backoff)).min(MAX_RTO)
+    }
+
+    /// Doubles the timeout (RFC 6298 5.5).
+    pub fn back_off(&mut self) {
+        self.backoff = (self.backoff + 1).min(16);
+    }
+}
+
+/// Multiplicative decrease on loss.
+pub const BETA: f64 = 0.7;
+/// Additive increase per RTT in congestion avoidance: 3(1−β)/(1+β).
+pub const ALPHA: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
+/// Initial window in chunks (RFC 6928).
+pub const INITIAL_WINDOW: f64 = 10.0;
+/// Smallest window after a loss.
+pub const MIN_WINDOW: f64 = 2.0;
+/// Samples a round needs before HyStart++ judges it (RFC 9406 N_RTT_SAMPLE).
+const HYSTART_SAMPLES: u32 = 8;
+/// Rounds of conservative slow start before congestion avoidance.
+const CSS_ROUNDS: u32 = 5;
+
+/// Where the window is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    SlowStart,
+    /// HyStart++ saw the RTT rise: grow at a quarter of slow start's pace for a few
+    /// rounds; back to slow start if the rise was noise.
+    Conservative {
+        rounds: u32,
+        baseline: Duration,
+    },
+    Avoidance,
+}
+
+/// The congestion window, in chunks.
+#[derive(Debug, Clone)]
+pub struct Window {
+    cwnd: f64,
+    /// Slow start ends here (set by a loss or a timeout).
+    ssthresh: f64,
+    max: f64,
+    phase: Phase,
+    /// Losses of chunks requested before this sequence number belong to the episode
+    /// that already reduced the window.
+    recover: u64,
+    /// The round (one RTT of requests) ends when a chunk requested at or after this
+    /// sequence number arrives.
+    round_end: u64,
+    last_round_min: Duration,
+    round_min: Duration,
+    round_samples: u32,
+}
+
+impl Window {
+    /// A window that never grows past `max` chunks (what the receive buffer holds).
+    pub fn new(max: f64) -> Window {
+        let max = max.max(MIN_WINDOW);
+        Window {
+            cwnd: INITIAL_WINDOW.min(max),
+            ssthresh: f64::INFINITY,
+            max,
+            phase: Phase::SlowStart,
+            recover: 0,
+            round_end: 0,
+            last_round_min: Duration::MAX,
+            round_min: Duration::MAX,
+            round_samples: 0,
+        }
+    }
+
+    pub fn cwnd(&self) -> f64 {
+        self.cwnd
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Pacing: the gap between two chunks, `srtt / cwnd` sped up by the gain Linux
+    /// uses (2 in slow start, 1.2 after), so pacing never holds back the window.
+    pub fn gap(&self, srtt: Duration) -> Duration {
+        let gain = if self.phase == Phase::SlowStart {
+            2.0
+        } else {
+            1.2
+        };
+        srtt.div_f64(self.cwnd * gain)
+    }
+
+    /// A chunk requested with sequence number `seq` arrived; `rtt` is a sample taken
+    /// from it, if any; `next_seq` is the next sequence number to be requested.
+    pub fn on_ack(&mut self, seq: u64, rtt: Option<Duration>, next_seq: u64) {
+        if let Some(r) = rtt {
+            self.round_min = self.round_min.min(r);
+            self.round_samples += 1;
+        }
+        if seq >= self.round_end {
+            self.end_round(next_seq);
+        }
+        self.hystart_check();
+        let grow = match self.phase {
+            Phase::SlowStart => 1.0,
+            Phase::Conservative { .. } => 0.25,
+            Phase::Avoidance => ALPHA / self.cwnd,
+        };
+        self.cwnd = (self.cwnd + grow).min(self.max);
+        if self.phase == Phase::SlowStart && self.cwnd >= self.ssthresh {
+            self.phase = Phase::Avoidance;
+        }
+    }
+
+    fn end_round(&mut self, next_seq: u64) {
+        if let Phase::Conservative { rounds, baseline } = self.phase {
+            if self.round_samples >= HYSTART_SAMPLES && self.round_min < baseline {
+                // The RTT came back down: the rise was noise.
+                self.phase = Phase::SlowStart;
+            } else if rounds + 1 >= CSS_ROUNDS {
+                self.phase = Phase::Avoidance;
+            } else {
+                self.phase = Phase::Conservative {
+                    rounds: rounds + 1,
+                    baseline,
+                };
+            }
+        }
+        if self.round_samples >= HYSTART_SAMPLES {
+            self.last_round_min = self.round_min;
+        }
+        self.round_min = Duration::MAX;
+        self.round_samples = 0;
+        self.round_end = next_seq;
+    }
+
+    /// HyStart++: leave slow start when this round's smallest RTT exceeds the last
+    /// round's by more than an eighth (clamped to 4..16 ms).
+    fn hystart_check(&mut self) {
+        if self.phase != Phase::SlowStart
+            || self.round_samples < HYSTART_SAMPLES
+            || self.last_round_min == Duration::MAX
+        {
+            return;
+        }
+        let eta =
+            (self.last_round_min / 8).clamp(Duration::from_millis(4), Duration::from_millis(16));
+        if self.round_min >= self.last_round_min + eta {
+            self.phase = Phase::Conservative {
+                rounds: 0,
+                baseline: self.round_min,
+            };
+        }
+    }
+
+    /// A chunk requested with sequence number `seq` was lost; true when this starts
+    /// a new loss episode (the window shrinks).
+    pub fn on_loss(&mut self, seq: u64, next_seq: u64) -> bool {
+        if seq < self.recover {
+            return false;
+        }
+        self.recover = next_seq;
+        self.cwnd = (self.cwnd * BETA).max(MIN_WINDOW);
+        self.ssthresh = self.cwnd;
+        self.phase = Phase::Avoidance;
+        true
+    }
+
+    /// The retransmission timer fired: everything in flight is presumed lost, and
+    /// the window starts again from one chunk in slow start up to half of what it was
+    /// (RFC 5681 3.1).
+    pub fn on_timeout(&mut self, next_seq: u64) {
+        self.ssthresh = (self.cwnd * BETA).max(MIN_WINDOW);
+        self.recover = next_seq;
+        self.cwnd = 1.0;
+        self.phase = Phase::SlowStart;
+        self.last_round_min = Duration::MAX;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn rtt_follows_rfc_6298() {
+        let mut r = RttEstimator::new(Duration::from_secs(1));
+        assert_eq!(r.rto(), Duration::from_secs(1));
+        r.sample(100 * MS);
+        assert_eq!(r.srtt(), 100 * MS);
+        // srtt + 4 * rttvar = 100 + 4 * 50.
+        assert_eq!(r.rto(), 300 * MS);
+        r.sample(100 * MS);
+        // rttvar = 3/4 * 50 + 0 = 37.5; srtt stays 100.
+        assert_eq!(r.rto(), 250 * MS);
+        r.back_off();
+        assert_eq!(r.rto(), 500 * MS);
+        for _ in 0..50 {
+            r.sample(10 * MS);
+        }
+        assert!(r.rto() >= MIN_RTO && r.rto() < 60 * MS, "{:?}", r.rto());
+        assert_eq!(r.min_rtt(), 10 * MS);
+    }
+
+    #[test]
+    fn window_grows_halves_once_per_episode_and_restarts_after_timeout() {
+        let mut w = Window::new(1000.0);
+        let mut seq = 0;
+        for _ in 0..10 {
+            w.on_ack(seq, None, seq + 20);
+            seq += 1;
+        }
+        assert_eq!(w.cwnd(), 20.0, "slow start adds one per chunk");
+        assert!(w.on_loss(5, 40));
+        assert!((w.cwnd() - 14.0).abs() < 1e-9);
+        assert!(!w.on_loss(30, 40), "same episode");
+        assert!(w.on_loss(40, 60), "a new episode");
+        let before = w.cwnd();
+        for s in 0..before as u64 {
+            w.on_ack(60 + s, None, 200);
+        }
+        assert!(
+            (w.cwnd() - before - ALPHA).abs() < 0.05,
+            "{} {before}",
+            w.cwnd()
+        );
+        w.on_timeout(300);
+        assert_eq!(w.cwnd(), 1.0);
+        assert_eq!(w.phase(), Phase::SlowStart);
+    }
+
+    #[test]
+    fn hystart_leaves_slow_start_when_the_rtt_rises() {
+        let mut w = Window::new(1000.0);
+        let mut seq = 0;
+        let mut round = |w: &mut Window, rtt: Duration, n: u64| {
+            let end = seq + n;
+            for _ in 0..n {
+                w.on_ack(seq, Some(rtt), end + 10);
+                seq += 1;
+            }
+        };
+        round(&mut w, 50 * MS, 12);
+        round(&mut w, 50 * MS, 24);
+        assert_eq!(w.phase(), Phase::SlowStart);
+        round(&mut w, 70 * MS, 40);
+        assert!(
+            matches!(w.phase(), Phase::Conservative { .. }),
+            "{:?}",
+            w.phase()
+        );
+    }
+}
