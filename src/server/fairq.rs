@@ -48,13 +48,13 @@ impl FairQueue {
     }
 
     /// Queues a datagram; gives it back when its source or the whole queue is full.
-    pub fn push(&mut self, item: Queued) -> Result<(), Queued> {
+    pub fn push(&mut self, item: Queued) -> Result<(), Box<Queued>> {
         if self.len >= MAX_QUEUED {
-            return Err(item);
+            return Err(Box::new(item));
         }
         let key = item.peer.source_key();
         match self.sources.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, q)) if q.len() >= self.per_source => return Err(item),
+            Some((_, q)) if q.len() >= self.per_source => return Err(Box::new(item)),
             Some((_, q)) => q.push_back(item),
             None => self.sources.push_back((key, VecDeque::from([item]))),
         }

@@ -107,6 +107,14 @@ impl RttEstimator {
         (base * 2u32.saturating_pow(self.backoff)).min(MAX_RTO)
     }
 
+    /// Ends the back-off without a sample: a chunk asked for arrived, so the path
+    /// works again (RFC 6298 5.7 would wait for a sample, which Karn's rule
+    /// withholds from chunks asked for twice, so on a lossy path the doubled timeout
+    /// would linger for many rounds).
+    pub fn progress(&mut self) {
+        self.backoff = 0;
+    }
+
     /// Doubles the timeout (RFC 6298 5.5).
     pub fn back_off(&mut self) {
         self.backoff = (self.backoff + 1).min(16);
@@ -156,6 +164,19 @@ pub struct Window {
     last_round_min: Duration,
     round_min: Duration,
     round_samples: u32,
+    /// The window before the current loss episode, restored if every loss of the
+    /// episode turns out spurious (as TCP's Eifel and DSACK undo do).
+    prior: Option<(f64, f64, Phase)>,
+    episode_losses: u32,
+    episode_spurious: u32,
+    /// The smallest RTT sample, and how many samples in a row exceeded it by eta.
+    min_rtt: Duration,
+    high_run: u32,
+}
+
+/// HyStart++'s threshold of a meaningful RTT rise: an eighth, within 4..16 ms.
+fn eta(rtt: Duration) -> Duration {
+    (rtt / 8).clamp(Duration::from_millis(4), Duration::from_millis(16))
 }
 
 impl Window {
@@ -172,6 +193,11 @@ impl Window {
             last_round_min: Duration::MAX,
             round_min: Duration::MAX,
             round_samples: 0,
+            prior: None,
+            episode_losses: 0,
+            episode_spurious: 0,
+            min_rtt: Duration::MAX,
+            high_run: 0,
         }
     }
 
@@ -200,6 +226,11 @@ impl Window {
         if let Some(r) = rtt {
             self.round_min = self.round_min.min(r);
             self.round_samples += 1;
+            self.min_rtt = self.min_rtt.min(r);
+            // A run of samples all above the path's minimum by eta: a queue is
+            // building now, within this round.
+            let high = r >= self.min_rtt + eta(self.min_rtt);
+            self.high_run = if high { self.high_run + 1 } else { 0 };
         }
         if seq >= self.round_end {
             self.end_round(next_seq);
@@ -218,10 +249,15 @@ impl Window {
 
     fn end_round(&mut self, next_seq: u64) {
         if let Phase::Conservative { rounds, baseline } = self.phase {
-            if self.round_samples >= HYSTART_SAMPLES && self.round_min < baseline {
+            let judged = self.round_samples >= HYSTART_SAMPLES;
+            if judged && self.round_min < baseline {
                 // The RTT came back down: the rise was noise.
                 self.phase = Phase::SlowStart;
-            } else if rounds + 1 >= CSS_ROUNDS {
+                self.high_run = 0;
+            } else if (judged && self.round_min >= baseline + eta(baseline))
+                || rounds + 1 >= CSS_ROUNDS
+            {
+                // The queue kept growing (or long enough): avoidance.
                 self.phase = Phase::Avoidance;
             } else {
                 self.phase = Phase::Conservative {
@@ -239,20 +275,20 @@ impl Window {
     }
 
     /// HyStart++: leave slow start when this round's smallest RTT exceeds the last
-    /// round's by more than an eighth (clamped to 4..16 ms).
+    /// round's by more than eta, or (because pacing at twice the window's rate fills
+    /// a queue within one round, before the next round could show it) when the last
+    /// [`HYSTART_SAMPLES`] samples all exceed the path's minimum by eta.
     fn hystart_check(&mut self) {
-        if self.phase != Phase::SlowStart
-            || self.round_samples < HYSTART_SAMPLES
-            || self.last_round_min == Duration::MAX
-        {
+        if self.phase != Phase::SlowStart {
             return;
         }
-        let eta =
-            (self.last_round_min / 8).clamp(Duration::from_millis(4), Duration::from_millis(16));
-        if self.round_min >= self.last_round_min + eta {
+        let rounds_rose = self.round_samples >= HYSTART_SAMPLES
+            && self.last_round_min != Duration::MAX
+            && self.round_min >= self.last_round_min + eta(self.last_round_min);
+        if rounds_rose || self.high_run >= HYSTART_SAMPLES {
             self.phase = Phase::Conservative {
                 rounds: 0,
-                baseline: self.round_min,
+                baseline: self.round_min.min(self.min_rtt + eta(self.min_rtt)),
             };
         }
     }
@@ -261,8 +297,12 @@ impl Window {
     /// a new loss episode (the window shrinks).
     pub fn on_loss(&mut self, seq: u64, next_seq: u64) -> bool {
         if seq < self.recover {
+            self.episode_losses += 1;
             return false;
         }
+        self.prior = Some((self.cwnd, self.ssthresh, self.phase));
+        self.episode_losses = 1;
+        self.episode_spurious = 0;
         self.recover = next_seq;
         self.cwnd = (self.cwnd * BETA).max(MIN_WINDOW);
         self.ssthresh = self.cwnd;
@@ -270,11 +310,25 @@ impl Window {
         true
     }
 
+    /// A chunk declared lost arrived after all (it was only late): once every loss
+    /// of the episode proved spurious, the window it cost comes back.
+    pub fn on_spurious(&mut self) {
+        self.episode_spurious += 1;
+        if self.episode_spurious >= self.episode_losses
+            && let Some((cwnd, ssthresh, phase)) = self.prior.take()
+        {
+            self.cwnd = self.cwnd.max(cwnd);
+            self.ssthresh = ssthresh;
+            self.phase = phase;
+        }
+    }
+
     /// The retransmission timer fired: everything in flight is presumed lost, and
     /// the window starts again from one chunk in slow start up to half of what it was
     /// (RFC 5681 3.1).
     pub fn on_timeout(&mut self, next_seq: u64) {
         self.ssthresh = (self.cwnd * BETA).max(MIN_WINDOW);
+        self.prior = None;
         self.recover = next_seq;
         self.cwnd = 1.0;
         self.phase = Phase::SlowStart;
@@ -311,10 +365,8 @@ mod tests {
     #[test]
     fn window_grows_halves_once_per_episode_and_restarts_after_timeout() {
         let mut w = Window::new(1000.0);
-        let mut seq = 0;
-        for _ in 0..10 {
+        for seq in 0..10 {
             w.on_ack(seq, None, seq + 20);
-            seq += 1;
         }
         assert_eq!(w.cwnd(), 20.0, "slow start adds one per chunk");
         assert!(w.on_loss(5, 40));
@@ -330,6 +382,10 @@ mod tests {
             "{} {before}",
             w.cwnd()
         );
+        assert!(w.on_loss(200, 220));
+        let cut = w.cwnd();
+        w.on_spurious();
+        assert!(w.cwnd() > cut, "a spurious loss is undone");
         w.on_timeout(300);
         assert_eq!(w.cwnd(), 1.0);
         assert_eq!(w.phase(), Phase::SlowStart);

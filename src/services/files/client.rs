@@ -626,6 +626,11 @@ impl<'f> Transfer<'f> {
         match self.seq_of.remove(&index) {
             Some(seq) => {
                 let f = self.flight.remove(&seq).expect("in flight");
+                if !f.fresh && now < f.due + s.rtt.min_rtt() / 2 {
+                    // Too soon to answer the request that asked again: the answer
+                    // to the first one, late.
+                    self.on_spurious(s);
+                }
                 if seq < self.rack_seq {
                     self.stats.reordered += 1;
                 }
@@ -634,16 +639,14 @@ impl<'f> Transfer<'f> {
                 if let Some(r) = sample.filter(|_| f.probe) {
                     s.rtt.sample(r);
                 }
+                s.rtt.progress();
                 self.win.on_ack(seq, sample, self.next_seq);
                 self.timeouts_in_a_row = 0;
                 self.rto_at = (!self.flight.is_empty()).then(|| now + s.rtt.rto());
             }
             None if !self.have[index as usize] => {
-                // Declared lost, then arrived: the reordering window was too small.
-                self.stats.spurious += 1;
                 self.want.remove(&index);
-                let step = (s.rtt.min_rtt() / 4).max(REORDER_FLOOR);
-                self.reorder = (self.reorder + step).min(s.rtt.srtt().max(REORDER_FLOOR));
+                self.on_spurious(s);
             }
             None => {}
         }
@@ -657,6 +660,15 @@ impl<'f> Transfer<'f> {
         self.have[index as usize] = true;
         self.missing -= 1;
         Ok(())
+    }
+
+    /// A chunk declared lost arrived late: the reordering window was too small, and
+    /// the window the loss cost may come back.
+    fn on_spurious(&mut self, s: &Session<'_>) {
+        self.stats.spurious += 1;
+        let step = (s.rtt.min_rtt() / 4).max(REORDER_FLOOR);
+        self.reorder = (self.reorder + step).min(s.rtt.srtt().max(REORDER_FLOOR));
+        self.win.on_spurious();
     }
 
     /// RACK (RFC 8985): a chunk asked for before the latest one that arrived is lost

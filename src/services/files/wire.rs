@@ -461,7 +461,8 @@ mod tests {
             req(&format!("STAT {C} a.txt\n")),
             Some(Request::Stat(c, b"a.txt"))
         );
-        let Some(Request::Get(g)) = req(&format!("GET {C} a 9,3-5,4,0-1,2 250")) else {
+        let text = format!("GET {C} a 9,3-5,4,0-1,2 250");
+        let Some(Request::Get(g)) = req(&text) else {
             panic!("GET not parsed");
         };
         assert_eq!((g.name, g.gap_us), (&b"a"[..], 250));
@@ -470,7 +471,8 @@ mod tests {
             g.ranges,
             [Range { from: 0, to: 5 }, Range { from: 9, to: 9 }]
         );
-        let g0 = req(&format!("GET {C} a 7"));
+        let text = format!("GET {C} a 7");
+        let g0 = req(&text);
         assert!(matches!(g0, Some(Request::Get(Get { gap_us: 0, .. }))));
         for bad in [
             "".to_string(),
