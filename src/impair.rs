@@ -266,12 +266,12 @@ mod tests {
     #[test]
     fn the_link_serialises_queues_and_delays() {
         // 1200-byte datagrams at 9.6 Mbit/s: one per ms.
-        let t0 = Instant::now();
         let mut l = Link::new(9_600_000, Duration::from_millis(10), 4, 0.0, 1);
+        let t0 = Instant::now();
         for _ in 0..6 {
             l.push(t0, vec![0; 1200]);
         }
-        // One on the wire at once... the queue counts those not yet serialised: 4.
+        // The queue counts those not yet serialised, the one on the wire included.
         assert_eq!(l.counters.queue_drops, 2);
         assert!(l.pop(t0 + Duration::from_millis(10)).is_none());
         assert!(l.pop(t0 + Duration::from_millis(11)).is_some());
