@@ -7,8 +7,12 @@
 //! datagrams can be dropped once (`--drop-once PREFIX`) to test recovery from one
 //! particular loss.
 //!
-//! It prints `listening on udp:ADDR` on stdout, relays until its standard input
-//! closes (or SIGTERM), then prints one line of counters per direction:
+//! With `--tun CLIENT SERVER` it relays IP packets instead, between two TUN devices
+//! it creates (which a script then moves into two network namespaces): a whole
+//! emulated link for TCP and UDP alike, as `tc netem` would make one.
+//!
+//! It prints `listening on udp:ADDR` (or `tun CLIENT SERVER`) on stdout, relays until
+//! its standard input closes, then prints one line of counters per direction:
 //! `up|down: passed N queue-drops N random-losses N dropped-once N`.
 
 use std::collections::VecDeque;
@@ -27,8 +31,11 @@ pub struct ImpairArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub local: SocketAddr,
     /// The server datagrams are relayed to: IP:PORT
-    #[arg(long)]
-    pub upstream: SocketAddr,
+    #[arg(long, required_unless_present = "tun")]
+    pub upstream: Option<SocketAddr>,
+    /// Relay IP packets between two new TUN devices (client side, server side)
+    #[arg(long, num_args = 2, value_names = ["CLIENT", "SERVER"], conflicts_with = "upstream")]
+    pub tun: Option<Vec<String>>,
     /// Source IP of the relayed datagrams (another loopback address is another source)
     #[arg(long, value_name = "IP")]
     pub source_ip: Option<std::net::IpAddr>,
@@ -169,19 +176,91 @@ pub fn run(args: &ImpairArgs) -> ExitCode {
     }
 }
 
-fn relay(args: &ImpairArgs) -> io::Result<()> {
+/// One end of the relay: where datagrams (or packets) come from and go to.
+enum End {
+    /// Faces the client; replies go to whoever sent last.
+    Front(UdpSocket, Option<SocketAddr>),
+    /// Faces the server (connected).
+    Back(UdpSocket),
+    Tun(std::fs::File),
+}
+
+impl End {
+    fn fd(&self) -> i32 {
+        match self {
+            End::Front(s, _) | End::Back(s) => s.as_raw_fd(),
+            End::Tun(f) => f.as_raw_fd(),
+        }
+    }
+
+    /// One datagram or packet, or None when nothing waits.
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            End::Front(s, client) => {
+                let (n, from) = s.recv_from(buf).ok()?;
+                *client = Some(from);
+                Some(n)
+            }
+            End::Back(s) => s.recv(buf).ok(),
+            End::Tun(f) => io::Read::read(f, buf).ok(),
+        }
+    }
+
+    /// Sends, or drops what the other side cannot take (as a link would).
+    fn send(&mut self, d: &[u8]) {
+        let _ = match self {
+            End::Front(s, Some(c)) => s.send_to(d, *c),
+            End::Front(_, None) => Ok(0),
+            End::Back(s) => s.send(d),
+            End::Tun(f) => io::Write::write(f, d),
+        };
+    }
+}
+
+/// The two ends: client side, server side.
+fn open_ends(args: &ImpairArgs) -> io::Result<(End, End, String)> {
     let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    if let Some(names) = &args.tun {
+        let open = |name: &String| -> io::Result<End> {
+            let fd = sys::tun_open(name).map_err(|e| ctx(&format!("TUN device {name}"), e))?;
+            let f = std::fs::File::from(fd);
+            set_nonblocking(&f)?;
+            Ok(End::Tun(f))
+        };
+        return Ok((
+            open(&names[0])?,
+            open(&names[1])?,
+            format!("tun {} {}", names[0], names[1]),
+        ));
+    }
+    let upstream = args
+        .upstream
+        .ok_or_else(|| io::Error::other("--upstream or --tun is needed"))?;
     let front = UdpSocket::bind(args.local).map_err(|e| ctx("binding --local", e))?;
-    let bind_ip = args.source_ip.unwrap_or(if args.upstream.is_ipv4() {
+    let bind_ip = args.source_ip.unwrap_or(if upstream.is_ipv4() {
         [0, 0, 0, 0].into()
     } else {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     });
     let back = UdpSocket::bind((bind_ip, 0)).map_err(|e| ctx("binding --source-ip", e))?;
-    back.connect(args.upstream)
+    back.connect(upstream)
         .map_err(|e| ctx("connecting --upstream", e))?;
     front.set_nonblocking(true)?;
     back.set_nonblocking(true)?;
+    let shown = format!("listening on udp:{}", front.local_addr()?);
+    Ok((End::Front(front, None), End::Back(back), shown))
+}
+
+fn set_nonblocking(f: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let flags = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+fn relay(args: &ImpairArgs) -> io::Result<()> {
+    let (mut client, mut server, shown) = open_ends(args)?;
     let delay = Duration::from_secs_f64(args.delay.max(0.0) / 1000.0);
     let mut up = Link::new(args.bitrate, delay, args.queue, args.loss, args.seed);
     let mut down = Link::new(
@@ -196,19 +275,16 @@ fn relay(args: &ImpairArgs) -> io::Result<()> {
         .iter()
         .map(|p| Some(p.as_bytes().to_vec()))
         .collect();
-    let mut client: Option<SocketAddr> = None;
-    println!("listening on udp:{}", front.local_addr()?);
+    println!("{shown}");
     io::stdout().flush()?;
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
         while let Some(d) = up.pop(now) {
-            let _ = back.send(&d);
+            server.send(&d);
         }
         while let Some(d) = down.pop(now) {
-            if let Some(c) = client {
-                let _ = front.send_to(&d, c);
-            }
+            client.send(&d);
         }
         let next = [up.next_arrival(), down.next_arrival()]
             .into_iter()
@@ -217,21 +293,20 @@ fn relay(args: &ImpairArgs) -> io::Result<()> {
         let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
         let mut fds = [
             sys::pollfd(0, sys::POLLIN),
-            sys::pollfd(front.as_raw_fd(), sys::POLLIN),
-            sys::pollfd(back.as_raw_fd(), sys::POLLIN),
+            sys::pollfd(client.fd(), sys::POLLIN),
+            sys::pollfd(server.fd(), sys::POLLIN),
         ];
         sys::poll(&mut fds, wait)?;
         if fds[0].revents != 0 {
             break;
         }
         let now = Instant::now();
-        while let Ok((n, from)) = front.recv_from(&mut buf) {
-            client = Some(from);
+        while let Some(n) = client.recv(&mut buf) {
             if !drop_once(&mut once, &buf[..n], &mut up.counters) {
                 up.push(now, buf[..n].to_vec());
             }
         }
-        while let Ok(n) = back.recv(&mut buf) {
+        while let Some(n) = server.recv(&mut buf) {
             if !drop_once(&mut once, &buf[..n], &mut down.counters) {
                 down.push(now, buf[..n].to_vec());
             }

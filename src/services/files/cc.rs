@@ -172,7 +172,18 @@ pub struct Window {
     /// The smallest RTT sample, and how many samples in a row exceeded it by eta.
     min_rtt: Duration,
     high_run: u32,
+    /// Chunks acknowledged and lost this round, and the smoothed fraction lost.
+    round_acks: u32,
+    round_losses: u32,
+    loss_rate: f64,
+    random_losses: u64,
+    /// A retransmission timeout happened (HyStart++ is for the first slow start).
+    timed_out: bool,
 }
+
+/// Above this recent loss rate no loss is taken as random (see
+/// [`Window::looks_random`]).
+pub const RANDOM_LOSS_MAX: f64 = 0.05;
 
 /// HyStart++'s threshold of a meaningful RTT rise: an eighth, within 4..16 ms.
 fn eta(rtt: Duration) -> Duration {
@@ -198,6 +209,11 @@ impl Window {
             episode_spurious: 0,
             min_rtt: Duration::MAX,
             high_run: 0,
+            round_acks: 0,
+            round_losses: 0,
+            loss_rate: 0.0,
+            random_losses: 0,
+            timed_out: false,
         }
     }
 
@@ -223,6 +239,7 @@ impl Window {
     /// A chunk requested with sequence number `seq` arrived; `rtt` is a sample taken
     /// from it, if any; `next_seq` is the next sequence number to be requested.
     pub fn on_ack(&mut self, seq: u64, rtt: Option<Duration>, next_seq: u64) {
+        self.round_acks += 1;
         if let Some(r) = rtt {
             self.round_min = self.round_min.min(r);
             self.round_samples += 1;
@@ -248,16 +265,20 @@ impl Window {
     }
 
     fn end_round(&mut self, next_seq: u64) {
+        let sent = self.round_acks + self.round_losses;
+        if sent >= HYSTART_SAMPLES {
+            let frac = f64::from(self.round_losses) / f64::from(sent);
+            self.loss_rate = 0.75 * self.loss_rate + 0.25 * frac;
+        }
+        self.round_acks = 0;
+        self.round_losses = 0;
         if let Phase::Conservative { rounds, baseline } = self.phase {
             let judged = self.round_samples >= HYSTART_SAMPLES;
             if judged && self.round_min < baseline {
                 // The RTT came back down: the rise was noise.
                 self.phase = Phase::SlowStart;
                 self.high_run = 0;
-            } else if (judged && self.round_min >= baseline + eta(baseline))
-                || rounds + 1 >= CSS_ROUNDS
-            {
-                // The queue kept growing (or long enough): avoidance.
+            } else if rounds + 1 >= CSS_ROUNDS {
                 self.phase = Phase::Avoidance;
             } else {
                 self.phase = Phase::Conservative {
@@ -279,7 +300,9 @@ impl Window {
     /// a queue within one round, before the next round could show it) when the last
     /// [`HYSTART_SAMPLES`] samples all exceed the path's minimum by eta.
     fn hystart_check(&mut self) {
-        if self.phase != Phase::SlowStart {
+        // Only the first slow start: after a timeout, slow start runs up to ssthresh
+        // (RFC 9406 section 4.2).
+        if self.phase != Phase::SlowStart || self.timed_out {
             return;
         }
         let rounds_rose = self.round_samples >= HYSTART_SAMPLES
@@ -296,8 +319,18 @@ impl Window {
     /// A chunk requested with sequence number `seq` was lost; true when this starts
     /// a new loss episode (the window shrinks).
     pub fn on_loss(&mut self, seq: u64, next_seq: u64) -> bool {
+        self.round_losses += 1;
         if seq < self.recover {
             self.episode_losses += 1;
+            return false;
+        }
+        if self.looks_random() {
+            // No queue stands in front of the loss, and losses are rare: the path
+            // lost it (a radio, a bad cable), not a queue overflowing. Shrinking for
+            // it would only leave the link idle.
+            self.recover = next_seq;
+            self.episode_losses = 1;
+            self.random_losses += 1;
             return false;
         }
         self.prior = Some((self.cwnd, self.ssthresh, self.phase));
@@ -308,6 +341,29 @@ impl Window {
         self.ssthresh = self.cwnd;
         self.phase = Phase::Avoidance;
         true
+    }
+
+    /// True when a loss now is better explained by the path than by congestion: the
+    /// RTT of this round (the last one, early in a round) is within eta of the
+    /// smallest seen, so no queue has built, and the recent loss rate is under
+    /// [`RANDOM_LOSS_MAX`] (a sender that never shrank on a path with a shallow
+    /// buffer would see far more). This is TCP Veno's idea (Fu and Liew, 2003) with
+    /// HyStart++'s threshold.
+    fn looks_random(&self) -> bool {
+        let rtt = if self.round_min != Duration::MAX {
+            self.round_min
+        } else {
+            self.last_round_min
+        };
+        rtt != Duration::MAX
+            && self.min_rtt != Duration::MAX
+            && rtt < self.min_rtt + eta(self.min_rtt)
+            && self.loss_rate < RANDOM_LOSS_MAX
+    }
+
+    /// Losses taken as the path's rather than congestion's.
+    pub fn random_losses(&self) -> u64 {
+        self.random_losses
     }
 
     /// A chunk declared lost arrived after all (it was only late): once every loss
@@ -329,6 +385,7 @@ impl Window {
     pub fn on_timeout(&mut self, next_seq: u64) {
         self.ssthresh = (self.cwnd * BETA).max(MIN_WINDOW);
         self.prior = None;
+        self.timed_out = true;
         self.recover = next_seq;
         self.cwnd = 1.0;
         self.phase = Phase::SlowStart;

@@ -572,7 +572,10 @@ impl<'f> Transfer<'f> {
                 self.seq_of.insert(index, self.next_seq);
                 self.next_seq += 1;
             }
-            self.next_send = now + gap * picked.len() as u32;
+            // Requests follow a schedule; one that is late (a busy machine) is made
+            // up by sending the next at once, within one request span.
+            let floor = now.checked_sub(REQUEST_SPAN).unwrap_or(now);
+            self.next_send = self.next_send.max(floor) + gap * picked.len() as u32;
             if self.rto_at.is_none() {
                 self.rto_at = Some(now + s.rtt.rto());
             }

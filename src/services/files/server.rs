@@ -32,6 +32,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 /// is doing (a STAT checksumming a file on a stalled disk).
 pub const WORKER_DEADLINE_SECS: u32 = 10;
 
+/// How many chunks a late paced reply may send back to back to catch up.
+const MAX_CATCH_UP: u32 = 3;
+
 /// The limits of one file service.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -93,8 +96,13 @@ impl<'a, 'r> Out<'a, 'r> {
         if self.due > now {
             std::thread::sleep(self.due - now);
         }
-        // A sleep that overshoots is not made up with a burst.
-        self.due = self.due.max(now) + self.gap;
+        // A sleep that overshoots (a busy machine) is made up by sending the next
+        // few at once, but never more than MAX_CATCH_UP chunks' worth: pacing keeps
+        // its rate without turning into bursts.
+        self.due = self
+            .due
+            .max(now.checked_sub(self.gap * MAX_CATCH_UP).unwrap_or(now))
+            + self.gap;
         self.reply.send_until(datagram, self.deadline)
     }
 
