@@ -14,12 +14,14 @@
 #   3. files-get and HTTP at once on the same link: the share each gets.
 #
 # Usage: sudo bench/files-link.sh [--size MIB] [--tftp-size KIB] [--rate 10M]
-#          [--rtt 50] [--queue 64] [--loss2 1] [--tries N]
+#          [--rtt 50] [--queue 64] [--loss2 1] [--tries N] [--tcp-cc cubic]
+# --tcp-cc sets the TCP congestion control of the HTTP server's route to the client
+# (default: the system's, net.ipv4.tcp_congestion_control).
 # Needs root (namespaces), python3, curl; TFTP runs when in.tftpd is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SIZE_MIB=4 TFTP_KIB=256 RATE=10M RTT=50 QUEUE=64 LOSS2=1 TRIES=1
+SIZE_MIB=4 TFTP_KIB=256 RATE=10M RTT=50 QUEUE=64 LOSS2=1 TRIES=1 TCP_CC=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) SIZE_MIB=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
         --queue) QUEUE=$2; shift 2 ;;
         --loss2) LOSS2=$2; shift 2 ;;
         --tries) TRIES=$2; shift 2 ;;
+        --tcp-cc) TCP_CC=$2; shift 2 ;;
         *) echo "usage: $0 [--size MIB] [--tftp-size KIB] [--rate 10M] [--rtt MS] [--queue N] [--loss2 PCT] [--tries N]" >&2; exit 64 ;;
     esac
 done
@@ -101,6 +104,9 @@ link_up() {
     fi
     ip -n "$NC" link set ${TAG}a up
     ip -n "$NS" link set ${TAG}b up
+    if [ -n "$TCP_CC" ]; then
+        ip -n "$NS" route replace $CIP/32 dev ${TAG}b congctl "$TCP_CC"
+    fi
 }
 
 if have_netem; then MODE=netem; else MODE=tun; fi
@@ -150,7 +156,7 @@ row() { # NAME BYTES SECONDS
 }
 
 BIG=$(( SIZE_MIB << 20 )) SMALL=$(( TFTP_KIB << 10 ))
-echo "link: $MODE, $RATE bit/s, ${RTT} ms RTT, queue $QUEUE; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "link: $MODE, $RATE bit/s, ${RTT} ms RTT, queue $QUEUE; TCP: ${TCP_CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control)}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| run | bytes | seconds | Mbit/s |"
 echo "|---|---:|---:|---:|"
@@ -166,6 +172,7 @@ for _ in $(seq "$TRIES"); do
             "$(timed 120 atftp --option 'blksize 1428' -g -r small.bin -l "$WORK/t2" "$SIP")"
         command -v tftp > /dev/null && row "TFTP tftp-hpa (512-byte blocks)" "$SMALL" \
             "$(timed 120 tftp -m binary "$SIP" -c get small.bin "$WORK/t3")"
+        cmp -s "$WORK/t1" "$ROOT/small.bin" || echo "| (curl TFTP output differs) | | | |"
     fi
 done
 

@@ -182,7 +182,7 @@ pub struct Window {
 }
 
 /// Above this recent loss rate no loss is taken as random (see
-/// [`Window::looks_random`]).
+/// `Window::looks_random`).
 pub const RANDOM_LOSS_MAX: f64 = 0.05;
 
 /// HyStart++'s threshold of a meaningful RTT rise: an eighth, within 4..16 ms.

@@ -838,7 +838,7 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
     let max_cwnd = sock.recv_buffer() as f64 / (2.0 * (f64::from(meta.chunk) + 64.0));
     let mut t = Transfer::new(meta, window, max_cwnd, &out.file, &out.path, name);
     t.run(&mut session, &mut buf)?;
-    let (stats, cwnd) = (t.stats, t.win.cwnd());
+    let (stats, cwnd, random) = (t.stats, t.win.cwnd(), t.win.random_losses());
 
     let received = started.elapsed().as_secs_f64();
     verify(&out.file, meta.size, crc, name)?;
@@ -846,7 +846,7 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
     let secs = started.elapsed().as_secs_f64();
     let st = &stats;
     Ok(format!(
-        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s; received in {received:.3} s, then checked and synced); {} datagrams in {} requests, {} lost and re-requested ({} chunks asked again, {} timeouts, {} spurious), {} duplicates, {} reordered; srtt {:.1} ms, window {:.0}",
+        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s; received in {received:.3} s, then checked and synced); {} datagrams in {} requests, {} lost and re-requested ({} chunks asked again, {} timeouts, {} spurious, {} taken as the path's), {} duplicates, {} reordered; srtt {:.1} ms, window {:.0}",
         meta.size,
         meta.total,
         target.display(),
@@ -857,6 +857,7 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
         st.rerequested,
         st.timeouts,
         st.spurious,
+        random,
         st.duplicates,
         st.reordered,
         session.rtt.srtt().as_secs_f64() * 1e3,

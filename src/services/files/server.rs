@@ -23,7 +23,7 @@ use super::wire::{self, AMPLIFICATION, Failure, FileMeta, Get, HEADER_MAX, Range
 use crate::handler::{DatagramHandler, Model, Reply};
 
 /// Longest the server spends on one request datagram, in every model: pacing is
-/// shortened to fit (see [`Files::get`]) and a peer that does not take a reply by
+/// shortened to fit (see `Files::get`) and a peer that does not take a reply by
 /// then ends it. Under `--model sequential` this bounds what one request can make
 /// everyone else wait.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
