@@ -128,9 +128,23 @@ impl Client {
             Err(_) => None,
         }
     }
+    /// Sends `m` until a reply comes (once a second: datagrams may be lost, or
+    /// refused while this source's earlier workers are still being reaped).
     fn ask(&self, m: &[u8]) -> String {
-        self.send(m);
-        String::from_utf8_lossy(&self.recv().expect("a reply")).into_owned()
+        let deadline = Instant::now() + WAIT;
+        self.set_timeout(Duration::from_secs(1));
+        loop {
+            self.send(m);
+            if let Some(d) = self.recv() {
+                self.set_timeout(WAIT);
+                return String::from_utf8_lossy(&d).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reply to {:?}",
+                String::from_utf8_lossy(m)
+            );
+        }
     }
     /// A padded HELLO; the cookie from the COOKIE reply.
     fn cookie(&self) -> String {
