@@ -21,6 +21,13 @@
 //!   start starts at 10 chunks (RFC 6928) and leaves early on a rising RTT, as
 //!   HyStart++ (RFC 9406) does, with its conservative slow start that resumes when
 //!   the RTT rise was noise, so the queue is not overrun by a doubling.
+//! - Loss classification (TCP Veno's idea): a loss while this round's RTT is within
+//!   eta of the path's minimum (no queue stands) and the recent loss rate is under
+//!   5% is taken as the path's (a radio, a bad cable) and does not shrink the
+//!   window; a queue that overflows always shows a raised RTT first.
+//! - Losses a later arrival shows to be spurious (reordering) give back the window
+//!   they cost, as TCP's Eifel and DSACK undo do. Loss detection itself (RACK, RFC
+//!   8985, and the retransmission timer) is in [`super::client`].
 //!
 //! Why loss-based and TCP-friendly rather than LEDBAT (RFC 6817): a file fetched on
 //! request is foreground traffic the user waits for; LEDBAT would yield nearly the
