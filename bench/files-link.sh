@@ -37,9 +37,10 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "$0: needs root (network namespaces)" >&2; exit 77; }
 
+# Always the current code (cargo does nothing when the build is up to date).
+cargo build --release --quiet >&2
 BIN=target/x86_64-unknown-linux-gnu/release/forkserve
 [ -x "$BIN" ] || BIN=target/release/forkserve
-if [ ! -x "$BIN" ]; then cargo build --release >&2; BIN=target/x86_64-unknown-linux-gnu/release/forkserve; fi
 BIN=$(realpath "$BIN")
 
 TAG=fsb$$
@@ -129,12 +130,12 @@ if [ -n "$TFTPD" ]; then
     PIDS+=($!)
 fi
 
-# Runs "$@" in the client namespace; prints seconds, or "fail".
+# Runs "$@" in the client namespace, its output to LOG; prints seconds, or "fail".
 timed() {
-    local limit=$1; shift
+    local limit=$1 log=$2; shift 2
     local t0 t1
     t0=$(date +%s.%N)
-    if timeout "$limit" ip netns exec "$NC" "$@" > "$WORK/out.log" 2>&1; then
+    if timeout "$limit" ip netns exec "$NC" "$@" > "$log" 2>&1; then
         t1=$(date +%s.%N)
         awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
     
@@ -148,8 +149,14 @@ mbit() { # BYTES SECONDS
     awk -v b="$1" -v s="$2" 'BEGIN { printf "%.2f\n", b * 8 / s / 1e6 }'
 }
 
-fget() { timed 60 "$BIN" files-get "udp:$SIP:6969" "$1" -o "$WORK/got.$1"; }
-http() { timed 60 curl -sf -o "$WORK/http.$1" "http://$SIP:8000/$1"; }
+# files-get's own summary lines (losses, requests, srtt, window) are kept for the end.
+fget() {
+    local t
+    t=$(timed 60 "$WORK/fget.out" "$BIN" files-get "udp:$SIP:6969" "$1" -o "$WORK/got.$1")
+    sed -n 's/^files-get: //p' "$WORK/fget.out" >> "$WORK/fget.log"
+    echo "$t"
+}
+http() { timed 60 "$WORK/http.out" curl -sf -o "$WORK/http.$1" "http://$SIP:8000/$1"; }
 
 row() { # NAME BYTES SECONDS
     printf '| %-34s | %9s | %8s | %8s |\n' "$1" "$2" "$3" "$(mbit "$2" "$3")"
@@ -167,11 +174,11 @@ for _ in $(seq "$TRIES"); do
     row "HTTP (curl), 0% loss" "$BIG" "$H0"
     if [ -n "$TFTPD" ]; then
         row "TFTP curl blksize 1428, 0% loss" "$SMALL" \
-            "$(timed 120 curl -sf --tftp-blksize 1428 -o "$WORK/t1" "tftp://$SIP/small.bin")"
+            "$(timed 120 "$WORK/tftp.out" curl -sf --tftp-blksize 1428 -o "$WORK/t1" "tftp://$SIP/small.bin")"
         command -v atftp > /dev/null && row "TFTP atftp blksize 1428, 0% loss" "$SMALL" \
-            "$(timed 120 atftp --option 'blksize 1428' -g -r small.bin -l "$WORK/t2" "$SIP")"
+            "$(timed 120 "$WORK/tftp.out" atftp --option 'blksize 1428' -g -r small.bin -l "$WORK/t2" "$SIP")"
         command -v tftp > /dev/null && row "TFTP tftp-hpa (512-byte blocks)" "$SMALL" \
-            "$(timed 120 tftp -m binary "$SIP" -c get small.bin "$WORK/t3")"
+            "$(timed 120 "$WORK/tftp.out" tftp -m binary "$SIP" -c get small.bin "$WORK/t3")"
         cmp -s "$WORK/t1" "$ROOT/small.bin" || echo "| (curl TFTP output differs) | | | |"
     fi
 done
@@ -211,3 +218,6 @@ for _ in $(seq "$TRIES"); do
     fi
 done
 cmp -s "$WORK/got.big.bin" "$ROOT/big.bin" && echo "files-get output byte-identical: yes"
+echo
+echo "files-get said, run by run:"
+cat "$WORK/fget.log"
