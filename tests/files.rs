@@ -877,6 +877,14 @@ fn amplification_is_limited_before_and_after_validation() {
     );
 }
 
+/// The tests that time transfers over an emulated link take turns, so that they
+/// do not compete with each other for the machine's two cores.
+static LINK_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn link_turn() -> std::sync::MutexGuard<'static, ()> {
+    LINK_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running `forkserve impair` relay.
 struct Impair {
     child: std::process::Child,
@@ -975,6 +983,7 @@ fn add_file(root: &Path, name: &str, len: usize) {
 
 #[test]
 fn fills_a_10_mbit_link_with_50_ms_rtt_without_overrunning_its_queue() {
+    let _turn = link_turn();
     let dir = TempDir::new("files-link");
     let root = fixture(&dir);
     add_file(&root, "4m.bin", 4 << 20);
@@ -999,6 +1008,7 @@ fn fills_a_10_mbit_link_with_50_ms_rtt_without_overrunning_its_queue() {
 
 #[test]
 fn completes_byte_identical_at_one_percent_random_loss() {
+    let _turn = link_turn();
     let dir = TempDir::new("files-loss1");
     let root = fixture(&dir);
     add_file(&root, "half.bin", 512 << 10);
@@ -1029,6 +1039,7 @@ fn completes_byte_identical_at_one_percent_random_loss() {
 /// the first datagram starting with `drop` lost: recovery takes round trips, not a
 /// fixed second.
 fn recovers_from_one_loss(drop: &str) {
+    let _turn = link_turn();
     let dir = TempDir::new("files-once");
     let root = fixture(&dir);
     add_file(&root, "100.bin", 100 * 1136);

@@ -253,7 +253,9 @@ impl Window {
             self.min_rtt = self.min_rtt.min(r);
             // A run of samples all above the path's minimum by eta: a queue is
             // building now, within this round.
-            let high = r >= self.min_rtt + eta(self.min_rtt);
+            // (A quarter of the RTT at least: scheduling noise on a busy host must
+            // not end slow start early.)
+            let high = r >= self.min_rtt + eta(self.min_rtt).max(self.min_rtt / 4);
             self.high_run = if high { self.high_run + 1 } else { 0 };
         }
         if seq >= self.round_end {
