@@ -139,7 +139,7 @@ pub const MIN_WINDOW: f64 = 2.0;
 /// Samples a round needs before HyStart++ judges it (RFC 9406 N_RTT_SAMPLE).
 const HYSTART_SAMPLES: u32 = 8;
 /// Rounds of conservative slow start before congestion avoidance.
-const CSS_ROUNDS: u32 = 3;
+const CSS_ROUNDS: u32 = 2;
 
 /// Where the window is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
