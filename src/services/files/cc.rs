@@ -20,7 +20,11 @@
 //!   busy). One decrease per window of losses (NewReno's recovery point). Slow
 //!   start starts at 10 chunks (RFC 6928) and leaves early on a rising RTT, as
 //!   HyStart++ (RFC 9406) does, with its conservative slow start that resumes when
-//!   the RTT rise was noise, so the queue is not overrun by a doubling.
+//!   the RTT rise was noise, so the queue is not overrun by a doubling. Two rounds of
+//!   it rather than the RFC's five (each grows the window by a quarter: five
+//!   overran a 64-packet queue by a few percent), and the rise is also judged within
+//!   a round (a run of samples a quarter of the RTT above the minimum), because
+//!   pacing at twice the window's rate fills a queue before the next round shows it.
 //! - Loss classification (TCP Veno's idea): a loss while this round's RTT is within
 //!   eta of the path's minimum (no queue stands) and the recent loss rate is under
 //!   5% is taken as the path's (a radio, a bad cable) and does not shrink the
