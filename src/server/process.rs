@@ -202,10 +202,12 @@ impl Proc<'_> {
     /// Reads every datagram waiting on listener `l` into the fair queue (sequential
     /// model); those over their source's share are dropped.
     fn enqueue_datagrams(&mut self, l: usize) {
+        let mut dropped = 0;
+        let mut last = None;
         for _ in 0..super::fairq::MAX_QUEUED {
             let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
                 Ok(x) => x,
-                Err(_) => return,
+                Err(_) => break,
             };
             let (peer, reply_to) = worker::datagram_peer(addr, cred);
             let item = Queued {
@@ -218,13 +220,17 @@ impl Proc<'_> {
                 return;
             };
             if let Err(item) = fair.push(item) {
-                log::info!(
-                    "{}: dropped a datagram from {}: its source already has {} waiting",
-                    self.conf.name,
-                    item.peer,
-                    fair.per_source()
-                );
+                dropped += 1;
+                last = Some(item.peer);
             }
+        }
+        if let (Some(peer), Some(fair)) = (last, &self.fair) {
+            // One line per batch read, not one per datagram of a flood.
+            log::info!(
+                "{}: dropped {dropped} datagram(s), the last from {peer}: over the {} a source may have waiting",
+                self.conf.name,
+                fair.per_source()
+            );
         }
     }
 
