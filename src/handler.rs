@@ -321,6 +321,12 @@ impl<'a> Reply<'a> {
     /// Sends one datagram back to the sender. An unbound Unix-datagram sender cannot
     /// be answered: the reply is skipped and logged.
     pub fn send(&self, data: &[u8]) -> io::Result<()> {
+        self.send_until(data, std::time::Instant::now() + REPLY_DEADLINE)
+    }
+
+    /// [`Reply::send`] with a deadline of the handler's own: a peer that does not
+    /// take the datagram by then is an error of kind `TimedOut`.
+    pub fn send_until(&self, data: &[u8], deadline: std::time::Instant) -> io::Result<()> {
         let Some(to) = &self.to else {
             log::info!(
                 "{}: datagram from {} has no return address (unbound unixgram sender); reply skipped",
@@ -332,8 +338,7 @@ impl<'a> Reply<'a> {
         // The shared socket stays non-blocking (its flags are the master's); wait for
         // room instead of failing on a full buffer. For a Unix-datagram peer the
         // room is in the receiver's queue, which poll(2) does not report: back off
-        // by sleeping, and give up after REPLY_DEADLINE on a peer that never reads.
-        let deadline = std::time::Instant::now() + REPLY_DEADLINE;
+        // by sleeping, and give up at the deadline on a peer that never reads.
         let mut pause = Duration::from_micros(100);
         loop {
             match sys::send_to(self.socket, data, to) {
@@ -342,11 +347,7 @@ impl<'a> Reply<'a> {
                     if std::time::Instant::now() >= deadline {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!(
-                                "reply to {} not taken within {}s",
-                                self.peer,
-                                REPLY_DEADLINE.as_secs()
-                            ),
+                            format!("reply to {} not taken in time", self.peer),
                         ));
                     }
                     let mut fds = [sys::pollfd(self.socket.as_raw_fd(), sys::POLLOUT)];

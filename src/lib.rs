@@ -32,6 +32,7 @@
 pub mod addr;
 pub mod config;
 pub mod handler;
+pub mod impair;
 pub mod listener;
 pub mod logging;
 pub mod peer;

@@ -48,6 +48,9 @@ enum Command {
     },
     /// Fetch a file from the file service: files-get ADDR NAME [-o OUT]
     FilesGet(files::client::GetArgs),
+    /// A UDP relay that emulates a slow, lossy link (for tests and bench/)
+    #[command(hide = true)]
+    Impair(forkserve::impair::ImpairArgs),
     /// Chat with rooms, history and a broker process (default tcp:127.0.0.1:7777, unix:RUNDIR/chat.sock)
     Chat,
     /// Read a password on stdin and print its Argon2 hash for a chat --users file
@@ -95,7 +98,7 @@ impl Command {
             Command::Time => Some("time"),
             Command::Bench(_) => None,
             Command::Files { .. } => Some("files"),
-            Command::FilesGet(_) => None,
+            Command::FilesGet(_) | Command::Impair(_) => None,
             Command::Chat => Some("chat"),
             Command::ChatPasswd { .. } => None,
             Command::Http => Some("http"),
@@ -129,6 +132,7 @@ fn run_tool(command: &Command) -> Option<ExitCode> {
                 ExitCode::from(e.code as u8)
             }
         }),
+        Command::Impair(args) => Some(forkserve::impair::run(args)),
         Command::Files { root } => {
             files::use_root(root.clone());
             None
@@ -408,6 +412,7 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
     let model = models::fixed_model(svc.name())
         .or_else(|| metrics::fixed_model(svc.name()))
         .unwrap_or(opts.model);
+    let per_source = opts.max_per_source.or(svc.get_max_per_source());
     let svc = if idle.is_some() {
         svc.idle_timeout(idle)
     } else {
@@ -416,7 +421,7 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
     Ok(svc
         .model(model)
         .max_children(opts.max_children)
-        .max_per_source(opts.max_per_source)
+        .max_per_source(per_source)
         .workers(opts.workers)
         .max_requests(opts.max_requests))
 }

@@ -24,6 +24,7 @@ mod accept;
 mod children;
 mod control;
 pub(crate) mod counters;
+mod fairq;
 mod fork;
 mod lifecycle;
 mod master;
@@ -286,6 +287,16 @@ impl Service {
     /// The model.
     pub fn get_model(&self) -> Model {
         self.model
+    }
+
+    /// The per-source limit set so far, as `--max-per-source` spells it (a
+    /// service's own default, if it has one): None for the fair share, 0 for none.
+    pub fn get_max_per_source(&self) -> Option<usize> {
+        match self.per_source {
+            PerSource::FairShare => None,
+            PerSource::Unlimited => Some(0),
+            PerSource::Max(n) => Some(n),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::children::{SourceCounts, log_refusal};
+use super::children::{PerSource, SourceCounts, log_refusal};
+use super::fairq::{FairQueue, Queued};
 use super::signals::Signals;
 use super::{Handler, Service, worker};
 use crate::handler::{Context, Model};
@@ -47,6 +48,9 @@ struct Proc<'a> {
     buf: Vec<u8>,
     /// The listeners' addresses for the title, formatted once.
     addrs: String,
+    /// Sequential datagram services with a per-source limit (the file service):
+    /// what was read and waits, per source, round robin.
+    fair: Option<FairQueue>,
 }
 
 /// Runs the server process; returns its exit status.
@@ -72,6 +76,7 @@ pub(crate) fn serve(
         shared_socks: Vec::new(),
         buf: vec![0u8; 65536],
         addrs: crate::listener::addrs_text(listeners),
+        fair: fair_queue(conf),
     };
     if conf.model == Model::Thread {
         let (rx, tx) = match UnixStream::pair() {
@@ -192,7 +197,9 @@ impl Proc<'_> {
                     fds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
                 }
             }
-            let timeout = self.datagram_handler().and_then(|h| h.tick_interval());
+            let waiting = self.fair.as_ref().is_some_and(|f| !f.is_empty());
+            let tick = self.datagram_handler().and_then(|h| h.tick_interval());
+            let timeout = if waiting { Some(Duration::ZERO) } else { tick };
             if let Err(e) = sys::poll(&mut fds, timeout) {
                 log::error!("{}: poll: {e}", self.conf.name);
                 return 71;
@@ -213,6 +220,9 @@ impl Proc<'_> {
                     self.serve_one(l);
                 }
             }
+            if !self.stopping() {
+                self.serve_queued();
+            }
             if let Some(h) = self.datagram_handler() {
                 h.tick();
             }
@@ -223,6 +233,61 @@ impl Proc<'_> {
     fn wait_for_signal(&self, t: Duration) {
         let mut fds = [sys::pollfd(self.signals.fd(), sys::POLLIN)];
         let _ = sys::poll(&mut fds, Some(t));
+    }
+
+    /// Reads every datagram waiting on listener `l` into the fair queue (sequential
+    /// model); those over their source's share are dropped.
+    fn enqueue_datagrams(&mut self, l: usize) {
+        let mut dropped = 0;
+        let mut last = None;
+        for _ in 0..super::fairq::MAX_QUEUED {
+            let (n, addr, cred) = match sys::recv_from(self.listeners[l].as_fd(), &mut self.buf) {
+                Ok(x) => x,
+                Err(_) => break,
+            };
+            let (peer, reply_to) = worker::datagram_peer(addr, cred);
+            let item = Queued {
+                listener: l,
+                data: self.buf[..n].to_vec(),
+                reply_to,
+                peer,
+            };
+            let Some(fair) = self.fair.as_mut() else {
+                return;
+            };
+            if let Err(item) = fair.push(item) {
+                dropped += 1;
+                last = Some(item.peer);
+            }
+        }
+        if let (Some(peer), Some(fair)) = (last, &self.fair) {
+            // One line per batch read, not one per datagram of a flood.
+            log::info!(
+                "{}: dropped {dropped} datagram(s), the last from {peer}: over the {} a source may have waiting",
+                self.conf.name,
+                fair.per_source()
+            );
+        }
+    }
+
+    /// Serves the next queued datagram, if any (one per turn of the loop, so new
+    /// arrivals are queued between two).
+    fn serve_queued(&mut self) {
+        let Some(item) = self.fair.as_mut().and_then(FairQueue::pop) else {
+            return;
+        };
+        let Handler::Datagram(h) = &self.conf.handler else {
+            return;
+        };
+        self.served += 1;
+        worker::serve_datagram(
+            h.as_ref(),
+            self.listeners[item.listener].as_fd(),
+            &item.data,
+            item.reply_to,
+            item.peer,
+            &self.contexts[item.listener],
+        );
     }
 
     fn drain_done_pipe(&self) {
@@ -305,6 +370,7 @@ impl Proc<'_> {
                     }
                 }
             }
+            Handler::Datagram(_) if self.fair.is_some() => self.enqueue_datagrams(l),
             Handler::Datagram(_) if self.threads.is_none() => {
                 for _ in 0..DATAGRAM_BATCH {
                     if !self.serve_datagram(l) {
@@ -411,5 +477,18 @@ impl Proc<'_> {
             ts.active.fetch_sub(1, Ordering::SeqCst);
         }
         self.set_title(None);
+    }
+}
+
+/// The fair queue of a sequential datagram service with a per-source limit
+/// (`--max-per-source N`, or a service's own default such as the file
+/// service's): each source's requests wait behind its own, served round robin.
+/// Services without one (a high-rate collector) read and serve straight away.
+fn fair_queue(conf: &Service) -> Option<FairQueue> {
+    let sequential_datagrams =
+        conf.model == Model::Sequential && matches!(conf.handler, Handler::Datagram(_));
+    match conf.per_source {
+        PerSource::Max(n) if sequential_datagrams => Some(FairQueue::new(Some(n))),
+        _ => None,
     }
 }

@@ -1,6 +1,7 @@
 //! `forkserve files-get ADDR NAME [-o OUT]`: fetches one file from the file service
-//! (STAT, then GET, then ranged GETs for whatever was lost), checks its size and
-//! CRC-32, and writes it atomically (a temporary file in the target directory,
+//! (HELLO for a cookie, STAT, then GETs of windows of chunks sized and paced by the
+//! congestion control of [`super::cc`], asking again for what was lost), checks its
+//! size and CRC-32, and writes it atomically (a temporary file in the target directory,
 //! renamed into place). Exit codes follow sysexits: 64 usage, 65 data error (checksum
 //! or size mismatch, file changed during the transfer), 66 not found / not a regular
 //! file, 69 unavailable (no server, timeout, file too large), 73 cannot create the
@@ -16,9 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
-use super::wire::{self, Failure, FileMeta, Range, Reply};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::cc::{RttEstimator, Window};
+use super::wire::{self, Cookie, Failure, FileMeta, Range, Reply};
 
 /// Arguments of `forkserve files-get`.
 #[derive(clap::Args, Debug)]
@@ -30,10 +34,10 @@ pub struct GetArgs {
     /// Where to write it (default: NAME in the current directory; a directory: NAME in it)
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
-    /// Seconds to wait for a reply before asking again
+    /// Seconds to wait for the first reply before asking again (later waits follow the measured round-trip time)
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub timeout: f64,
-    /// Requests in a row that may go unanswered before giving up
+    /// Timeouts in a row (each twice as long as the last) before giving up
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub retries: u32,
 }
@@ -158,6 +162,15 @@ impl Sock {
         }
     }
 
+    /// The receive buffer's size in bytes, as the kernel reports it.
+    fn recv_buffer(&self) -> usize {
+        let got = match &self.kind {
+            Kind::Udp(s) => getsockopt(s, sockopt::RcvBuf),
+            Kind::Unix(s, _) => getsockopt(s, sockopt::RcvBuf),
+        };
+        got.unwrap_or(212_992)
+    }
+
     /// Receives one datagram, or None when nothing came within `wait`.
     fn recv(&self, buf: &mut [u8], wait: Duration) -> io::Result<Option<usize>> {
         let wait = wait.max(Duration::from_millis(1));
@@ -230,6 +243,7 @@ fn server_failure(name: &str, f: Failure) -> Fail {
         Failure::NotFound | Failure::NotRegular => EX_NOINPUT,
         Failure::BadRequest => EX_USAGE,
         Failure::TooLarge | Failure::Server => EX_UNAVAILABLE,
+        Failure::BadCookie => EX_PROTOCOL,
     };
     fail(
         code,
@@ -293,22 +307,117 @@ struct Stats {
     duplicates: u64,
     reordered: u64,
     lost: u64,
-    rerequests: u64,
+    spurious: u64,
+    requests: u64,
+    rerequested: u64,
+    timeouts: u64,
+}
+
+/// Smallest reordering window: requests are served by separate workers whose start
+/// varies by about a fork's time, so their chunks interleave by that much.
+const REORDER_FLOOR: Duration = Duration::from_millis(2);
+
+/// Bytes of a HELLO: padded so its COOKIE reply is well within the amplification
+/// limit (as QUIC pads its first datagram).
+const HELLO_SIZE: usize = 64;
+/// Longest request datagram: under every common MTU.
+const MAX_REQUEST: usize = 1200;
+/// A request asks for at least this much time's worth of chunks (at the pacing
+/// rate), so a fast transfer does not cost a request, and a fork, per chunk.
+const REQUEST_SPAN: Duration = Duration::from_millis(4);
+
+/// The cookie and the round-trip estimate shared by every step of one fetch.
+struct Session<'a> {
+    sock: &'a Sock,
+    args: &'a GetArgs,
+    cookie: Cookie,
+    rtt: RttEstimator,
+}
+
+impl<'a> Session<'a> {
+    /// HELLO until a COOKIE comes; its round trip is the first RTT sample (Karn:
+    /// only when the first HELLO was answered).
+    fn start(sock: &'a Sock, args: &'a GetArgs) -> Result<Session<'a>, Fail> {
+        let mut rtt = RttEstimator::new(Duration::from_secs_f64(args.timeout));
+        let cookie = hello(sock, args, &mut rtt)?;
+        Ok(Session {
+            sock,
+            args,
+            cookie,
+            rtt,
+        })
+    }
+
+    /// A new cookie (the old one expired, or the server restarted).
+    fn renew(&mut self) -> Result<(), Fail> {
+        self.cookie = hello(self.sock, self.args, &mut self.rtt)?;
+        Ok(())
+    }
+
+    /// Sends `request(cookie)` until `accept` takes a reply; a bad-cookie error
+    /// renews the cookie once and asks again.
+    fn ask<T>(
+        &mut self,
+        request: impl Fn(&Cookie) -> String,
+        buf: &mut [u8],
+        mut accept: impl FnMut(Reply<'_>) -> Option<Result<T, Fail>>,
+    ) -> Result<T, Fail> {
+        for renewed in [false, true] {
+            let text = request(&self.cookie);
+            let got = exchange(
+                self.sock,
+                self.args,
+                &mut self.rtt,
+                text.as_bytes(),
+                buf,
+                |r| match r {
+                    Reply::Err(Failure::BadCookie) => Some(Ok(None)),
+                    r => accept(r).map(|x| x.map(Some)),
+                },
+            )?;
+            match got {
+                Some(x) => return Ok(x),
+                None if !renewed => self.renew()?,
+                None => break,
+            }
+        }
+        Err(fail(
+            EX_PROTOCOL,
+            format!(
+                "{}: the server refuses every cookie it gives",
+                self.args.addr
+            ),
+        ))
+    }
+}
+
+/// Asks for a cookie with a padded HELLO.
+fn hello(sock: &Sock, args: &GetArgs, rtt: &mut RttEstimator) -> Result<Cookie, Fail> {
+    let mut hello = b"HELLO ".to_vec();
+    hello.resize(HELLO_SIZE.max(wire::MIN_HELLO), b'.');
+    let mut buf = [0u8; 2048];
+    exchange(sock, args, rtt, &hello, &mut buf, |r| match r {
+        Reply::Cookie(c) => Some(Ok(c)),
+        Reply::Err(f) => Some(Err(server_failure(&args.name, f))),
+        _ => None,
+    })
 }
 
 /// Sends `request` and waits for the first reply that `accept` takes, asking again
-/// after each `timeout`, `retries` times in all.
-fn ask<T>(
+/// after each retransmission timeout (doubled each time), `retries` times in all.
+/// A reply to the first try is an RTT sample.
+fn exchange<T>(
     sock: &Sock,
     args: &GetArgs,
+    rtt: &mut RttEstimator,
     request: &[u8],
     buf: &mut [u8],
     mut accept: impl FnMut(Reply<'_>) -> Option<Result<T, Fail>>,
 ) -> Result<T, Fail> {
-    let timeout = Duration::from_secs_f64(args.timeout);
-    for _ in 0..args.retries.max(1) {
+    for attempt in 0..args.retries.max(1) {
+        let sent = Instant::now();
         sock.send(request).map_err(|e| refused(&args.addr, e))?;
-        let deadline = Instant::now() + timeout;
+        let deadline = sent + rtt.rto();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -318,74 +427,366 @@ fn ask<T>(
                 break;
             };
             if let Some(r) = wire::parse_reply(&buf[..n]).and_then(&mut accept) {
+                if attempt == 0 {
+                    rtt.sample(sent.elapsed());
+                }
                 return r;
             }
         }
+        rtt.back_off();
     }
     Err(fail(
         EX_UNAVAILABLE,
         format!(
-            "{}: no reply after {} tries of {:.1} s (timed out)",
+            "{}: no reply after {} tries (timed out)",
             args.addr,
             args.retries.max(1),
-            args.timeout
         ),
     ))
 }
 
-/// Most re-requests sent in one round (each is served at once by its own worker
-/// under the fork model, so more would overrun the client's receive buffer).
-const REQUESTS_PER_ROUND: usize = 4;
-/// Longest request datagram: under every common MTU.
-const MAX_REQUEST: usize = 1200;
-
-/// One request of a round and the last chunk it asks for (when that arrives, the
-/// server has finished sending it).
-struct Ask {
-    text: String,
-    last: u32,
+/// A chunk asked for and not yet arrived.
+#[derive(Clone, Copy)]
+struct InFlight {
+    index: u32,
+    /// When the server should send it: the request's time plus its place × the gap.
+    due: Instant,
+    /// Asked for the first time (Karn's rule: only those give RTT samples).
+    fresh: bool,
+    /// The first chunk of a fresh request: its arrival is a sample for the smoothed
+    /// RTT (the others feed only HyStart++, which needs many per round).
+    probe: bool,
 }
 
-/// `GET NAME RANGES` requests for the missing chunks, each fitting one datagram, at
-/// most [`REQUESTS_PER_ROUND`].
-fn missing_requests(have: &[bool], name: &str) -> (Vec<Ask>, u64) {
-    let mut ranges: Vec<Range> = Vec::new();
-    for (i, _) in have.iter().enumerate().filter(|(_, h)| !**h) {
-        let i = i as u32;
-        match ranges.last_mut() {
-            Some(r) if r.to + 1 == i => r.to = i,
-            _ => ranges.push(Range { from: i, to: i }),
+/// The state of one windowed transfer.
+struct Transfer<'f> {
+    meta: FileMeta,
+    out: &'f File,
+    out_path: &'f Path,
+    name: &'f str,
+    /// The server's window: most chunks one GET draws.
+    window: u32,
+    have: Vec<bool>,
+    missing: usize,
+    /// Chunks to ask for (not arrived, not in flight), lowest first.
+    want: BTreeSet<u32>,
+    /// In flight by sequence number (the order they were asked for).
+    flight: BTreeMap<u64, InFlight>,
+    seq_of: HashMap<u32, u64>,
+    asked: Vec<bool>,
+    next_seq: u64,
+    /// The highest sequence number that arrived (RACK's reference point).
+    rack_seq: u64,
+    /// RACK's reordering window: how much later than expected a chunk may arrive
+    /// before a later one's arrival makes it lost; grows when a loss was spurious.
+    reorder: Duration,
+    win: Window,
+    next_send: Instant,
+    rto_at: Option<Instant>,
+    timeouts_in_a_row: u32,
+    stats: Stats,
+}
+
+impl<'f> Transfer<'f> {
+    fn new(
+        meta: FileMeta,
+        window: u32,
+        max_cwnd: f64,
+        out: &'f File,
+        out_path: &'f Path,
+        name: &'f str,
+    ) -> Transfer<'f> {
+        Transfer {
+            meta,
+            out,
+            out_path,
+            name,
+            window: window.max(1),
+            have: vec![false; meta.total as usize],
+            missing: meta.total as usize,
+            want: (0..meta.total).collect(),
+            flight: BTreeMap::new(),
+            seq_of: HashMap::new(),
+            asked: vec![false; meta.total as usize],
+            next_seq: 1,
+            rack_seq: 0,
+            reorder: Duration::ZERO,
+            win: Window::new(max_cwnd),
+            next_send: Instant::now(),
+            rto_at: None,
+            timeouts_in_a_row: 0,
+            stats: Stats::default(),
         }
     }
-    let mut asks = Vec::new();
-    let mut chunks = 0;
-    let mut batch: Vec<Range> = Vec::new();
-    let prefix = format!("GET {name} ");
-    let mut len = prefix.len();
-    for r in ranges {
-        let item = wire::format_ranges(&[r]).len() + 1;
-        if !batch.is_empty() && (len + item > MAX_REQUEST || batch.len() == wire::MAX_RANGES) {
-            asks.push(Ask {
-                text: prefix.clone() + &wire::format_ranges(&batch),
-                last: batch.last().unwrap().to,
-            });
-            batch.clear();
-            len = prefix.len();
-            if asks.len() == REQUESTS_PER_ROUND {
-                return (asks, chunks);
+
+    /// Chunks one request should ask for: enough for [`REQUEST_SPAN`] at the pacing
+    /// rate, within the server's window, at least 1.
+    fn request_size(&self, gap: Duration) -> usize {
+        let span = if gap.is_zero() {
+            self.window as usize
+        } else {
+            (REQUEST_SPAN.as_secs_f64() / gap.as_secs_f64()).ceil() as usize
+        };
+        let half = (self.win.cwnd() / 2.0).max(1.0) as usize;
+        span.clamp(1, self.window as usize).min(half)
+    }
+
+    /// Sends the requests the window and the pacing allow now.
+    fn send_requests(&mut self, s: &mut Session<'_>) -> Result<(), Fail> {
+        let now = Instant::now();
+        while !self.want.is_empty() && now >= self.next_send {
+            let room = self.win.cwnd().floor() as usize;
+            let room = room.saturating_sub(self.flight.len());
+            let gap = self.win.gap(s.rtt.srtt());
+            let size = self.request_size(gap).min(self.want.len());
+            if room < size.max(1) {
+                break;
+            }
+            let (ranges, picked) = self.pick(&s.cookie, size);
+            let gap_us = u32::try_from(gap.as_micros())
+                .unwrap_or(u32::MAX)
+                .min(wire::MAX_GAP_US);
+            let text = wire::get_request(&s.cookie, self.name, &ranges, gap_us);
+            s.sock
+                .send(text.as_bytes())
+                .map_err(|e| refused(&s.args.addr, e))?;
+            self.stats.requests += 1;
+            let all_fresh = picked.iter().all(|&i| !self.asked[i as usize]);
+            for (k, &index) in picked.iter().enumerate() {
+                let fresh = !self.asked[index as usize];
+                if !fresh {
+                    self.stats.rerequested += 1;
+                }
+                self.asked[index as usize] = true;
+                let due = now + gap * k as u32;
+                let probe = all_fresh && k == 0;
+                self.flight.insert(
+                    self.next_seq,
+                    InFlight {
+                        index,
+                        due,
+                        fresh,
+                        probe,
+                    },
+                );
+                self.seq_of.insert(index, self.next_seq);
+                self.next_seq += 1;
+            }
+            // Requests follow a schedule; one that is late (a busy machine) is made
+            // up by sending the next at once, within one request span.
+            let floor = now.checked_sub(REQUEST_SPAN).unwrap_or(now);
+            self.next_send = self.next_send.max(floor) + gap * picked.len() as u32;
+            if self.rto_at.is_none() {
+                self.rto_at = Some(now + s.rtt.rto());
             }
         }
-        chunks += r.len();
-        len += item;
-        batch.push(r);
+        Ok(())
     }
-    if !batch.is_empty() {
-        asks.push(Ask {
-            text: prefix + &wire::format_ranges(&batch),
-            last: batch.last().unwrap().to,
-        });
+
+    /// Takes up to `size` wanted chunks, lowest first, as ranges that fit one request.
+    fn pick(&mut self, cookie: &Cookie, size: usize) -> (Vec<Range>, Vec<u32>) {
+        let fixed = wire::get_request(cookie, self.name, &[], wire::MAX_GAP_US).len();
+        let mut ranges: Vec<Range> = Vec::new();
+        let mut picked = Vec::new();
+        let mut len = fixed;
+        for &i in self.want.iter().take(size) {
+            match ranges.last_mut() {
+                Some(r) if r.to + 1 == i => r.to = i,
+                _ => {
+                    // The longest a new range can make the request: ",A-B".
+                    if ranges.len() == wire::MAX_RANGES || len + 22 > MAX_REQUEST {
+                        break;
+                    }
+                    len += 1 + i.to_string().len();
+                    ranges.push(Range { from: i, to: i });
+                }
+            }
+            picked.push(i);
+        }
+        for r in &ranges {
+            len += r.to.to_string().len() + 1;
+        }
+        debug_assert!(len <= MAX_REQUEST + 22 * 2);
+        for i in &picked {
+            self.want.remove(i);
+        }
+        (ranges, picked)
     }
-    (asks, chunks)
+
+    /// One DATA datagram arrived.
+    fn on_data(
+        &mut self,
+        s: &mut Session<'_>,
+        index: u32,
+        meta: FileMeta,
+        payload: &[u8],
+    ) -> Result<(), Fail> {
+        if meta != self.meta {
+            return Err(changed(self.name, &self.meta, &meta));
+        }
+        let now = Instant::now();
+        self.stats.datagrams += 1;
+        match self.seq_of.remove(&index) {
+            Some(seq) => {
+                let f = self.flight.remove(&seq).expect("in flight");
+                if !f.fresh && now < f.due + s.rtt.min_rtt() / 2 {
+                    // Too soon to answer the request that asked again: the answer
+                    // to the first one, late.
+                    self.on_spurious(s);
+                }
+                if seq < self.rack_seq {
+                    self.stats.reordered += 1;
+                }
+                self.rack_seq = self.rack_seq.max(seq);
+                let sample = f.fresh.then(|| now.saturating_duration_since(f.due));
+                if let Some(r) = sample.filter(|_| f.probe) {
+                    s.rtt.sample(r);
+                }
+                s.rtt.progress();
+                self.win.on_ack(seq, sample, self.next_seq);
+                self.timeouts_in_a_row = 0;
+                self.rto_at = (!self.flight.is_empty()).then(|| now + s.rtt.rto());
+            }
+            None if !self.have[index as usize] => {
+                self.want.remove(&index);
+                self.on_spurious(s);
+            }
+            None => {}
+        }
+        if self.have[index as usize] {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        self.out
+            .write_all_at(payload, self.meta.offset(index))
+            .map_err(|e| fail(EX_CANTCREAT, format!("{}: {e}", self.out_path.display())))?;
+        self.have[index as usize] = true;
+        self.missing -= 1;
+        Ok(())
+    }
+
+    /// A chunk declared lost arrived late: the reordering window was too small, and
+    /// the window the loss cost may come back.
+    fn on_spurious(&mut self, s: &Session<'_>) {
+        self.stats.spurious += 1;
+        let step = (s.rtt.min_rtt() / 4).max(REORDER_FLOOR);
+        self.reorder = (self.reorder + step).min(s.rtt.srtt().max(REORDER_FLOOR));
+        self.win.on_spurious();
+    }
+
+    /// RACK (RFC 8985): a chunk asked for before the latest one that arrived is lost
+    /// once it is later than expected by more than the reordering window. Returns when
+    /// the next such check is due.
+    fn detect_losses(&mut self, s: &Session<'_>) -> Option<Instant> {
+        let now = Instant::now();
+        let wait = s.rtt.srtt() + self.reorder.max(s.rtt.min_rtt() / 4).max(REORDER_FLOOR);
+        let mut lost = Vec::new();
+        let mut next = None;
+        for (&seq, f) in self.flight.range(..self.rack_seq) {
+            if now >= f.due + wait {
+                lost.push((seq, f.index));
+            } else {
+                next = Some(f.due + wait);
+                break;
+            }
+        }
+        for (seq, index) in lost {
+            self.lose(seq, index);
+        }
+        next
+    }
+
+    fn lose(&mut self, seq: u64, index: u32) {
+        self.flight.remove(&seq);
+        self.seq_of.remove(&index);
+        self.want.insert(index);
+        self.stats.lost += 1;
+        self.win.on_loss(seq, self.next_seq);
+    }
+
+    /// The retransmission timer fired: everything in flight is lost.
+    fn on_timeout(&mut self, s: &mut Session<'_>) -> Result<(), Fail> {
+        self.timeouts_in_a_row += 1;
+        self.stats.timeouts += 1;
+        if self.timeouts_in_a_row > s.args.retries.max(1) {
+            return Err(fail(
+                EX_UNAVAILABLE,
+                format!(
+                    "{}: timed out: {} of {} chunks still missing after {} timeouts in a row",
+                    self.name,
+                    self.missing,
+                    self.meta.total,
+                    self.timeouts_in_a_row - 1
+                ),
+            ));
+        }
+        for (_, f) in std::mem::take(&mut self.flight) {
+            self.want.insert(f.index);
+            self.stats.lost += 1;
+        }
+        self.seq_of.clear();
+        self.win.on_timeout(self.next_seq);
+        s.rtt.back_off();
+        self.rto_at = None;
+        self.next_send = Instant::now();
+        Ok(())
+    }
+
+    /// The cookie was refused (expired, or the server restarted): renew it and ask
+    /// again for what was in flight, without blaming the network.
+    fn on_bad_cookie(&mut self, s: &mut Session<'_>) -> Result<(), Fail> {
+        s.renew()?;
+        for (_, f) in std::mem::take(&mut self.flight) {
+            self.want.insert(f.index);
+        }
+        self.seq_of.clear();
+        self.rto_at = None;
+        self.next_send = Instant::now();
+        Ok(())
+    }
+
+    /// Runs the transfer to its end.
+    fn run(&mut self, s: &mut Session<'_>, buf: &mut [u8]) -> Result<(), Fail> {
+        while self.missing > 0 {
+            let rack_due = self.detect_losses(s);
+            if self.rto_at.is_some_and(|t| Instant::now() >= t) {
+                self.on_timeout(s)?;
+            }
+            self.send_requests(s)?;
+            let mut wake = [self.rto_at, rack_due].into_iter().flatten().min();
+            if !self.want.is_empty() {
+                wake = Some(wake.map_or(self.next_send, |w| w.min(self.next_send)));
+            }
+            let wait = wake.map_or(s.rtt.rto(), |w| w.saturating_duration_since(Instant::now()));
+            let Some(n) = s
+                .sock
+                .recv(buf, wait)
+                .map_err(|e| refused(&s.args.addr, e))?
+            else {
+                continue;
+            };
+            match wire::parse_reply(&buf[..n]) {
+                Some(Reply::Data {
+                    index,
+                    meta,
+                    payload,
+                }) => self.on_data(s, index, meta, payload)?,
+                Some(Reply::Err(Failure::BadCookie)) => self.on_bad_cookie(s)?,
+                Some(Reply::Err(f)) => return Err(server_failure(self.name, f)),
+                Some(Reply::Stat { .. } | Reply::List { .. } | Reply::Cookie(_)) => {}
+                None => {
+                    return Err(fail(
+                        EX_PROTOCOL,
+                        format!(
+                            "{}: a reply this protocol does not send ({n} bytes)",
+                            s.args.addr
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn fetch(args: &GetArgs) -> Result<String, Fail> {
@@ -412,125 +813,55 @@ fn fetch(args: &GetArgs) -> Result<String, Fail> {
     let sock = Sock::connect(&args.addr)?;
     let mut buf = vec![0u8; 65536];
     let started = Instant::now();
-
-    let stat = format!("STAT {name}");
-    let meta = ask(&sock, args, stat.as_bytes(), &mut buf, |r| match r {
-        Reply::Stat { name: n, meta } if n == name.as_bytes() => Some(Ok(meta)),
-        Reply::Err(f) => Some(Err(server_failure(name, f))),
-        _ => None,
-    })?;
+    let mut session = Session::start(&sock, args)?;
+    let (meta, crc, window) = session.ask(
+        |c| format!("STAT {} {name}", c.as_str()),
+        &mut buf,
+        |r| match r {
+            Reply::Stat {
+                name: n,
+                meta,
+                crc,
+                window,
+            } if n == name.as_bytes() => Some(Ok((meta, crc, window))),
+            Reply::Err(f) => Some(Err(server_failure(name, f))),
+            _ => None,
+        },
+    )?;
 
     let out = TempOut::create(&target)?;
     out.file
         .set_len(meta.size)
         .map_err(|e| fail(EX_CANTCREAT, format!("{}: {e}", out.path.display())))?;
-    let mut have = vec![false; meta.total as usize];
-    let mut missing = meta.total as usize;
-    let mut stats = Stats::default();
-    let timeout = Duration::from_secs_f64(args.timeout);
-    // After the first chunk of a round, a gap this long ends the round.
-    let gap = (timeout / 4).max(Duration::from_millis(20));
-    // Once every request of a round has sent its last chunk, stragglers (reordered
-    // datagrams) get this long before the round ends.
-    let grace = gap.min(Duration::from_millis(30));
-    let mut asks = vec![Ask {
-        text: format!("GET {name}"),
-        last: meta.total - 1,
-    }];
-    let mut silent_rounds = 0;
-
-    while missing > 0 {
-        for ask in &asks {
-            sock.send(ask.text.as_bytes())
-                .map_err(|e| refused(&args.addr, e))?;
-        }
-        let mut pending: Vec<u32> = asks.iter().map(|a| a.last).collect();
-        let mut last_index: Option<u32> = None;
-        let mut got_any = false;
-        let mut wait = timeout;
-        while missing > 0 {
-            let Some(n) = sock
-                .recv(&mut buf, wait)
-                .map_err(|e| refused(&args.addr, e))?
-            else {
-                break;
-            };
-            match wire::parse_reply(&buf[..n]) {
-                Some(Reply::Data {
-                    index,
-                    meta: m,
-                    payload,
-                }) => {
-                    if m != meta {
-                        return Err(changed(name, &meta, &m));
-                    }
-                    got_any = true;
-                    if let Some(p) = pending.iter().position(|&l| l == index) {
-                        pending.swap_remove(p);
-                    }
-                    wait = if pending.is_empty() { grace } else { gap };
-                    stats.datagrams += 1;
-                    if last_index.is_some_and(|l| index < l) {
-                        stats.reordered += 1;
-                    }
-                    last_index = Some(index);
-                    if have[index as usize] {
-                        stats.duplicates += 1;
-                        continue;
-                    }
-                    out.file
-                        .write_all_at(payload, meta.offset(index))
-                        .map_err(|e| fail(EX_CANTCREAT, format!("{}: {e}", out.path.display())))?;
-                    have[index as usize] = true;
-                    missing -= 1;
-                }
-                Some(Reply::Err(f)) => return Err(server_failure(name, f)),
-                Some(Reply::Stat { .. } | Reply::List { .. }) => {}
-                None => {
-                    return Err(fail(
-                        EX_PROTOCOL,
-                        format!(
-                            "{}: a reply this protocol does not send ({n} bytes)",
-                            args.addr
-                        ),
-                    ));
-                }
-            }
-        }
-        if missing == 0 {
-            break;
-        }
-        silent_rounds = if got_any { 0 } else { silent_rounds + 1 };
-        if silent_rounds >= args.retries.max(1) {
-            return Err(fail(
-                EX_UNAVAILABLE,
-                format!(
-                    "{name}: timed out: {missing} of {} chunks still missing after {} unanswered requests",
-                    meta.total, silent_rounds
-                ),
-            ));
-        }
-        let (next, chunks) = missing_requests(&have, name);
-        stats.lost += chunks;
-        stats.rerequests += next.len() as u64;
-        asks = next;
-    }
+    // The window never outgrows what the receive buffer holds (each datagram costs
+    // about twice its size there).
+    let max_cwnd = sock.recv_buffer() as f64 / (2.0 * (f64::from(meta.chunk) + 64.0));
+    let mut t = Transfer::new(meta, window, max_cwnd, &out.file, &out.path, name);
+    t.run(&mut session, &mut buf)?;
+    let (stats, cwnd, random) = (t.stats, t.win.cwnd(), t.win.random_losses());
 
     let received = started.elapsed().as_secs_f64();
-    verify(&out.file, &meta, name)?;
+    verify(&out.file, meta.size, crc, name)?;
     out.persist(&target)?;
     let secs = started.elapsed().as_secs_f64();
+    let st = &stats;
     Ok(format!(
-        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s; received in {received:.3} s, then checked and synced); {} datagrams, {} re-requested in {} requests, {} duplicates, {} reordered",
+        "{name}: {} bytes in {} chunks to {} in {secs:.3} s ({:.1} MiB/s; received in {received:.3} s, then checked and synced); {} datagrams in {} requests, {} lost and re-requested ({} chunks asked again, {} timeouts, {} spurious, {} taken as the path's), {} duplicates, {} reordered; srtt {:.1} ms, window {:.0}",
         meta.size,
         meta.total,
         target.display(),
         meta.size as f64 / (1 << 20) as f64 / secs.max(1e-9),
-        stats.datagrams,
-        stats.lost,
-        stats.rerequests,
-        stats.duplicates,
-        stats.reordered
+        st.datagrams,
+        st.requests,
+        st.lost,
+        st.rerequested,
+        st.timeouts,
+        st.spurious,
+        random,
+        st.duplicates,
+        st.reordered,
+        session.rtt.srtt().as_secs_f64() * 1e3,
+        cwnd,
     ))
 }
 
@@ -538,23 +869,20 @@ fn changed(name: &str, was: &FileMeta, now: &FileMeta) -> Fail {
     fail(
         EX_DATAERR,
         format!(
-            "{name}: changed on the server during the transfer (size {} crc {:08x}, now size {} crc {:08x}); try again",
-            was.size, was.crc, now.size, now.crc
+            "{name}: changed on the server during the transfer (size {} version {:08x}, now size {} version {:08x}); try again",
+            was.size, was.version, now.size, now.version
         ),
     )
 }
 
 /// Reads the written file back and checks its size and CRC-32 against the server's.
-fn verify(file: &File, meta: &FileMeta, name: &str) -> Result<(), Fail> {
+fn verify(file: &File, want_size: u64, want_crc: u32, name: &str) -> Result<(), Fail> {
     let err = |e: io::Error| fail(EX_CANTCREAT, format!("reading back {name}: {e}"));
     let size = file.metadata().map_err(err)?.len();
-    if size != meta.size {
+    if size != want_size {
         return Err(fail(
             EX_DATAERR,
-            format!(
-                "{name}: size mismatch: got {size} bytes, server said {}",
-                meta.size
-            ),
+            format!("{name}: size mismatch: got {size} bytes, server said {want_size}"),
         ));
     }
     let mut crc = crc32fast::Hasher::new();
@@ -567,13 +895,10 @@ fn verify(file: &File, meta: &FileMeta, name: &str) -> Result<(), Fail> {
         off += want as u64;
     }
     let got = crc.finalize();
-    if got != meta.crc {
+    if got != want_crc {
         return Err(fail(
             EX_DATAERR,
-            format!(
-                "{name}: checksum mismatch: got crc32 {got:08x}, server said {:08x}",
-                meta.crc
-            ),
+            format!("{name}: checksum mismatch: got crc32 {got:08x}, server said {want_crc:08x}"),
         ));
     }
     let _ = io::stderr().flush();

@@ -7,46 +7,70 @@
 //! Python's `ForkingUDPServer` does; `--model sequential` serves them one at a time
 //! in one server process.
 //!
-//! # Wire format
+//! # Wire format (version 2: cookies and windows)
 //!
 //! One request per datagram, ASCII, fields separated by single spaces, an optional
-//! trailing `\n` or `\r\n`:
+//! trailing `\n` or `\r\n`. Every request but HELLO carries a cookie:
 //!
 //! | request | reply |
 //! |---|---|
-//! | `LIST` | every LIST page |
-//! | `LIST RANGES` | the LIST pages RANGES selects |
-//! | `STAT NAME` | `STAT NAME <total> <size> <crc32> <chunk>\n` |
-//! | `GET NAME` | every chunk of NAME, in order, one DATA datagram each |
-//! | `GET NAME RANGES` | the chunks RANGES selects, again |
+//! | `HELLO [PADDING]` | `COOKIE <cookie>\n`, if that fits 3× the request |
+//! | `LIST COOKIE [RANGES]` | the LIST pages RANGES selects (the first window of pages without) |
+//! | `STAT COOKIE NAME` | `STAT NAME <total> <size> <version> <chunk> <crc32> <window>\n` |
+//! | `GET COOKIE NAME RANGES [GAP]` | at most one window of the chunks RANGES selects, GAP µs apart |
 //!
-//! `RANGES` is `FROM-TO` (inclusive, counted from 0), or a comma-separated list of
-//! such ranges and single numbers (`0-9,17,40-41`; at most 256 items), so a client
-//! can ask for all the chunks it lost in one datagram. `NAME` is one file name: 1 to
-//! 255 bytes, not `.` or `..`, without `/`, NUL, spaces or control characters.
+//! **Address validation** (as QUIC's Retry and DTLS's HelloVerifyRequest): a client
+//! first sends `HELLO` padded to at least 14 bytes (`files-get` sends 64) and gets a
+//! cookie, 32 hex digits of HMAC-SHA256 over its address (IP and port, or Unix
+//! socket path) and a 60-second time slot, keyed by 32 random bytes drawn in the
+//! master when the service starts (see [`cookie`]). A cookie is accepted in its slot
+//! and the next, for that address only; anything else is `ERR bad cookie`, and the
+//! client asks for a new one. **Until a request carries a valid cookie, everything
+//! the server sends in reply to it totals at most 3× the request's size** (QUIC's
+//! limit, RFC 9000 §8.1): a reply that would exceed it is not sent. So a spoofed
+//! source, which never sees its cookie, can draw at most 3× what it sends, towards
+//! the address it spoofed.
+//!
+//! **Windows.** After validation the client drives the transfer: each GET names
+//! the chunks it wants (`RANGES`: `FROM-TO` inclusive from 0, or a comma-separated
+//! list like `0-9,17,40-41`, at most 256 items); overlapping, touching and repeated
+//! ranges are merged, so no chunk is sent twice for one request; and only the first
+//! `--max-window` chunks selected (default 64, some 71 KiB) are sent, the window the
+//! STAT reply announces. One request therefore causes at most one window of bytes.
+//! `GAP` (0 to 1,000,000 µs, default 0) asks the server to space the chunks, the
+//! client's pacing; the server shortens it so the whole reply fits its one-second
+//! deadline per request. Congestion control, RTT estimation and loss recovery are
+//! the client's ([`cc`]): the server keeps no state between requests.
+//!
+//! `NAME` is one file name: 1 to 255 bytes, not `.` or `..`, without `/`, NUL,
+//! spaces or control characters.
 //!
 //! Every reply datagram starts with a header line ended by `\n` and fits
 //! `--max-datagram` bytes (default 1200, under the common 1280-byte IPv6 minimum MTU
 //! once IP and UDP headers are added):
 //!
-//! - `DATA <index> <total> <size> <crc32> <chunk>\n<payload>`: chunk `index` (from 0)
-//!   of `total`; `size` is the file's size in bytes, `crc32` the CRC-32 of the whole
-//!   file as 8 lowercase hex digits, `chunk` the payload length of every chunk but the
-//!   last (`--max-datagram` − 64). The payload is the file's bytes from
-//!   `index × chunk`; the rest of the datagram after the header, binary. An empty file
-//!   is one chunk with an empty payload. Because every chunk names its index and the
-//!   whole file, a client detects loss (an index never seen), duplicates (one seen
-//!   twice), reordering (one lower than the last seen) and a file that changed
-//!   between two requests (different size or checksum), and asks again with
-//!   `GET NAME RANGES` for what is missing.
+//! - `DATA <index> <total> <size> <version> <chunk>\n<payload>`: chunk `index` (from
+//!   0) of `total`; `size` is the file's size in bytes, `version` 8 hex digits that
+//!   change when the file is rewritten or replaced (a hash of its inode number, size
+//!   and modification and change times: cheap, so a GET never reads the whole
+//!   file), `chunk` the payload length of every chunk but the last (`--max-datagram`
+//!   − 64). The payload is the file's bytes from `index × chunk`. An empty file is
+//!   one chunk with an empty payload. Every chunk names its index and the file's
+//!   version, so a client detects loss, duplicates, reordering and a file that
+//!   changed between two requests.
+//! - `STAT NAME <total> <size> <version> <chunk> <crc32> <window>\n`: what every chunk
+//!   of NAME will say, the CRC-32 of the whole file (8 hex digits), and the most
+//!   chunks one GET draws.
+//! - `COOKIE <cookie>\n`: the reply to HELLO.
 //! - `LIST <page> <pages>\n` then one `<size> <name>\n` line per regular file,
 //!   sorted by name, as many as fit; pages are counted from 0. An empty directory is
 //!   one page with no lines. Symlinks, directories, devices and names the protocol
 //!   cannot carry are not listed.
 //! - `ERR <reason>\n`, one datagram: `ERR not found`, `ERR not a regular file`,
 //!   `ERR bad request` (anything unparsable, a bad name, a range past the end),
-//!   `ERR too large` (over `--max-file`, default 64 MiB), and `ERR server error` when
-//!   a file that was found could not be read (logged on the server).
+//!   `ERR too large` (over `--max-file`, default 64 MiB), `ERR server error` when
+//!   a file that was found could not be read (logged on the server), and `ERR bad
+//!   cookie`.
 //!
 //! The checksum is CRC-32 (IEEE 802.3, as in gzip, zip and PNG; computed with
 //! `crc32fast`): it catches reassembly mistakes (a chunk at the wrong offset, chunks
@@ -70,19 +94,22 @@
 //! with `fstat` (still a regular file, the same inode) before anything is read. A
 //! file that cannot be opened for lack of permission reads as `ERR not found`.
 //!
-//! # Pacing
+//! # No lock-out
 //!
-//! A reply of more than `--max-inflight` datagrams (default 64) is paced: it goes
-//! out in batches of `--max-inflight`, batch k at k ms after the first (at most about
-//! 64 × 1136 bytes per ms, some 70 MiB/s), so a client's socket receive buffer
-//! (about 200 KiB by default on Linux, some 90 datagrams of 1200 bytes) can drain
-//! between batches. A batch that is late (the worker slept too long on a busy
-//! machine) may be followed at once by one catch-up batch, never more. Under the fork
-//! model each GET is its own child, so pacing one client never delays another. A
-//! forked worker also has a watchdog: SIGALRM ends it after 120 s (a Unix-datagram
-//! client that stops reading would otherwise keep it waiting for ever).
+//! Every request has a deadline of one second in every model ([`server::REQUEST_DEADLINE`]):
+//! pacing is shortened to fit it, and a Unix-datagram peer that does not take its
+//! replies by then ends the reply. A forked worker also has a watchdog (SIGALRM
+//! after 10 s) for a STAT checksumming a file on a stalled disk. Sources are limited
+//! by default to [`DEFAULT_PER_SOURCE`] (4) requests served at once per IP address
+//! (or uid on Unix sockets; `--max-per-source` changes it), so one source cannot
+//! hold every worker; under `--model sequential` the server process reads what is
+//! queued into per-source queues of that size and serves them in turn, so a second
+//! source's request waits behind at most one request of each other source, not
+//! behind everything a first source sent.
 
+pub mod cc;
 pub mod client;
+pub mod cookie;
 pub mod server;
 pub mod wire;
 
@@ -105,10 +132,19 @@ pub struct FilesOpts {
     /// File service: largest file served, in bytes (a K, M or G suffix is allowed)
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, global = true)]
     pub max_file: u64,
-    /// File service: a reply goes out in batches of N datagrams, one batch per ms
-    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
-    pub max_inflight: usize,
+    /// File service: most chunks one request draws (the window cap)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW, global = true)]
+    pub max_window: usize,
 }
+
+/// Default `--max-window`: 64 chunks of 1136 bytes, some 71 KiB per request.
+pub const DEFAULT_WINDOW: usize = 64;
+/// Largest `--max-window`.
+pub const MAX_WINDOW: usize = 1024;
+/// Requests served at once from one source (IP address, or uid on Unix sockets)
+/// unless `--max-per-source` says otherwise: a client drives its transfer with a
+/// few requests in flight, and one source cannot take every worker slot.
+pub const DEFAULT_PER_SOURCE: usize = 4;
 
 /// Parses `123`, `64K`, `64M`, `1G` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -154,13 +190,16 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
             opts.max_file
         )));
     }
-    if opts.max_inflight == 0 {
-        return Err(usage("--max-inflight: expected at least 1".into()));
+    if !(1..=MAX_WINDOW).contains(&opts.max_window) {
+        return Err(usage(format!(
+            "--max-window {}: expected 1 to {MAX_WINDOW} chunks",
+            opts.max_window
+        )));
     }
     let limits = Limits {
         max_datagram: opts.max_datagram,
         max_file: opts.max_file,
-        max_inflight: opts.max_inflight,
+        max_window: opts.max_window,
     };
     let files = Files::open(root, limits).map_err(|e| {
         let why = e.to_string();
@@ -175,5 +214,9 @@ pub fn make(opts: &FilesOpts) -> Result<Option<Service>, Error> {
     log::info!("files: serving {}", root.display());
     // A worker reads the served directory, nothing else.
     let policy = Sandbox::new().read_only(root);
-    Ok(Some(Service::datagram("files", files).sandbox(policy)))
+    Ok(Some(
+        Service::datagram("files", files)
+            .max_per_source(Some(DEFAULT_PER_SOURCE))
+            .sandbox(policy),
+    ))
 }

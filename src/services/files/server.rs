@@ -1,5 +1,8 @@
-//! The file service's datagram handler: answers LIST, STAT and GET for the regular
-//! files of one directory, opened relative to a directory descriptor, never by path.
+//! The file service's datagram handler: answers HELLO, LIST, STAT and GET for the
+//! regular files of one directory, opened relative to a directory descriptor, never
+//! by path. It keeps no state between requests: a cookie proves the sender's address
+//! (see [`super::cookie`]), and each GET draws at most one window of chunks, paced
+//! as the client asks and finished within [`REQUEST_DEADLINE`].
 
 use std::fs::File;
 use std::io;
@@ -13,18 +16,24 @@ use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
+use sha2::{Digest, Sha256};
 
-use super::wire::{self, Failure, FileMeta, HEADER_MAX, Range, Request};
+use super::cookie::CookieKey;
+use super::wire::{self, AMPLIFICATION, Failure, FileMeta, Get, HEADER_MAX, Range, Request};
 use crate::handler::{DatagramHandler, Model, Reply};
 
-/// Pause between two batches of `max_inflight` datagrams of one reply.
-pub const PACE: Duration = Duration::from_millis(1);
+/// Longest the server spends on one request datagram, in every model: pacing is
+/// shortened to fit (see `Files::get`) and a peer that does not take a reply by
+/// then ends it. Under `--model sequential` this bounds what one request can make
+/// everyone else wait.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Longest a forked worker may take over one request. A Unix-datagram client that
-/// stops reading leaves `Reply::send` waiting for queue room for ever (the kernel
-/// cannot poll an unconnected Unix socket for its peer's room); SIGALRM ends such a
-/// worker. A 64 MiB reply normally takes about a second.
-pub const WORKER_DEADLINE_SECS: u32 = 120;
+/// A forked worker's watchdog: SIGALRM ends it after this many seconds, whatever it
+/// is doing (a STAT checksumming a file on a stalled disk).
+pub const WORKER_DEADLINE_SECS: u32 = 10;
+
+/// How many chunks a late paced reply may send back to back to catch up.
+const MAX_CATCH_UP: u32 = 3;
 
 /// The limits of one file service.
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +42,8 @@ pub struct Limits {
     pub max_datagram: usize,
     /// Largest file served.
     pub max_file: u64,
-    /// Datagrams sent back to back before a pause of [`PACE`].
-    pub max_inflight: usize,
+    /// Most chunks (or LIST pages) one request draws: the window.
+    pub max_window: usize,
 }
 
 /// The file service handler.
@@ -43,45 +52,63 @@ pub struct Files {
     root: OwnedFd,
     shown: PathBuf,
     limits: Limits,
+    /// The cookie key, drawn in the master before any fork (shared by all workers).
+    key: CookieKey,
 }
 
-/// Sends the datagrams of one reply in batches of `max_inflight`, one batch per
-/// [`PACE`], so a client's receive buffer can drain between them. Batch k is due at
-/// `start + k × PACE`; a sleep that overshoots (a busy machine) is made up by sending
-/// the next batch at once, but never more than one batch ahead, so bursts stay at
-/// most two batches long.
-struct Pacer<'a, 'r> {
+/// Sends the datagrams of one reply: at most `budget` bytes in all before the
+/// sender is validated, one every `gap`, none after the deadline.
+struct Out<'a, 'r> {
     reply: &'a Reply<'r>,
-    burst: usize,
-    sent: usize,
-    start: Instant,
+    /// Bytes still allowed (None once the sender is validated).
+    budget: Option<usize>,
+    gap: Duration,
+    due: Instant,
+    deadline: Instant,
 }
 
-impl<'a, 'r> Pacer<'a, 'r> {
-    fn new(reply: &'a Reply<'r>, burst: usize) -> Pacer<'a, 'r> {
-        Pacer {
+impl<'a, 'r> Out<'a, 'r> {
+    fn new(reply: &'a Reply<'r>, budget: Option<usize>) -> Out<'a, 'r> {
+        let now = Instant::now();
+        Out {
             reply,
-            burst: burst.max(1),
-            sent: 0,
-            start: Instant::now(),
+            budget,
+            gap: Duration::ZERO,
+            due: now,
+            deadline: now + REQUEST_DEADLINE,
         }
     }
 
     fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
-        if self.sent > 0 && self.sent.is_multiple_of(self.burst) {
-            let batches = u32::try_from(self.sent / self.burst).unwrap_or(u32::MAX);
-            let due = self.start + PACE * batches;
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            } else if now - due > PACE {
-                // Late by more than a batch: keep one batch of catch-up (the next is
-                // due now), forget the rest.
-                self.start = now.checked_sub(PACE * (batches + 1)).unwrap_or(self.start);
+        if let Some(left) = self.budget {
+            if datagram.len() > left {
+                log::debug!(
+                    "files: {} is not validated: a reply of {} bytes exceeds {AMPLIFICATION}x its request; not sent",
+                    self.reply.peer(),
+                    datagram.len()
+                );
+                self.budget = Some(0);
+                return Ok(());
             }
+            self.budget = Some(left - datagram.len());
         }
-        self.sent += 1;
-        self.reply.send(datagram)
+        let now = Instant::now();
+        if self.due > now {
+            std::thread::sleep(self.due - now);
+        }
+        // A sleep that overshoots (a busy machine) is made up by sending the next
+        // few at once, but never more than MAX_CATCH_UP chunks' worth: pacing keeps
+        // its rate without turning into bursts.
+        self.due = self
+            .due
+            .max(now.checked_sub(self.gap * MAX_CATCH_UP).unwrap_or(now))
+            + self.gap;
+        self.reply.send_until(datagram, self.deadline)
+    }
+
+    /// False once the deadline has passed (logged once by the caller).
+    fn in_time(&self) -> bool {
+        Instant::now() < self.deadline
     }
 }
 
@@ -89,6 +116,7 @@ impl<'a, 'r> Pacer<'a, 'r> {
 struct Opened {
     file: File,
     size: u64,
+    version: u32,
 }
 
 impl Files {
@@ -103,6 +131,7 @@ impl Files {
             root: fd,
             shown: root.to_path_buf(),
             limits,
+            key: CookieKey::random()?,
         })
     }
 
@@ -198,6 +227,7 @@ impl Files {
         Ok(Opened {
             file,
             size: meta.len(),
+            version: version(&meta),
         })
     }
 
@@ -248,47 +278,56 @@ impl Files {
         Ok(crc.finalize())
     }
 
-    fn stat(&self, name: &[u8]) -> Result<(Opened, FileMeta), Failure> {
+    /// Opens `name` and says what its chunks will say (without reading it).
+    fn meta(&self, name: &[u8]) -> Result<(Opened, FileMeta), Failure> {
         let f = self.open_file(name)?;
-        let crc = self.checksum(name, &f)?;
-        let meta = FileMeta::new(f.size, crc, self.chunk());
+        let meta = FileMeta::new(f.size, f.version, self.chunk());
         Ok((f, meta))
     }
 
-    /// Sends the chunks of `name` that `ranges` select (all of them for None).
-    fn get(&self, name: &[u8], ranges: Option<Vec<Range>>, out: &mut Pacer) -> io::Result<()> {
-        let (f, meta) = match self.stat(name) {
+    /// Sends the chunks of the file that the GET selects, at most one window of them
+    /// (the first `max_window` selected), `gap` apart, all within the deadline.
+    fn get(&self, get: &Get<'_>, out: &mut Out) -> io::Result<()> {
+        let (f, meta) = match self.meta(get.name) {
             Ok(x) => x,
             Err(fail) => return out.send(&fail.datagram()),
         };
-        let ranges = ranges.unwrap_or(vec![Range {
-            from: 0,
-            to: meta.total - 1,
-        }]);
-        if ranges.iter().any(|r| r.to >= meta.total) {
+        if get.ranges.iter().any(|r| r.to >= meta.total) {
             return out.send(&Failure::BadRequest.datagram());
         }
+        let window = wire::take_first(&get.ranges, self.limits.max_window as u64);
+        let count: u64 = window.iter().map(Range::len).sum();
+        // Leave a tenth of the deadline for reading and sending the last chunk.
+        let room = REQUEST_DEADLINE * 9 / 10 / count.max(1) as u32;
+        out.gap = Duration::from_micros(u64::from(get.gap_us)).min(room);
         let mut datagram = Vec::with_capacity(self.limits.max_datagram);
-        for r in ranges {
-            for index in r.from..=r.to {
-                datagram.clear();
-                datagram.extend_from_slice(meta.data_header(index).as_bytes());
-                let head = datagram.len();
-                datagram.resize(head + meta.len_of(index), 0);
-                if let Err(e) = f
-                    .file
-                    .read_exact_at(&mut datagram[head..], meta.offset(index))
-                {
-                    self.io_failure(name, &e);
-                    return out.send(&Failure::Server.datagram());
-                }
-                out.send(&datagram)?;
+        for index in window.iter().flat_map(|r| r.from..=r.to) {
+            if !out.in_time() {
+                log::info!(
+                    "files: GET from {} cut at chunk {index}: over the {} s deadline",
+                    out.reply.peer(),
+                    REQUEST_DEADLINE.as_secs_f64()
+                );
+                break;
             }
+            datagram.clear();
+            datagram.extend_from_slice(meta.data_header(index).as_bytes());
+            let head = datagram.len();
+            datagram.resize(head + meta.len_of(index), 0);
+            if let Err(e) = f
+                .file
+                .read_exact_at(&mut datagram[head..], meta.offset(index))
+            {
+                self.io_failure(get.name, &e);
+                return out.send(&Failure::Server.datagram());
+            }
+            out.send(&datagram)?;
         }
         Ok(())
     }
 
-    fn list_reply(&self, ranges: Option<Vec<Range>>, out: &mut Pacer) -> io::Result<()> {
+    /// Sends the LIST pages asked for (the first window of them without ranges).
+    fn list_reply(&self, ranges: Option<Vec<Range>>, out: &mut Out) -> io::Result<()> {
         let pages = match self.list_pages() {
             Ok(p) => p,
             Err(e) => {
@@ -303,13 +342,32 @@ impl Files {
         if ranges.iter().any(|r| r.to as usize >= pages.len()) {
             return out.send(&Failure::BadRequest.datagram());
         }
-        for r in ranges {
+        for r in wire::take_first(&ranges, self.limits.max_window as u64) {
             for page in r.from..=r.to {
                 out.send(&pages[page as usize])?;
             }
         }
         Ok(())
     }
+}
+
+/// A file's version: the first 32 bits of SHA-256 over its device, inode, size and
+/// modification and change times. A rewrite changes ctime, a replacement the inode.
+fn version(m: &std::fs::Metadata) -> u32 {
+    let mut h = Sha256::new();
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ] {
+        h.update(v.to_be_bytes());
+    }
+    let d = h.finalize();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 impl DatagramHandler for Files {
@@ -325,17 +383,19 @@ impl DatagramHandler for Files {
             // The worker is this request's own process: a watchdog bounds its life.
             nix::unistd::alarm::set(WORKER_DEADLINE_SECS);
         }
+        let request = wire::parse_request(datagram);
+        let now = crate::unix_now();
+        let validated = request
+            .as_ref()
+            .and_then(Request::cookie)
+            .is_some_and(|c| self.key.check(reply.peer(), c, now));
+        // Until the sender has shown it receives at its address, its request may draw
+        // at most AMPLIFICATION times its own size.
+        let budget = (!validated).then_some(AMPLIFICATION * datagram.len());
+        let mut out = Out::new(reply, budget);
         // A client that leaves mid-reply (ECONNREFUSED, or its socket file gone) is
         // a clean end: the core judges that for every datagram service.
-        let mut out = Pacer::new(reply, self.limits.max_inflight);
-        self.answer(datagram, &mut out)
-    }
-}
-
-impl Files {
-    fn answer(&self, datagram: &[u8], out: &mut Pacer) -> io::Result<()> {
-        let reply = out.reply;
-        match wire::parse_request(datagram) {
+        match request {
             None => {
                 log::debug!(
                     "files: bad request of {} bytes from {}",
@@ -344,18 +404,30 @@ impl Files {
                 );
                 out.send(&Failure::BadRequest.datagram())
             }
-            Some(Request::List(ranges)) => self.list_reply(ranges, out),
-            Some(Request::Stat(name)) => match self.stat(name) {
-                Ok((_, meta)) => out.send(&meta.stat_reply(name)),
+            Some(Request::Hello) => match self.key.make(reply.peer(), now) {
+                Some(c) => out.send(&c.reply()),
+                None => Ok(()),
+            },
+            Some(_) if !validated => out.send(&Failure::BadCookie.datagram()),
+            Some(Request::List(_, ranges)) => self.list_reply(ranges, &mut out),
+            Some(Request::Stat(_, name)) => match self.meta(name) {
+                Ok((f, meta)) => match self.checksum(name, &f) {
+                    Ok(crc) => {
+                        let window = self.limits.max_window as u32;
+                        out.send(&meta.stat_reply(name, crc, window))
+                    }
+                    Err(fail) => out.send(&fail.datagram()),
+                },
                 Err(fail) => out.send(&fail.datagram()),
             },
-            Some(Request::Get(name, ranges)) => {
+            Some(Request::Get(get)) => {
                 log::debug!(
-                    "files: GET {} for {}",
-                    std::ffi::OsStr::from_bytes(name).to_string_lossy(),
+                    "files: GET {} ({} ranges) for {}",
+                    std::ffi::OsStr::from_bytes(get.name).to_string_lossy(),
+                    get.ranges.len(),
                     reply.peer()
                 );
-                self.get(name, ranges, out)
+                self.get(&get, &mut out)
             }
         }
     }

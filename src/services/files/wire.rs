@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 /// Bytes every reply datagram keeps for its header line; the rest carries payload.
-/// `DATA <index> <total> <size> <crc32> <chunk>\n` is at most 63 bytes.
+/// `DATA <index> <total> <size> <version> <chunk>\n` is at most 63 bytes.
 pub const HEADER_MAX: usize = 64;
 /// Smallest `--max-datagram`: a LIST page must hold one line for a 255-byte name.
 pub const MIN_DATAGRAM: usize = 512;
@@ -15,9 +15,20 @@ pub const MAX_DATAGRAM: usize = 65507;
 pub const MAX_NAME: usize = 255;
 /// Most ranges one request may list.
 pub const MAX_RANGES: usize = 256;
+/// Length of a cookie: 32 lowercase hex digits (128 bits of HMAC-SHA256).
+pub const COOKIE_LEN: usize = 32;
+/// Largest pacing gap a GET may ask for, in microseconds.
+pub const MAX_GAP_US: u32 = 1_000_000;
+/// Before its sender is validated, a request's replies may total at most this many
+/// times its own size (QUIC's anti-amplification limit, RFC 9000 §8.1).
+pub const AMPLIFICATION: usize = 3;
+/// The smallest HELLO whose COOKIE reply fits [`AMPLIFICATION`] times its size.
+pub const MIN_HELLO: usize = (COOKIE_REPLY_LEN).div_ceil(AMPLIFICATION);
+/// `COOKIE <32 hex>\n`.
+const COOKIE_REPLY_LEN: usize = 7 + COOKIE_LEN + 1;
 
 /// An inclusive range of chunk (or LIST page) numbers, counted from 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Range {
     pub from: u32,
     pub to: u32,
@@ -35,15 +46,94 @@ impl Range {
     }
 }
 
+/// Sorts ranges and merges the ones that overlap or touch, so every number is
+/// selected once however often a request repeats it.
+pub fn merge_ranges(mut ranges: Vec<Range>) -> Vec<Range> {
+    ranges.sort();
+    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if u64::from(r.from) <= u64::from(last.to) + 1 => {
+                last.to = last.to.max(r.to)
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The first `cap` numbers that merged `ranges` select, as ranges.
+pub fn take_first(ranges: &[Range], cap: u64) -> Vec<Range> {
+    let mut left = cap;
+    let mut out = Vec::new();
+    for r in ranges {
+        if left == 0 {
+            break;
+        }
+        let n = r.len().min(left);
+        out.push(Range {
+            from: r.from,
+            to: r.from + (n - 1) as u32,
+        });
+        left -= n;
+    }
+    out
+}
+
+/// A cookie: the proof, echoed by the client, that it receives at its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie(pub [u8; COOKIE_LEN]);
+
+impl Cookie {
+    /// Parses 32 lowercase hex digits.
+    pub fn parse(s: &[u8]) -> Option<Cookie> {
+        let ok = s.len() == COOKIE_LEN && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Cookie(s.try_into().unwrap()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    /// The reply to HELLO: `COOKIE <cookie>\n`.
+    pub fn reply(&self) -> Vec<u8> {
+        format!("COOKIE {}\n", self.as_str()).into_bytes()
+    }
+}
+
 /// One request, as parsed from a datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// `LIST` (every page) or `LIST RANGES` (those pages again).
-    List(Option<Vec<Range>>),
-    /// `STAT NAME`.
-    Stat(&'a [u8]),
-    /// `GET NAME` (every chunk) or `GET NAME RANGES` (those chunks again).
-    Get(&'a [u8], Option<Vec<Range>>),
+    /// `HELLO [PADDING]`: asks for a cookie.
+    Hello,
+    /// `LIST COOKIE` (the first pages) or `LIST COOKIE RANGES` (those pages).
+    List(Cookie, Option<Vec<Range>>),
+    /// `STAT COOKIE NAME`.
+    Stat(Cookie, &'a [u8]),
+    /// `GET COOKIE NAME RANGES [GAP]`: those chunks (merged), GAP µs apart.
+    Get(Get<'a>),
+}
+
+/// A parsed GET.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Get<'a> {
+    pub cookie: Cookie,
+    pub name: &'a [u8],
+    /// Merged: sorted, no overlaps, nothing selected twice.
+    pub ranges: Vec<Range>,
+    /// Microseconds between two chunks of the reply (0: back to back).
+    pub gap_us: u32,
+}
+
+impl Request<'_> {
+    /// The cookie the request carries (None for HELLO).
+    pub fn cookie(&self) -> Option<&Cookie> {
+        match self {
+            Request::Hello => None,
+            Request::List(c, _) | Request::Stat(c, _) => Some(c),
+            Request::Get(g) => Some(&g.cookie),
+        }
+    }
 }
 
 /// The error replies, one datagram each: `ERR <text>\n`.
@@ -55,6 +145,9 @@ pub enum Failure {
     TooLarge,
     /// The server could not read a file it found (an I/O error); logged there.
     Server,
+    /// The cookie is not valid for the sender (forged, for another address, or
+    /// expired): ask for a new one with HELLO.
+    BadCookie,
 }
 
 impl Failure {
@@ -65,6 +158,7 @@ impl Failure {
             Failure::BadRequest => "bad request",
             Failure::TooLarge => "too large",
             Failure::Server => "server error",
+            Failure::BadCookie => "bad cookie",
         }
     }
 
@@ -80,6 +174,7 @@ impl Failure {
             Failure::BadRequest,
             Failure::TooLarge,
             Failure::Server,
+            Failure::BadCookie,
         ]
         .into_iter()
         .find(|f| f.text() == s)
@@ -102,6 +197,13 @@ fn parse_u32(s: &[u8]) -> Option<u32> {
         return None;
     }
     std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn parse_hex32(s: &[u8]) -> Option<u32> {
+    if s.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
 }
 
 /// Parses `A-B,C,D-E` (inclusive, A <= B); None when malformed or too many ranges.
@@ -145,22 +247,54 @@ pub fn format_ranges(ranges: &[Range]) -> String {
     s
 }
 
+/// True for `HELLO`, alone or followed by a space (or line end) and any padding.
+fn is_hello(datagram: &[u8]) -> bool {
+    datagram.starts_with(b"HELLO")
+        && datagram
+            .get(5)
+            .is_none_or(|b| matches!(b, b' ' | b'\n' | b'\r'))
+}
+
 /// Parses one request datagram. A trailing `\n` or `\r\n` is allowed (so
-/// `echo LIST | socat - udp:…` works); fields are separated by single spaces.
+/// `socat` users can type requests); fields are separated by single spaces.
 pub fn parse_request(datagram: &[u8]) -> Option<Request<'_>> {
+    if is_hello(datagram) {
+        return Some(Request::Hello);
+    }
     let line = datagram.strip_suffix(b"\n").unwrap_or(datagram);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut fields = line.split(|&b| b == b' ');
     let verb = fields.next()?;
+    let cookie = Cookie::parse(fields.next()?)?;
     let args: Vec<&[u8]> = fields.collect();
+    let ranges = |r: &[u8]| parse_ranges(r).map(merge_ranges);
     match (verb, args.as_slice()) {
-        (b"LIST", []) => Some(Request::List(None)),
-        (b"LIST", [r]) => Some(Request::List(Some(parse_ranges(r)?))),
-        (b"STAT", [name]) if valid_name(name) => Some(Request::Stat(name)),
-        (b"GET", [name]) if valid_name(name) => Some(Request::Get(name, None)),
-        (b"GET", [name, r]) if valid_name(name) => Some(Request::Get(name, Some(parse_ranges(r)?))),
+        (b"LIST", []) => Some(Request::List(cookie, None)),
+        (b"LIST", [r]) => Some(Request::List(cookie, Some(ranges(r)?))),
+        (b"STAT", [name]) if valid_name(name) => Some(Request::Stat(cookie, name)),
+        (b"GET", [name, r, gap @ ..]) if valid_name(name) && gap.len() <= 1 => {
+            let gap_us = match gap {
+                [g] => parse_u32(g).filter(|&g| g <= MAX_GAP_US)?,
+                _ => 0,
+            };
+            Some(Request::Get(Get {
+                cookie,
+                name,
+                ranges: ranges(r)?,
+                gap_us,
+            }))
+        }
         _ => None,
     }
+}
+
+/// Writes `GET COOKIE NAME RANGES GAP`.
+pub fn get_request(cookie: &Cookie, name: &str, ranges: &[Range], gap_us: u32) -> String {
+    format!(
+        "GET {} {name} {} {gap_us}",
+        cookie.as_str(),
+        format_ranges(ranges)
+    )
 }
 
 /// What every chunk of one file says about the whole file.
@@ -170,19 +304,20 @@ pub struct FileMeta {
     pub total: u32,
     /// File size in bytes.
     pub size: u64,
-    /// CRC-32 (IEEE) of the whole file.
-    pub crc: u32,
+    /// The file's version: a hash of its inode number, size and change times, so a
+    /// file replaced or rewritten between two requests is noticed without reading it.
+    pub version: u32,
     /// Payload bytes in every chunk but the last.
     pub chunk: u32,
 }
 
 impl FileMeta {
-    pub fn new(size: u64, crc: u32, chunk: u32) -> FileMeta {
+    pub fn new(size: u64, version: u32, chunk: u32) -> FileMeta {
         let total = size.div_ceil(u64::from(chunk)).max(1);
         FileMeta {
             total: u32::try_from(total).unwrap_or(u32::MAX),
             size,
-            crc,
+            version,
             chunk,
         }
     }
@@ -198,43 +333,39 @@ impl FileMeta {
         left.min(u64::from(self.chunk)) as usize
     }
 
-    /// The header line of chunk `index`.
-    pub fn data_header(&self, index: u32) -> String {
+    fn fields(&self) -> String {
         format!(
-            "DATA {index} {} {} {:08x} {}\n",
-            self.total, self.size, self.crc, self.chunk
+            "{} {} {:08x} {}",
+            self.total, self.size, self.version, self.chunk
         )
     }
 
-    /// The reply to `STAT NAME`.
-    pub fn stat_reply(&self, name: &[u8]) -> Vec<u8> {
+    /// The header line of chunk `index`.
+    pub fn data_header(&self, index: u32) -> String {
+        format!("DATA {index} {}\n", self.fields())
+    }
+
+    /// The reply to `STAT COOKIE NAME`: the file's facts, its CRC-32 and the most
+    /// chunks one GET draws.
+    pub fn stat_reply(&self, name: &[u8], crc: u32, window: u32) -> Vec<u8> {
         let mut out = b"STAT ".to_vec();
         out.extend_from_slice(name);
-        out.extend_from_slice(
-            format!(
-                " {} {} {:08x} {}\n",
-                self.total, self.size, self.crc, self.chunk
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(format!(" {} {crc:08x} {window}\n", self.fields()).as_bytes());
         out
     }
 
     fn parse(fields: &[&[u8]]) -> Option<FileMeta> {
-        let [total, size, crc, chunk] = fields else {
+        let [total, size, version, chunk] = fields else {
             return None;
         };
         let total = parse_u32(total)?;
         let size: u64 = std::str::from_utf8(size).ok()?.parse().ok()?;
-        if crc.len() != 8 {
-            return None;
-        }
-        let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+        let version = parse_hex32(version)?;
         let chunk = parse_u32(chunk)?;
         if chunk == 0 {
             return None;
         }
-        let meta = FileMeta::new(size, crc, chunk);
+        let meta = FileMeta::new(size, version, chunk);
         (meta.total == total).then_some(meta)
     }
 }
@@ -247,6 +378,7 @@ pub fn list_header(page: u32, pages: u32) -> String {
 /// A reply datagram, as parsed by a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
+    Cookie(Cookie),
     Data {
         index: u32,
         meta: FileMeta,
@@ -255,6 +387,8 @@ pub enum Reply<'a> {
     Stat {
         name: &'a [u8],
         meta: FileMeta,
+        crc: u32,
+        window: u32,
     },
     /// One LIST page: lines of `<size> <name>\n`.
     List {
@@ -283,9 +417,11 @@ pub fn parse_reply(datagram: &[u8]) -> Option<Reply<'_>> {
                 payload: rest,
             })
         }
-        [b"STAT", name, meta @ ..] if rest.is_empty() => Some(Reply::Stat {
+        [b"STAT", name, meta @ .., crc, window] if rest.is_empty() => Some(Reply::Stat {
             name,
             meta: FileMeta::parse(meta)?,
+            crc: parse_hex32(crc)?,
+            window: parse_u32(window).filter(|&w| w > 0)?,
         }),
         [b"LIST", page, pages] => {
             let (page, pages) = (parse_u32(page)?, parse_u32(pages)?);
@@ -295,6 +431,7 @@ pub fn parse_reply(datagram: &[u8]) -> Option<Reply<'_>> {
                 body: rest,
             })
         }
+        [b"COOKIE", c] if rest.is_empty() => Cookie::parse(c).map(Reply::Cookie),
         [b"ERR", ..] if rest.is_empty() => {
             // `ERR` alone (no text) is no reply of this protocol: no panic on it.
             let text = std::str::from_utf8(line.get(4..)?).ok()?;
@@ -316,51 +453,86 @@ mod tests {
         assert_eq!(parse_reply(b"ERR \n"), None);
     }
 
+    const C: &str = "0123456789abcdef0123456789abcdef";
+
+    fn req(s: &str) -> Option<Request<'_>> {
+        parse_request(s.as_bytes())
+    }
+
     #[test]
     fn parses_requests() {
-        assert_eq!(parse_request(b"LIST"), Some(Request::List(None)));
-        assert_eq!(parse_request(b"LIST\r\n"), Some(Request::List(None)));
+        let c = Cookie::parse(C.as_bytes()).unwrap();
+        assert_eq!(parse_request(b"HELLO"), Some(Request::Hello));
+        assert_eq!(parse_request(b"HELLO \0\xff padding"), Some(Request::Hello));
+        assert_eq!(req(&format!("LIST {C}")), Some(Request::List(c, None)));
+        assert_eq!(req(&format!("LIST {C}\r\n")), Some(Request::List(c, None)));
         assert_eq!(
-            parse_request(b"STAT a.txt\n"),
-            Some(Request::Stat(b"a.txt"))
+            req(&format!("STAT {C} a.txt\n")),
+            Some(Request::Stat(c, b"a.txt"))
         );
-        assert_eq!(parse_request(b"GET a"), Some(Request::Get(b"a", None)));
+        let text = format!("GET {C} a 9,3-5,4,0-1,2 250");
+        let Some(Request::Get(g)) = req(&text) else {
+            panic!("GET not parsed");
+        };
+        assert_eq!((g.name, g.gap_us), (&b"a"[..], 250));
+        // Overlapping, touching and repeated ranges are merged.
         assert_eq!(
-            parse_request(b"GET a 3-5,9"),
-            Some(Request::Get(
-                b"a",
-                Some(vec![Range { from: 3, to: 5 }, Range { from: 9, to: 9 }])
-            ))
+            g.ranges,
+            [Range { from: 0, to: 5 }, Range { from: 9, to: 9 }]
         );
+        let text = format!("GET {C} a 7");
+        let g0 = req(&text);
+        assert!(matches!(g0, Some(Request::Get(Get { gap_us: 0, .. }))));
         for bad in [
-            &b""[..],
-            b"get a",
-            b"GET",
-            b"GET  a",
-            b"GET ../x",
-            b"GET a/b",
-            b"GET /etc/passwd",
-            b"GET ..",
-            b"GET .",
-            b"GET a\0b",
-            b"GET a 5-3",
-            b"GET a 1-",
-            b"GET a -1",
-            b"GET a +1",
-            b"GET a 99999999999",
-            b"GET a 1 2",
-            b"STAT",
-            b"LIST x",
+            "".to_string(),
+            "HELLOX".into(),
+            "LIST".into(),
+            "GET a 1".into(),
+            format!("get {C} a 1"),
+            format!("GET {C} a"),
+            format!("GET {C}  a 1"),
+            format!("GET {} a 1", C.to_uppercase()),
+            format!("GET {} a 1", &C[1..]),
+            format!("GET {C} ../x 1"),
+            format!("GET {C} a/b 1"),
+            format!("GET {C} .. 1"),
+            format!("GET {C} a\0b 1"),
+            format!("GET {C} a 5-3"),
+            format!("GET {C} a 1-"),
+            format!("GET {C} a -1"),
+            format!("GET {C} a 99999999999"),
+            format!("GET {C} a 1 2 3"),
+            format!("GET {C} a 1 1000001"),
+            format!("STAT {C}"),
+            format!("LIST {C} x"),
         ] {
-            assert_eq!(
-                parse_request(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(req(&bad), None, "{bad:?}");
         }
-        let many = format!("GET a {}", vec!["1"; MAX_RANGES + 1].join(","));
-        assert_eq!(parse_request(many.as_bytes()), None);
+        let many = format!("GET {C} a {}", vec!["1"; MAX_RANGES + 1].join(","));
+        assert_eq!(req(&many), None);
+    }
+
+    #[test]
+    fn take_first_caps_the_selection() {
+        let r = [Range { from: 0, to: 2 }, Range { from: 10, to: 19 }];
+        assert_eq!(
+            take_first(&r, 5),
+            [Range { from: 0, to: 2 }, Range { from: 10, to: 11 }]
+        );
+        assert_eq!(take_first(&r, 100), r);
+        assert_eq!(
+            merge_ranges(vec![
+                Range {
+                    from: 0,
+                    to: u32::MAX
+                };
+                3
+            ]),
+            [Range {
+                from: 0,
+                to: u32::MAX
+            }]
+        );
     }
 
     #[test]
@@ -385,14 +557,26 @@ mod tests {
         assert!(max.data_header(u32::MAX).len() <= HEADER_MAX);
         assert_eq!(FileMeta::new(0, 0, 100).total, 1);
         assert_eq!(
-            parse_reply(&meta.stat_reply(b"x")),
-            Some(Reply::Stat { name: b"x", meta })
+            parse_reply(&meta.stat_reply(b"x", 0x1234, 64)),
+            Some(Reply::Stat {
+                name: b"x",
+                meta,
+                crc: 0x1234,
+                window: 64
+            })
         );
         assert_eq!(
-            parse_reply(&Failure::TooLarge.datagram()),
-            Some(Reply::Err(Failure::TooLarge))
+            parse_reply(&Failure::BadCookie.datagram()),
+            Some(Reply::Err(Failure::BadCookie))
         );
+        let c = Cookie::parse(C.as_bytes()).unwrap();
+        assert_eq!(parse_reply(&c.reply()), Some(Reply::Cookie(c)));
+        assert!(c.reply().len() <= MIN_HELLO * AMPLIFICATION);
         let r = [Range { from: 0, to: 4 }, Range { from: 7, to: 7 }];
         assert_eq!(parse_ranges(format_ranges(&r).as_bytes()).unwrap(), r);
+        let get = get_request(&c, "f", &r, 40);
+        assert!(
+            matches!(parse_request(get.as_bytes()), Some(Request::Get(g)) if g.ranges == r && g.gap_us == 40)
+        );
     }
 }
