@@ -21,6 +21,15 @@ fn worker_title(ctx: &Context, peer: &Peer) {
     );
 }
 
+/// Closes, in a worker, the listeners of service `s` other than `l`.
+fn close_other_listeners(master: &Master, s: usize, l: usize) {
+    for (j, other) in master.svcs[s].listeners.iter().enumerate() {
+        if j != l {
+            sys::close_fd(std::os::fd::AsRawFd::as_raw_fd(other));
+        }
+    }
+}
+
 /// Child side of a fork-model connection.
 pub(crate) fn run_stream_worker(
     master: &mut Master,
@@ -30,10 +39,14 @@ pub(crate) fn run_stream_worker(
     peer: Peer,
 ) -> ! {
     master.signals.reset_in_child();
-    master.close_inherited(None, None);
+    // Keep the listener the connection came from: readable, it tells the handler
+    // that clients wait (the master is at --max-children).
+    master.close_inherited(Some(s), None);
+    close_other_listeners(master, s, l);
     // This child's own copy of the master: take the context instead of cloning it.
-    let ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
+    let mut ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
     let svc = &master.svcs[s];
+    ctx.listener = Some(std::os::fd::AsRawFd::as_raw_fd(&svc.listeners[l]));
     let Handler::Stream(handler) = &svc.conf.handler else {
         sys::exit_now(1)
     };
@@ -54,13 +67,9 @@ pub(crate) fn run_datagram_worker(
     master.signals.reset_in_child();
     // Keep this service's sockets: the reply goes out on the one that received.
     master.close_inherited(Some(s), None);
+    close_other_listeners(master, s, l);
     let svc = &master.svcs[s];
     let keep = svc.listeners[l].as_fd();
-    for (j, other) in svc.listeners.iter().enumerate() {
-        if j != l {
-            sys::close_fd(std::os::fd::AsRawFd::as_raw_fd(other));
-        }
-    }
     let ctx = &svc.contexts[l];
     let Handler::Datagram(handler) = &svc.conf.handler else {
         sys::exit_now(1)
@@ -149,6 +158,7 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         model: svc.model,
         idle_timeout: svc.idle_timeout,
         local: local_text,
+        listener: None,
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);

@@ -283,6 +283,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 model: conf.model,
                 idle_timeout: conf.idle_timeout,
                 local: l.addr().to_string(),
+                listener: None,
             })
             .collect();
         let nslots = match conf.model {

@@ -258,7 +258,12 @@ impl Proc<'_> {
                 };
                 self.accept_errors.on_success();
                 let peer = worker::stream_peer(fd.as_fd(), &addr);
-                let ctx = self.contexts[l].clone();
+                let mut ctx = self.contexts[l].clone();
+                if self.threads.is_none() {
+                    // One connection at a time here: a readable listener means
+                    // clients wait for this process or its siblings.
+                    ctx.listener = Some(self.listeners[l].as_raw_fd());
+                }
                 self.served += 1;
                 match &self.threads {
                     None => {

@@ -150,6 +150,11 @@ pub struct Input {
 }
 
 impl Input {
+    /// True when no byte of a next request is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Reads more bytes into the buffer, waiting at most `timeout`; 0 at end of file.
     fn fill(&mut self, src: &mut impl Source, timeout: Option<Duration>) -> Result<usize, Failure> {
         src.set_timeout(timeout).map_err(Failure::Io)?;
