@@ -1050,3 +1050,75 @@ pub fn socket_kind_of(fd: RawFd) -> io::Result<SocketKind> {
     // SAFETY: the descriptor is open and is only borrowed for this call.
     socket_kind(unsafe { BorrowedFd::borrow_raw(fd) })
 }
+
+/// Sends one byte and a descriptor (SCM_RIGHTS) over a Unix socket; the receiver
+/// gets its own copy of the descriptor.
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    let mut data = [byte];
+    // SAFETY: the iovec points at `data`; the control buffer is sized with
+    // CMSG_SPACE for one int and the header written through CMSG_FIRSTHDR lies
+    // inside it; sendmsg only reads them.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+        let mut control = [0u64; 4];
+        debug_assert!(space <= size_of::<[u64; 4]>());
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+        loop {
+            match cvt_ssize(libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Receives what [`send_fd`] sent, blocking: `None` at end of file (the sender
+/// closed its end). The descriptor comes close-on-exec.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u8)>> {
+    let mut data = [0u8; 1];
+    // SAFETY: as in send_fd, with recvmsg writing into `data` and `control`; a
+    // descriptor the kernel passed is owned by this process from then on.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as _;
+        let n = cvt_ssize(libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC,
+        ))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("a message without a descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some((OwnedFd::from_raw_fd(fd), data[0])))
+    }
+}

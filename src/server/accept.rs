@@ -24,6 +24,10 @@ const ACCEPT_BATCH: usize = 64;
 impl Master {
     /// A listener is readable: take what it has.
     pub(super) fn serve_ready(&mut self, s: usize, l: usize) {
+        if self.svcs[s].conf.model == crate::handler::Model::Prefork {
+            // The workers accept; the master only watches for clients that wait.
+            return self.pool_clients_seen(s);
+        }
         match self.svcs[s].conf.handler {
             Handler::Stream(_) => self.accept_connections(s, l),
             Handler::Datagram(_) => self.receive_datagrams(s, l),
@@ -183,6 +187,14 @@ impl Master {
     /// `was_waiting`: it comes from the queue, and goes back to its front.
     fn fork_or_keep(&mut self, w: Waiting, was_waiting: bool) {
         let (s, l) = (w.service, w.listener);
+        let w = if self.svcs[s].conf.spare > 0 {
+            match self.hand_to_spare(w) {
+                Ok(()) => return,
+                Err(w) => w,
+            }
+        } else {
+            w
+        };
         let (w, e) = if self.svcs[s].conf.spawner.is_some() {
             match self.spawn_for(w) {
                 Ok(()) => return,

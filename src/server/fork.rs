@@ -43,6 +43,23 @@ pub(crate) fn run_stream_worker(
     // that clients wait (the master is at --max-children).
     master.close_inherited(Some(s), None);
     close_other_listeners(master, s, l);
+    serve_and_exit(master, s, l, fd, peer)
+}
+
+/// A spare's connection, handed over by the master (see `spare.rs`): the
+/// process is ready, only the peer is to be learnt.
+pub(crate) fn serve_handed_connection(master: &mut Master, s: usize, l: usize, fd: OwnedFd) -> ! {
+    let peer = match sys::peer_addr(fd.as_fd()) {
+        Ok(addr) => worker::stream_peer(fd.as_fd(), &addr),
+        // The client has already gone: nothing to serve.
+        Err(_) => sys::exit_now(0),
+    };
+    let l = l.min(master.svcs[s].listeners.len().saturating_sub(1));
+    serve_and_exit(master, s, l, fd, peer)
+}
+
+/// Serves connection `fd` of listener `l` of service `s` in this worker, then exits.
+fn serve_and_exit(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Peer) -> ! {
     // This child's own copy of the master: take the context instead of cloning it.
     let mut ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
     let svc = &master.svcs[s];

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
 use super::pending::{Held, Pending};
+use super::pool::{self, Growth};
 use super::signals::Signals;
+use super::spare::{self, Spares};
 use super::{Error, Server, Service, fork};
 use crate::addr::ListenAddr;
 use crate::handler::{Context, Model};
@@ -93,6 +95,8 @@ pub(crate) struct Master {
     last_status: Option<Instant>,
     last_watchdog: Instant,
     pub served_total: u64,
+    pub spares: Spares,
+    pub growth: Growth,
 }
 
 /// Entry point of [`Server::run`].
@@ -101,6 +105,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     if server.services.is_empty() {
         return Err(Error::new(Error::USAGE, "no service to run"));
     }
+    spare::check(&server.services)?;
     let notifier = Notifier::from_env();
     let passed = systemd::take_listen_fds();
     let signals =
@@ -143,6 +148,8 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         last_status: None,
         last_watchdog: Instant::now(),
         served_total: 0,
+        spares: Spares::default(),
+        growth: Growth::default(),
     };
     for svc in &mut master.svcs {
         svc.title_prefix = svc.title_prefix();
@@ -153,10 +160,13 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         for c in 0..master.svcs[i].companions.len() {
             master.spawn_companion(i, c);
         }
-        for s in 0..master.svcs[i].slots.len() {
+        // Prefork slots beyond --workers start only under load (pool.rs).
+        let first = master.svcs[i].slots.len().min(master.svcs[i].conf.workers);
+        for s in 0..first {
             master.spawn_server(i, s);
         }
     }
+    master.fill_spares();
     if let Some(fd) = server.ready_fd {
         signal_ready_fd(fd);
     }
@@ -288,7 +298,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
             .collect();
         let nslots = match conf.model {
             Model::Fork => 0,
-            Model::Prefork => conf.workers,
+            Model::Prefork => pool::slots(conf),
             Model::Thread | Model::Sequential => 1,
         };
         svcs.push(Svc {
@@ -411,7 +421,8 @@ impl Master {
         if let Some(fd) = self.notifier.raw_fd() {
             sys::close_fd(fd);
         }
-        for fd in self.pending.raw_fds().chain(self.held.raw_fds()) {
+        let waiting = self.pending.raw_fds().chain(self.held.raw_fds());
+        for fd in waiting.chain(self.spares.raw_fds()) {
             sys::close_fd(fd);
         }
         for (i, svc) in self.svcs.iter().enumerate() {
@@ -490,7 +501,8 @@ impl Master {
             self.accept_paused_until = None;
         }
         for (i, svc) in self.svcs.iter().enumerate() {
-            if !svc.master_accepts() || svc.active >= svc.conf.max_children {
+            let watch = svc.master_accepts() && svc.active < svc.conf.max_children;
+            if !watch && !self.pool_may_grow(i) {
                 continue;
             }
             for (j, l) in svc.listeners.iter().enumerate() {
@@ -522,6 +534,12 @@ impl Master {
             consider(t);
         }
         if let Some(t) = self.held.next_expiry() {
+            consider(t);
+        }
+        if let Some(t) = self.spares.due() {
+            consider(t);
+        }
+        if let Some(t) = self.growth.due() {
             consider(t);
         }
         if self.title_dirty {
@@ -629,6 +647,8 @@ impl Master {
             }
             svc.listeners.clear();
         }
+        // Spares read end of file and exit.
+        self.spares.close_all();
         self.title_dirty = true;
     }
 
@@ -643,6 +663,12 @@ impl Master {
         }
         if !self.held.is_empty() {
             self.serve_held(now);
+        }
+        if self.spares.due().is_some_and(|t| t <= now) {
+            self.fill_spares();
+        }
+        if self.growth.due().is_some_and(|t| t <= now) && self.shutdown.is_none() {
+            self.pool_check(now);
         }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
@@ -774,6 +800,9 @@ impl Master {
                 );
                 if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
+                } else if pool::is_extra(&svc.conf, slot) {
+                    // Started under load: started again only under load.
+                    log::info!("{what} {} after {life:.1}s; not replaced", r.status);
                 } else if r.status.success() {
                     // A planned exit (a prefork worker recycled after
                     // --max-requests) is no failure: replaced at once, and the
@@ -789,6 +818,7 @@ impl Master {
                     );
                 }
             }
+            Role::Spare { service } => self.spare_exited(service, r.pid, r.status),
             Role::Companion { service, index } => {
                 let svc = &mut self.svcs[service];
                 svc.companions[index].0 = None;
@@ -814,7 +844,7 @@ impl Master {
         }
     }
 
-    fn spawn_server(&mut self, s: usize, slot: usize) {
+    pub(super) fn spawn_server(&mut self, s: usize, slot: usize) {
         self.svcs[s].slots[slot].1.due = None;
         match sys::fork() {
             Ok(Forked::Child) => fork::run_server_process(self, s, slot),

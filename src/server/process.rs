@@ -2,7 +2,8 @@
 //! fork per connection: `sequential` (one connection or datagram at a time),
 //! `thread` (a thread each; this process never forks) and `prefork` (one of N
 //! processes that each accept and serve one connection at a time, recycled after
-//! `--max-requests`). On SIGTERM it stops accepting and finishes what it has; a
+//! `--max-requests`; those beyond `--workers`, started under load, leave when
+//! idle: see `pool.rs`). On SIGTERM it stops accepting and finishes what it has; a
 //! second SIGTERM ends it at once.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -174,9 +175,24 @@ impl Proc<'_> {
                     fds.push(sys::pollfd(l.as_raw_fd(), sys::POLLIN));
                 }
             }
-            if let Err(e) = sys::poll(&mut fds, None) {
-                log::error!("{}: poll: {e}", self.conf.name);
-                return 71;
+            // A worker the pool grew by leaves once the load that called it is gone.
+            let extra = super::pool::is_extra(self.conf, self.slot);
+            let timeout = extra.then_some(super::pool::RETIRE_IDLE);
+            match sys::poll(&mut fds, timeout) {
+                Ok(0) if extra => {
+                    log::info!(
+                        "{} worker #{}: idle for {}s beyond --workers; exiting",
+                        self.conf.name,
+                        self.slot + 1,
+                        super::pool::RETIRE_IDLE.as_secs()
+                    );
+                    return 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{}: poll: {e}", self.conf.name);
+                    return 71;
+                }
             }
             if fds[0].revents != 0 {
                 self.signals.drain();

@@ -1,0 +1,200 @@
+//! Fork-ahead (`--model fork --spare N`): the master keeps N freshly forked
+//! one-shot workers waiting on a socketpair of their own. An accepted connection
+//! goes to one of them (its descriptor passed with SCM_RIGHTS), which serves it
+//! exactly as a forked worker would and exits; the master forks its replacement
+//! right after the hand-over. Isolation is the fork model's (a fresh process per
+//! connection, nothing shared between connections); the fork is simply done before
+//! the connection arrives instead of after. The master still accepts, so limits,
+//! the fair share and the held queue apply unchanged; a spare counts against
+//! `--max-children` only once it has a connection.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::children::Role;
+use super::fork;
+use super::master::Master;
+use super::pending::Waiting;
+use super::{Error, Handler, Service};
+use crate::handler::Model;
+use crate::proctitle;
+use crate::sys::{self, ExitStatus, Forked};
+
+/// After a failed fork or a spare that died on its own, wait this long before
+/// forking spares again (no fork storm when processes run out).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A waiting one-shot worker: its pid and the master's end of its socketpair.
+struct Spare {
+    pid: i32,
+    sock: UnixStream,
+}
+
+/// The spares of every service, and when to fork more after a failure.
+#[derive(Default)]
+pub(crate) struct Spares {
+    pools: Vec<Vec<Spare>>,
+    retry_at: Option<Instant>,
+    closed: bool,
+}
+
+impl Spares {
+    /// The master's ends of every socketpair: a child of the master closes them.
+    pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.pools.iter().flatten().map(|sp| sp.sock.as_raw_fd())
+    }
+
+    /// When the spares are to be topped up again after a failure.
+    pub fn due(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Stops for good (shutdown): every spare reads end of file and exits 0.
+    pub fn close_all(&mut self) {
+        self.pools.clear();
+        self.closed = true;
+    }
+
+    fn pool(&mut self, s: usize) -> &mut Vec<Spare> {
+        if self.pools.len() <= s {
+            self.pools.resize_with(s + 1, Vec::new);
+        }
+        &mut self.pools[s]
+    }
+}
+
+/// Refuses `--spare` where it means nothing: fork-ahead is for stream services
+/// under the fork model whose workers run the handler (not a spawned program).
+pub(crate) fn check(services: &[Service]) -> Result<(), Error> {
+    for svc in services.iter().filter(|s| s.spare > 0) {
+        let why = if svc.model != Model::Fork {
+            Some(format!("the {} model", svc.model))
+        } else if !matches!(svc.handler, Handler::Stream(_)) {
+            Some("a datagram service".to_string())
+        } else if svc.spawner.is_some() {
+            Some("a service that spawns a program per connection".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::new(
+                Error::USAGE,
+                format!(
+                    "{}: --spare needs the fork model and a stream service; not {why}",
+                    svc.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Master {
+    /// Forks spares until every fork-ahead service has its `--spare` waiting
+    /// (unless stopping, or a failure asked to wait).
+    pub(super) fn fill_spares(&mut self) {
+        if self.spares.closed || self.spares.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.spares.retry_at = None;
+        for s in 0..self.svcs.len() {
+            while self.spares.pool(s).len() < self.svcs[s].conf.spare {
+                if let Err(e) = self.fork_spare(s) {
+                    log::error!(
+                        "{}: forking a spare worker: {e}; trying again in {}s",
+                        self.svcs[s].conf.name,
+                        RETRY.as_secs()
+                    );
+                    self.spares.retry_at = Some(Instant::now() + RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fork_spare(&mut self, s: usize) -> std::io::Result<()> {
+        let (mine, theirs) = UnixStream::pair()?;
+        match sys::fork()? {
+            Forked::Child => run_spare(self, s, mine, theirs),
+            Forked::Parent(pid) => {
+                drop(theirs);
+                self.children.insert(pid, Role::Spare { service: s });
+                self.spares.pool(s).push(Spare { pid, sock: mine });
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands an accepted connection to a spare of its service and forks the
+    /// spare's replacement; gives the connection back when no spare could take it.
+    pub(super) fn hand_to_spare(&mut self, w: Waiting) -> Result<(), Waiting> {
+        let s = w.service;
+        while let Some(sp) = self.spares.pool(s).pop() {
+            match sys::send_fd(sp.sock.as_fd(), w.fd.as_fd(), w.listener as u8) {
+                Ok(()) => {
+                    drop(w.fd);
+                    // The spare is a worker now: counted, and its exit reaped as one.
+                    self.started(s, sp.pid, w.peer);
+                    // Let the spare run first where both share a CPU: its
+                    // replacement's fork must not stand before its first byte.
+                    std::thread::yield_now();
+                    self.fill_spares();
+                    return Ok(());
+                }
+                // It died meanwhile (its exit is on its way to the reaper).
+                Err(e) => log::debug!(
+                    "{}: spare {} cannot take a connection: {e}",
+                    self.svcs[s].conf.name,
+                    sp.pid
+                ),
+            }
+        }
+        self.fill_spares();
+        Err(w)
+    }
+
+    /// A spare exited before it was given a connection: forget it; fork another
+    /// (after a pause when it did not exit cleanly).
+    pub(super) fn spare_exited(&mut self, s: usize, pid: i32, status: ExitStatus) {
+        self.spares.pool(s).retain(|sp| sp.pid != pid);
+        if self.spares.closed {
+            return;
+        }
+        if !status.success() {
+            log::warn!(
+                "{}: spare worker {pid} {status} before it got a connection",
+                self.svcs[s].conf.name
+            );
+            self.spares.retry_at = Some(Instant::now() + RETRY);
+        }
+        self.fill_spares();
+    }
+}
+
+/// The spare's side: wait for one connection, serve it, exit. End of file on the
+/// socketpair (the master stops, or died) ends it with status 0.
+fn run_spare(master: &mut Master, s: usize, mine: UnixStream, theirs: UnixStream) -> ! {
+    drop(mine);
+    master.signals.reset_in_child();
+    master.close_inherited(Some(s), None);
+    sys::die_with_parent(libc::SIGTERM);
+    let name = &master.svcs[s].conf.name;
+    proctitle::set_fmt(
+        format_args!("forkserve: {name} spare"),
+        format_args!("{name} spare"),
+    );
+    let (fd, l): (OwnedFd, u8) = loop {
+        match sys::recv_fd(theirs.as_fd()) {
+            Ok(Some(got)) => break got,
+            Ok(None) => sys::exit_now(0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::error!("{name} spare: receiving a connection: {e}");
+                sys::exit_now(71)
+            }
+        }
+    };
+    drop(theirs);
+    fork::serve_handed_connection(master, s, usize::from(l), fd)
+}
