@@ -72,6 +72,8 @@ pub struct Context {
     /// this process and readable only while clients wait for a process (the fork,
     /// prefork and sequential models): see [`Connection::clients_waiting`].
     pub(crate) listener: Option<RawFd>,
+    /// How busy the service is, shared with the master (see `scoreboard.rs`).
+    pub(crate) load: Option<crate::server::scoreboard::Load>,
 }
 
 /// How [`Connection::wait_for_input`] ended.
@@ -244,11 +246,14 @@ impl Connection {
     /// worker busy, or the master at `--max-children`). A handler that would keep
     /// an idle connection open (HTTP keep-alive) should close it instead, so the
     /// slot goes to a waiting client. Always false where the server cannot tell
-    /// (the thread model, inetd). One poll(2) with a zero timeout.
+    /// (the thread model, inetd). A read of shared memory, and while the service
+    /// is at its limit one poll(2) with a zero timeout.
     pub fn clients_waiting(&self) -> bool {
-        self.context
-            .listener
-            .is_some_and(|l| readable(l, Some(Duration::ZERO)))
+        self.context.load.is_none_or(|l| l.at_limit())
+            && self
+                .context
+                .listener
+                .is_some_and(|l| readable(l, Some(Duration::ZERO)))
     }
 
     /// Waits up to `timeout` (`None`: for ever) for the client to send, and returns

@@ -1122,3 +1122,30 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u8)>> {
         Ok(Some((OwnedFd::from_raw_fd(fd), data[0])))
     }
 }
+
+/// `n` zeroed counters in an anonymous shared mapping: the process and every child
+/// it forks afterwards see the same memory. The mapping lives as long as the
+/// process (it is never unmapped).
+pub fn shared_counters(n: usize) -> io::Result<&'static [std::sync::atomic::AtomicU32]> {
+    let len = (n.max(1) * size_of::<u32>()).next_multiple_of(4096);
+    // SAFETY: a fresh anonymous mapping, zero-filled, page-aligned (so aligned for
+    // u32), `len` bytes long and never unmapped; AtomicU32 has the layout of u32
+    // and all-zero is a valid value; shared access goes through atomics only.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::slice::from_raw_parts(
+            p.cast::<std::sync::atomic::AtomicU32>(),
+            n.max(1),
+        ))
+    }
+}

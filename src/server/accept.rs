@@ -131,6 +131,7 @@ impl Master {
     pub(super) fn started(&mut self, s: usize, pid: i32, peer: Peer) {
         let svc = &mut self.svcs[s];
         svc.active += 1;
+        super::scoreboard::note_active(&svc.contexts, svc.active);
         svc.served += 1;
         self.served_total += 1;
         self.children.insert(pid, Role::Worker { service: s, peer });

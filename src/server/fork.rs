@@ -176,6 +176,7 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         idle_timeout: svc.idle_timeout,
         local: local_text,
         listener: None,
+        load: None,
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);

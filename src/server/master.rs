@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::children::{Backoff, Children, Reaped, Role, SourceCounts};
 use super::pending::{Held, Pending};
 use super::pool::{self, Growth};
+use super::scoreboard;
 use super::signals::Signals;
 use super::spare::{self, Spares};
 use super::{Error, Server, Service, fork};
@@ -119,7 +120,8 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         return fork::serve_inetd(&server, Some(pf));
     }
 
-    let svcs = bind_all(&server, passed)?;
+    let mut svcs = bind_all(&server, passed)?;
+    scoreboard::share(&mut svcs, &server.services)?;
     for svc in &svcs {
         for l in &svc.listeners {
             log::info!("{}: listening on {}", svc.conf.name, l.addr());
@@ -294,6 +296,7 @@ fn bind_all(server: &Server, passed: Vec<PassedFd>) -> Result<Vec<Svc>, Error> {
                 idle_timeout: conf.idle_timeout,
                 local: l.addr().to_string(),
                 listener: None,
+                load: None,
             })
             .collect();
         let nslots = match conf.model {
@@ -778,6 +781,7 @@ impl Master {
             Role::Worker { service, peer } => {
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
+                scoreboard::note_active(&svc.contexts, svc.active);
                 svc.sources.remove(peer.source_key(), svc.conf.per_source);
                 self.title_dirty = true;
                 if abnormal {
@@ -794,6 +798,7 @@ impl Master {
             Role::Server { service, slot } => {
                 let svc = &mut self.svcs[service];
                 svc.slots[slot].0 = None;
+                scoreboard::note_slot_free(&svc.contexts, slot);
                 let what = format!(
                     "{} server process {} ({})",
                     svc.conf.name, r.pid, svc.conf.model

@@ -28,6 +28,7 @@ mod pending;
 mod pool;
 mod process;
 mod reload;
+pub(crate) mod scoreboard;
 mod signals;
 mod spare;
 mod spawn;

@@ -286,7 +286,10 @@ impl Proc<'_> {
                         if self.conf.model == Model::Prefork {
                             self.set_title(Some(&peer));
                         }
+                        let load = ctx.load;
+                        load.inspect(|l| l.set_busy(self.slot, true));
                         worker::serve_connection(h.as_ref(), fd, peer, ctx);
+                        load.inspect(|l| l.set_busy(self.slot, false));
                         self.set_title(None);
                     }
                     Some(ts) => {

@@ -110,13 +110,20 @@ fn send(
 fn refuse(conn: &mut Connection, e: &HttpError, texts: Texts) -> io::Result<()> {
     let resp = texts.protocol_error(e.status, &e.detail);
     send(conn, &e.line, &resp, false, false)?;
-    linger(conn);
+    linger(conn, LINGER);
     Ok(())
 }
 
-fn linger(conn: &mut Connection) {
+/// How long a closing connection reads what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closing an idle keep-alive connection: a request that crossed the close gets
+/// end of file (a client retries that) rather than a reset, within this long.
+const IDLE_CLOSE_LINGER: Duration = Duration::from_millis(200);
+
+fn linger(conn: &mut Connection, max: Duration) {
     let _ = conn.shutdown_write();
-    let until = Instant::now() + Duration::from_secs(2);
+    let until = Instant::now() + max;
     let mut scratch = [0u8; 16 * 1024];
     let mut total = 0usize;
     while total < 4 << 20 {
@@ -166,6 +173,7 @@ fn wait_for_next_request(conn: &mut Connection, idle: Option<Duration>) -> io::R
                 conn.context().service,
                 conn.peer()
             );
+            linger(conn, IDLE_CLOSE_LINGER);
             Ok(false)
         }
     }
@@ -223,7 +231,7 @@ impl StreamHandler for Http {
             send(conn, &line, &resp, keep, req.method == "HEAD")?;
             if !keep {
                 if failed || req.must_close {
-                    linger(conn);
+                    linger(conn, LINGER);
                 }
                 return Ok(());
             }
