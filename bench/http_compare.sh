@@ -11,7 +11,7 @@
 #   nginx, 1 worker          apt-get install nginx
 #   gunicorn, 4 sync workers python3 -m venv DIR && DIR/bin/pip install gunicorn
 #                            (GUNICORN=DIR/bin/gunicorn, default: gunicorn on PATH)
-#   Python http.server + ForkingMixIn   bench/py_http_time.py (socketserver's backlog, 5)
+#   Python http.server + ForkingMixIn   bench/py_http_time.py (backlog 1024, as every server here)
 # A peer that is not installed is left out of the table, with a note.
 # forkserve runs with --max-per-source 0 (ab on 127.0.0.1 is one source).
 #
@@ -169,7 +169,7 @@ else
     NOTES+=("gunicorn left out: not found (set GUNICORN=/path/to/gunicorn)")
 fi
 
-p=$(free_port); serve "Python http.server + ForkingMixIn" "$p" python3 bench/py_http_time.py "$p"
+p=$(free_port); serve "Python http.server + ForkingMixIn" "$p" python3 bench/py_http_time.py "$p" 1024
 
 for i in "${!URLS[@]}"; do
     ok=""
@@ -194,7 +194,7 @@ for round in $(seq "$ROUNDS"); do
         for i in "${!URLS[@]}"; do
             [ -t 2 ] && printf '\rround %d, c=%-6s %-40s' "$round" "$cell" "${NAMES[$i]}" >&2
             # ab's CPU time (user+system) from GNU time; its report from stdout.
-            out=$(taskset -c 1 /usr/bin/time -f 'abcpu %U %S' ab -q -l -s 30 -n "$N" -c "$c" ${k:-} "${URLS[$i]}" 2>&1 || true)
+            out=$(taskset -c 1 /usr/bin/time -f 'abcpu %U %S' ab -q -l -r -s 30 -n "$N" -c "$c" ${k:-} "${URLS[$i]}" 2>&1 || true)
             rps=$(awk '/^Requests per second/ {print $4}' <<<"$out")
             failed=$(awk '/^Failed requests/ {print $3}' <<<"$out")
             longest=$(awk '/longest request/ {print $2}' <<<"$out")

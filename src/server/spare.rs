@@ -177,8 +177,9 @@ impl Master {
 fn run_spare(master: &mut Master, s: usize, mine: UnixStream, theirs: UnixStream) -> ! {
     drop(mine);
     master.signals.reset_in_child();
+    // Only the master holds the other end (every child it forks closes it): when
+    // the master dies, recv_fd reads end of file. No PR_SET_PDEATHSIG needed.
     master.close_inherited(Some(s), None);
-    sys::die_with_parent(libc::SIGTERM);
     let name = &master.svcs[s].conf.name;
     proctitle::set_fmt(
         format_args!("forkserve: {name} spare"),
