@@ -202,8 +202,10 @@ impl Master {
                 Err(failed) => failed,
             }
         } else {
+            // Formatted here, where the code is mapped: the worker only copies it.
+            let title = fork::prepared_title(&self.svcs[s].conf.name, &w.peer);
             match sys::fork() {
-                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer),
+                Ok(Forked::Child) => fork::run_stream_worker(self, s, l, w.fd, w.peer, &title),
                 Ok(Forked::Parent(pid)) => {
                     drop(w.fd);
                     self.started(s, pid, w.peer);

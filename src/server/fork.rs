@@ -15,10 +15,15 @@ use crate::sys;
 use crate::systemd::PassedFd;
 
 fn worker_title(ctx: &Context, peer: &Peer) {
-    proctitle::set_fmt(
-        format_args!("forkserve: {} worker {peer}", ctx.service),
-        format_args!("{} worker", ctx.service),
-    );
+    prepared_title(&ctx.service, peer).apply();
+}
+
+/// A worker's title, formatted ahead (in the master, before the fork).
+pub(crate) fn prepared_title(service: &str, peer: &Peer) -> proctitle::Prepared {
+    proctitle::Prepared::new(
+        format_args!("forkserve: {service} worker {peer}"),
+        format_args!("{service} worker"),
+    )
 }
 
 /// Closes, in a worker, the listeners of service `s` other than `l`.
@@ -37,12 +42,14 @@ pub(crate) fn run_stream_worker(
     l: usize,
     fd: OwnedFd,
     peer: Peer,
+    title: &proctitle::Prepared,
 ) -> ! {
     master.signals.reset_in_child();
     // Keep the listener the connection came from: readable, it tells the handler
     // that clients wait (the master is at --max-children).
     master.close_inherited(Some(s), None);
     close_other_listeners(master, s, l);
+    title.apply();
     serve_and_exit(master, s, l, fd, peer)
 }
 
@@ -55,10 +62,12 @@ pub(crate) fn serve_handed_connection(master: &mut Master, s: usize, l: usize, f
         Err(_) => sys::exit_now(0),
     };
     let l = l.min(master.svcs[s].listeners.len().saturating_sub(1));
+    prepared_title(&master.svcs[s].conf.name, &peer).apply();
     serve_and_exit(master, s, l, fd, peer)
 }
 
-/// Serves connection `fd` of listener `l` of service `s` in this worker, then exits.
+/// Serves connection `fd` of listener `l` of service `s` in this worker (its
+/// title set), then exits.
 fn serve_and_exit(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Peer) -> ! {
     // This child's own copy of the master: take the context instead of cloning it.
     let mut ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
@@ -67,7 +76,6 @@ fn serve_and_exit(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Pe
     let Handler::Stream(handler) = &svc.conf.handler else {
         sys::exit_now(1)
     };
-    worker_title(&ctx, &peer);
     let outcome = worker::serve_connection(handler.as_ref(), fd, peer, ctx);
     sys::exit_now(outcome.exit_code())
 }
