@@ -271,11 +271,16 @@ impl Connection {
                     _ => return Ok(Wait::TimedOut),
                 },
             };
-            let mut fds = vec![sys::pollfd(me, sys::POLLIN)];
-            if let Some(l) = self.context.listener {
-                fds.push(sys::pollfd(l, sys::POLLIN));
-            }
-            match sys::poll(&mut fds, left) {
+            // No allocation: a keep-alive connection comes here for every request.
+            let mut fds = [sys::pollfd(me, sys::POLLIN), sys::pollfd(-1, sys::POLLIN)];
+            let n = match self.context.listener {
+                Some(l) => {
+                    fds[1] = sys::pollfd(l, sys::POLLIN);
+                    2
+                }
+                None => 1,
+            };
+            match sys::poll(&mut fds[..n], left) {
                 Ok(0) => return Ok(Wait::TimedOut),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
