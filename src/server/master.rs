@@ -542,6 +542,10 @@ impl Master {
         if let Some(t) = self.spares.due() {
             consider(t);
         }
+        if self.spares.refill_wanted() {
+            // Look for connections without waiting; fork a spare if there are none.
+            consider(now);
+        }
         if let Some(t) = self.growth.due() {
             consider(t);
         }
@@ -669,6 +673,12 @@ impl Master {
         }
         if self.spares.due().is_some_and(|t| t <= now) {
             self.fill_spares();
+        }
+        let idle = self.pollfds[FIRST_LISTENER..]
+            .iter()
+            .all(|p| p.revents == 0);
+        if idle && self.spares.refill_wanted() {
+            self.fork_one_spare();
         }
         if self.growth.due().is_some_and(|t| t <= now) && self.shutdown.is_none() {
             self.pool_check(now);

@@ -2,11 +2,12 @@
 //! one-shot workers waiting on a socketpair of their own. An accepted connection
 //! goes to one of them (its descriptor passed with SCM_RIGHTS), which serves it
 //! exactly as a forked worker would and exits; the master forks its replacement
-//! right after the hand-over. Isolation is the fork model's (a fresh process per
+//! at its next idle moment. Isolation is the fork model's (a fresh process per
 //! connection, nothing shared between connections); the fork is simply done before
 //! the connection arrives instead of after. The master still accepts, so limits,
 //! the fair share and the held queue apply unchanged; a spare counts against
-//! `--max-children` only once it has a connection.
+//! `--max-children` only once it has a connection. Replacements are forked when
+//! a poll finds nothing to accept, one at a time.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -37,6 +38,8 @@ pub(crate) struct Spares {
     pools: Vec<Vec<Spare>>,
     retry_at: Option<Instant>,
     closed: bool,
+    /// A spare was taken (or died): fork its replacement when the master is idle.
+    missing: bool,
 }
 
 impl Spares {
@@ -48,6 +51,11 @@ impl Spares {
     /// When the spares are to be topped up again after a failure.
     pub fn due(&self) -> Option<Instant> {
         self.retry_at
+    }
+
+    /// True when a replacement is to be forked as soon as the master is idle.
+    pub fn refill_wanted(&self) -> bool {
+        self.missing && !self.closed && self.retry_at.is_none()
     }
 
     /// Stops for good (shutdown): every spare reads end of file and exits 0.
@@ -94,23 +102,35 @@ impl Master {
     /// Forks spares until every fork-ahead service has its `--spare` waiting
     /// (unless stopping, or a failure asked to wait).
     pub(super) fn fill_spares(&mut self) {
+        while self.fork_one_spare() {}
+    }
+
+    /// Forks one missing spare; false when none is missing (or forking must wait).
+    /// The master calls it when a poll finds nothing to accept, so a replacement
+    /// never stands between a waiting connection and its process: under a load
+    /// that leaves the master no idle moment the spares run out and it forks on
+    /// accept, as the fork model does.
+    pub(super) fn fork_one_spare(&mut self) -> bool {
         if self.spares.closed || self.spares.retry_at.is_some_and(|t| Instant::now() < t) {
-            return;
+            return false;
         }
         self.spares.retry_at = None;
-        for s in 0..self.svcs.len() {
-            while self.spares.pool(s).len() < self.svcs[s].conf.spare {
-                if let Err(e) = self.fork_spare(s) {
-                    log::error!(
-                        "{}: forking a spare worker: {e}; trying again in {}s",
-                        self.svcs[s].conf.name,
-                        RETRY.as_secs()
-                    );
-                    self.spares.retry_at = Some(Instant::now() + RETRY);
-                    return;
-                }
-            }
+        let Some(s) =
+            (0..self.svcs.len()).find(|&s| self.spares.pool(s).len() < self.svcs[s].conf.spare)
+        else {
+            self.spares.missing = false;
+            return false;
+        };
+        if let Err(e) = self.fork_spare(s) {
+            log::error!(
+                "{}: forking a spare worker: {e}; trying again in {}s",
+                self.svcs[s].conf.name,
+                RETRY.as_secs()
+            );
+            self.spares.retry_at = Some(Instant::now() + RETRY);
+            return false;
         }
+        true
     }
 
     fn fork_spare(&mut self, s: usize) -> std::io::Result<()> {
@@ -126,8 +146,9 @@ impl Master {
         }
     }
 
-    /// Hands an accepted connection to a spare of its service and forks the
-    /// spare's replacement; gives the connection back when no spare could take it.
+    /// Hands an accepted connection to a spare of its service (its replacement
+    /// is forked when the master is next idle); gives the connection back when no
+    /// spare could take it.
     pub(super) fn hand_to_spare(&mut self, w: Waiting) -> Result<(), Waiting> {
         let s = w.service;
         while let Some(sp) = self.spares.pool(s).pop() {
@@ -136,10 +157,7 @@ impl Master {
                     drop(w.fd);
                     // The spare is a worker now: counted, and its exit reaped as one.
                     self.started(s, sp.pid, w.peer);
-                    // Let the spare run first where both share a CPU: its
-                    // replacement's fork must not stand before its first byte.
-                    std::thread::yield_now();
-                    self.fill_spares();
+                    self.spares.missing = true;
                     return Ok(());
                 }
                 // It died meanwhile (its exit is on its way to the reaper).
@@ -150,7 +168,7 @@ impl Master {
                 ),
             }
         }
-        self.fill_spares();
+        self.spares.missing = true;
         Err(w)
     }
 
@@ -168,7 +186,7 @@ impl Master {
             );
             self.spares.retry_at = Some(Instant::now() + RETRY);
         }
-        self.fill_spares();
+        self.spares.missing = true;
     }
 }
 
