@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # bench/compare.sh: forkserve against other process-per-connection servers, on the
 # same machine, in one run. Every server serves the same uppercase echo (one line
-# per connection) or, for datagrams, the time of day; `forkserve bench` loads each
+# per connection) or, for datagrams, the time of day; two generators load each
+# stream server, `forkserve bench` and the independent C client bench/cclient.c,
 # at 1, 8 and 64 clients with the servers pinned to CPU 0 and the generator to
 # CPU 1, round-robin over the servers for several rounds so drift hits all alike.
-# Prints one Markdown table: median connections/s (datagrams/s) per concurrency and
-# the ratio to the minimal C fork server of the same transport.
+# Every connection ends as --close says (client: close after the reply, what nc,
+# curl and most libraries do; half: half-close and wait for the server's close).
+# forkserve runs with --max-per-source 0 (no fair share: one load generator on
+# 127.0.0.1 is one source) so the comparison is like for like.
+# Prints one Markdown table: median connections/s (datagrams/s) per concurrency,
+# the ratio to the minimal C fork server of the same transport and generator, the
+# worst p99 and the generator's own CPU use (a saturated generator measures itself).
 #
 # usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--clients "1 8 64"]
-#                         [--out FILE]
-#   default: 3 rounds of 2 s runs (~7 minutes); --quick: 1 round of 1.5 s (~2 minutes)
+#                         [--close client|half] [--generator both|forkserve|c] [--out FILE]
+#   default: 3 rounds of 2 s runs, both generators (~15 minutes); --quick: 1 round of 1.5 s
 set -euo pipefail
 
 ROUNDS=3
 DURATION=2
 CLIENTS="1 8 64"
 OUT=""
+CLOSE=client
+GENERATOR=both
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) ROUNDS=1; DURATION=1.5 ;;
@@ -23,7 +31,9 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift ;;
         --clients) CLIENTS=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --close) CLOSE=$2; shift ;;
+        --generator) GENERATOR=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
     shift
@@ -56,6 +66,7 @@ mkdir -p "$BIN"
 for prog in upper cfork cforkudp; do
     gcc -O2 -Wall -o "$BIN/$prog" "bench/$prog.c"
 done
+gcc -O2 -Wall -pthread -o "$BIN/cclient" bench/cclient.c
 
 # --- servers ---------------------------------------------------------------
 WORK=$(mktemp -d /tmp/forkserve-compare.XXXXXX)
@@ -81,7 +92,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks[::2]))
 EOF
 }
-read -r -a PORTS <<<"$(free_ports 18)"
+read -r -a PORTS <<<"$(free_ports 20)"
 next=0
 port() { PORT=${PORTS[$next]}; next=$((next + 1)); }
 
@@ -98,13 +109,20 @@ serve() {
     NAMES+=("$name"); KINDS+=("$kind"); ADDRS+=("$addr")
 }
 
-FSOPTS=(-q --max-children 100)
+FSOPTS=(-q --max-children 100 --max-per-source 0)
 for model in fork prefork thread sequential; do
     port
     serve "forkserve $model" tcp "tcp:127.0.0.1:$PORT" \
         "$FS" echo --model "$model" "${FSOPTS[@]}" -l "tcp:127.0.0.1:$PORT" -l "unix:$WORK/fs-$model.sock"
     NAMES+=("forkserve $model"); KINDS+=(unix); ADDRS+=("unix:$WORK/fs-$model.sock")
 done
+port
+serve "forkserve fork --spare 8" tcp "tcp:127.0.0.1:$PORT" \
+    "$FS" echo --spare 8 "${FSOPTS[@]}" -l "tcp:127.0.0.1:$PORT" -l "unix:$WORK/fs-spare.sock"
+NAMES+=("forkserve fork --spare 8"); KINDS+=(unix); ADDRS+=("unix:$WORK/fs-spare.sock")
+port
+serve "forkserve prefork --max-requests 1" tcp "tcp:127.0.0.1:$PORT" \
+    "$FS" echo --model prefork --max-requests 1 "${FSOPTS[@]}" -l "tcp:127.0.0.1:$PORT"
 # forkserve exec runs the same upper program as the peers below; --start fork is
 # the fork-then-exec alternative to the default posix_spawn from the master.
 for start in spawn fork; do
@@ -162,9 +180,15 @@ for round in $(seq "$ROUNDS"); do
         for i in "${!ADDRS[@]}"; do
             n=$((n + 1))
             [ -t 2 ] && printf '\r[%d/%d] round %d, %2d clients, %-32s' "$n" "$total" "$round" "$c" "${NAMES[$i]}" >&2
-            json=$(taskset -c 1 "$FS" bench --connect "${ADDRS[$i]}" -c "$c" -d "$DURATION" --timeout 5 \
-                --expect "$(expect_of "${KINDS[$i]}")" --json 2>/dev/null || true)
-            printf '%s\t%s\t%s\t%s\t%s\n' "${NAMES[$i]}" "${KINDS[$i]}" "$c" "$round" "$json" >>"$RESULTS"
+            if [ "$GENERATOR" != c ] || [ "${KINDS[$i]}" = udp ]; then
+                json=$(taskset -c 1 "$FS" bench --connect "${ADDRS[$i]}" -c "$c" -d "$DURATION" --timeout 5 \
+                    --close "$CLOSE" --expect "$(expect_of "${KINDS[$i]}")" --json 2>/dev/null || true)
+                printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${NAMES[$i]}" "${KINDS[$i]}" "forkserve bench" "$c" "$round" "$json" >>"$RESULTS"
+            fi
+            if [ "$GENERATOR" != forkserve ] && [ "${KINDS[$i]}" != udp ]; then
+                json=$(taskset -c 1 "$BIN/cclient" -c "$c" -d "$DURATION" --close "$CLOSE" "${ADDRS[$i]}" 2>/dev/null || true)
+                printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${NAMES[$i]}" "${KINDS[$i]}" "cclient" "$c" "$round" "$json" >>"$RESULTS"
+            fi
         done
     done
 done
@@ -176,8 +200,8 @@ import json, statistics, sys
 rows, clients = {}, [int(c) for c in sys.argv[2].split()]
 order = []
 for line in open(sys.argv[1]):
-    name, kind, c, _round, js = line.rstrip("\n").split("\t", 4)
-    key = (name, kind)
+    name, kind, gen, c, _round, js = line.rstrip("\n").split("\t", 5)
+    key = (name, kind, gen)
     if key not in rows:
         rows[key] = {}
         order.append(key)
@@ -198,17 +222,23 @@ def worst_p99(runs):
 def errors(runs):
     return sum(r["errors"]["total"] if r else 1 for r in runs)
 
-ref = {kind: key for key in order for kind in [key[1]] if key[0].startswith("C fork")}
-head = "| server | transport | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients)
-head += f" | p99 ms at {clients[-1]} | errors |"
+def cpu(runs):
+    vals = [r["generator_cpu_s"] / r["duration_s"] for r in runs if r and r.get("duration_s")]
+    return max(vals) * 100 if vals else None
+
+ref = {(key[1], key[2]): key for key in order if key[0].startswith("C fork")}
+head = "| server | transport | generator | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients)
+head += f" | p99 ms at {clients[-1]} | generator CPU, max | errors |"
 print(head)
-print("|---|---|" + "---:|" * len(clients) + "---:|---:|")
+print("|---|---|---|" + "---:|" * len(clients) + "---:|---:|---:|")
+order.sort(key=lambda k: (k[2], k[1]))
 for key in order:
-    name, kind = key
+    name, kind, gen = key
     cells = []
     for c in clients:
         v = rate(rows[key].get(c, []))
-        r = rate(rows[ref[kind]].get(c, [])) if kind in ref else None
+        refkey = ref.get((kind, gen))
+        r = rate(rows[refkey].get(c, [])) if refkey else None
         if v is None:
             cells.append("failed")
         elif r:
@@ -218,15 +248,19 @@ for key in order:
     p99 = worst_p99(rows[key].get(clients[-1], []))
     p99 = "-" if p99 is None else f"{p99:.1f}"
     errs = sum(errors(v) for v in rows[key].values())
-    print(f"| {name} | {kind} | " + " | ".join(cells) + f" | {p99} | {errs} |")
+    g = cpu([r for runs in rows[key].values() for r in runs])
+    g = "-" if g is None else f"{g:.0f}%"
+    print(f"| {name} | {kind} | {gen} | " + " | ".join(cells) + f" | {p99} | {g} | {errs} |")
 EOF
 )
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($cpu), kernel $(uname -r)"
-    echo "$ROUNDS round(s) of ${DURATION} s per run; median connections/s (datagrams/s for udp);"
-    echo "(ratio) = to the C fork server of the same transport; p99 = worst run's; errors = all runs"
+    echo "$ROUNDS round(s) of ${DURATION} s per run; close pattern: $CLOSE; forkserve with --max-per-source 0;"
+    echo "median connections/s (datagrams/s for udp); (ratio) = to the C fork server of the same"
+    echo "transport and generator; p99 = worst run's; generator CPU = its CPU time / wall time, worst run"
+    echo "(100% = one CPU: the generator itself was the limit); errors = all runs"
     echo
     echo "$table"
 } | tee ${OUT:+"$OUT"}

@@ -73,7 +73,29 @@ pub struct Context {
     /// re-reads it when this is not 0 (the master itself never runs handler code,
     /// so the copy it forks from keeps the start-up state).
     pub reloads: u64,
+    /// The listening socket the connection came from, when it is still open in
+    /// this process and readable only while clients wait for a process (the fork,
+    /// prefork and sequential models): see [`Connection::clients_waiting`].
+    pub(crate) listener: Option<RawFd>,
+    /// How busy the service is, shared with the master (see `scoreboard.rs`).
+    pub(crate) load: Option<crate::server::scoreboard::Load>,
 }
+
+/// How [`Connection::wait_for_input`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The client sent something (or closed): read it.
+    Input,
+    /// Other clients wait for this service while this connection sits idle.
+    ClientsWaiting,
+    /// Nothing within the timeout.
+    TimedOut,
+}
+
+/// How long a listener must stay readable before clients count as waiting: long
+/// enough for an idle worker (prefork) or the master (fork) to take a connection
+/// that had just arrived.
+const WAITING_CONFIRM: Duration = Duration::from_millis(2);
 
 /// The connected socket a stream handler reads and writes.
 #[derive(Debug)]
@@ -223,6 +245,71 @@ impl Connection {
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown_write()
     }
+
+    /// True when clients wait for this service right now: the listener this
+    /// connection came from holds connections no process has taken (every prefork
+    /// worker busy, or the master at `--max-children`). A handler that would keep
+    /// an idle connection open (HTTP keep-alive) should close it instead, so the
+    /// slot goes to a waiting client. Always false where the server cannot tell
+    /// (the thread model, inetd). A read of shared memory, and while the service
+    /// is at its limit one poll(2) with a zero timeout.
+    pub fn clients_waiting(&self) -> bool {
+        self.context.load.is_none_or(|l| l.at_limit())
+            && self
+                .context
+                .listener
+                .is_some_and(|l| readable(l, Some(Duration::ZERO)))
+    }
+
+    /// Waits up to `timeout` (`None`: for ever) for the client to send, and returns
+    /// early with [`Wait::ClientsWaiting`] when other clients wait for this
+    /// service meanwhile (see [`clients_waiting`](Connection::clients_waiting)).
+    /// Input already there always wins.
+    pub fn wait_for_input(&self, timeout: Option<Duration>) -> io::Result<Wait> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let me = self.stream.as_fd().as_raw_fd();
+        loop {
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Ok(Wait::TimedOut),
+                },
+            };
+            // No allocation: a keep-alive connection comes here for every request.
+            let mut fds = [sys::pollfd(me, sys::POLLIN), sys::pollfd(-1, sys::POLLIN)];
+            let n = match self.context.listener {
+                Some(l) => {
+                    fds[1] = sys::pollfd(l, sys::POLLIN);
+                    2
+                }
+                None => 1,
+            };
+            match sys::poll(&mut fds[..n], left) {
+                Ok(0) => return Ok(Wait::TimedOut),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if fds[0].revents != 0 {
+                return Ok(Wait::Input);
+            }
+            // The listener is readable: give whoever accepts a moment to take the
+            // new connection; still there, and no input from our client, it waits.
+            if readable(me, Some(WAITING_CONFIRM)) {
+                return Ok(Wait::Input);
+            }
+            if self.clients_waiting() {
+                return Ok(Wait::ClientsWaiting);
+            }
+        }
+    }
+}
+
+/// True when `fd` is readable (or at end of file, or in error) within `timeout`.
+fn readable(fd: RawFd, timeout: Option<Duration>) -> bool {
+    let mut fds = [sys::pollfd(fd, sys::POLLIN)];
+    sys::poll(&mut fds, timeout).is_ok_and(|n| n > 0)
 }
 
 impl Read for Connection {

@@ -45,7 +45,9 @@ pub mod systemd;
 pub mod users;
 
 pub use addr::ListenAddr;
-pub use handler::{Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler};
+pub use handler::{
+    Connection, Context, DatagramHandler, Model, Reply, Stream, StreamHandler, Wait,
+};
 pub use peer::{Peer, SourceKey};
 pub use sandbox::Sandbox;
 pub use server::{Companion, Error, Server, Service, Spawner};

@@ -186,6 +186,13 @@ struct ServeOpts {
     /// Prefork model: replace a worker after it served N connections
     #[arg(long, value_name = "N", global = true)]
     max_requests: Option<u64>,
+    /// Prefork model: grow the pool up to N workers while every worker is busy
+    /// and clients wait (default: --workers, a fixed pool)
+    #[arg(long, value_name = "N", global = true)]
+    max_workers: Option<usize>,
+    /// Fork model: keep N one-shot workers forked ahead of their connections
+    #[arg(long, value_name = "N", default_value_t = 0, global = true)]
+    spare: usize,
     /// Serve one connection on stdin/stdout (inetd, systemd StandardInput=socket)
     #[arg(long, global = true)]
     inetd: bool,
@@ -423,7 +430,9 @@ fn configure(svc: Service, opts: &ServeOpts) -> Result<Service, Error> {
         .max_children(opts.max_children)
         .max_per_source(per_source)
         .workers(opts.workers)
-        .max_requests(opts.max_requests))
+        .max_workers(opts.max_workers)
+        .max_requests(opts.max_requests)
+        .spare(opts.spare))
 }
 
 /// The addresses of one service: those given with --listen, else its defaults.

@@ -1172,27 +1172,115 @@ pub fn socket_kind_of(fd: RawFd) -> io::Result<SocketKind> {
     socket_kind(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
-/// Counters shared between the master and its children across fork: an anonymous
-/// MAP_SHARED mapping of `len` zeroed `u64` slots (a child's store is seen by the
-/// master; no copy-on-write), kept for the life of the process. Pages are touched
-/// only where slots are used.
-pub fn shared_counters(len: usize) -> io::Result<&'static [std::sync::atomic::AtomicU64]> {
-    let len = len.max(1);
-    // SAFETY: a fresh anonymous mapping; the kernel zero-fills it, and zero is a
-    // valid AtomicU64. It is never unmapped, so the slice may be 'static.
-    unsafe {
-        let ptr = libc::mmap(
+/// An anonymous MAP_SHARED mapping of `bytes` zeroed bytes (rounded up to whole
+/// pages): the process and every child it forks afterwards see the same memory.
+/// It is never unmapped.
+fn shared_zeroed(bytes: usize) -> io::Result<*mut libc::c_void> {
+    let len = bytes.max(1).next_multiple_of(4096);
+    // SAFETY: a fresh anonymous mapping with no address hint; nothing else is
+    // touched.
+    let p = unsafe {
+        libc::mmap(
             std::ptr::null_mut(),
-            len * size_of::<u64>(),
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
             0,
-        );
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
+/// Counters shared between the master and its children across fork: `len` zeroed
+/// `u64` slots (a child's store is seen by the master; no copy-on-write), kept for
+/// the life of the process. Pages are touched only where slots are used.
+pub fn shared_counters(len: usize) -> io::Result<&'static [std::sync::atomic::AtomicU64]> {
+    let p = shared_zeroed(len.max(1) * size_of::<u64>())?;
+    // SAFETY: zero-filled, page-aligned memory of at least `len` u64s that is
+    // never unmapped; AtomicU64 has u64's layout and all-zero is a valid value.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast(), len.max(1)) })
+}
+
+/// The same with `u32` slots (the scoreboard's per-worker flags).
+pub fn shared_counters32(n: usize) -> io::Result<&'static [std::sync::atomic::AtomicU32]> {
+    let p = shared_zeroed(n.max(1) * size_of::<u32>())?;
+    // SAFETY: as in shared_counters, for AtomicU32.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast(), n.max(1)) })
+}
+
+/// Sends one byte and a descriptor (SCM_RIGHTS) over a Unix socket; the receiver
+/// gets its own copy of the descriptor.
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    let mut data = [byte];
+    // SAFETY: the iovec points at `data`; the control buffer is sized with
+    // CMSG_SPACE for one int and the header written through CMSG_FIRSTHDR lies
+    // inside it; sendmsg only reads them.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+        let mut control = [0u64; 4];
+        debug_assert!(space <= size_of::<[u64; 4]>());
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+        loop {
+            match cvt_ssize(libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(()),
+            }
         }
-        Ok(std::slice::from_raw_parts(ptr.cast(), len))
+    }
+}
+
+/// Receives what [`send_fd`] sent, blocking: `None` at end of file (the sender
+/// closed its end). The descriptor comes close-on-exec.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u8)>> {
+    let mut data = [0u8; 1];
+    // SAFETY: as in send_fd, with recvmsg writing into `data` and `control`; a
+    // descriptor the kernel passed is owned by this process from then on.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as _;
+        let n = cvt_ssize(libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC,
+        ))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("a message without a descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some((OwnedFd::from_raw_fd(fd), data[0])))
     }
 }
 

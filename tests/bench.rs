@@ -281,3 +281,48 @@ fn bad_usage_exits_64() {
         );
     }
 }
+
+#[test]
+fn close_patterns_end_connections_as_asked_and_the_report_names_them() {
+    let fs = forkserve().args(["echo", "-l", "tcp:127.0.0.1:0"]).start();
+    let addr = fs.addr(0);
+    // The echo server closes only after the client's end of file: closing at once
+    // and half-closing both finish every connection.
+    for how in ["client", "half"] {
+        let out = bench(&[
+            "--connect",
+            addr,
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--close",
+            how,
+            "--json",
+        ]);
+        let json = stdout(&out);
+        assert!(out.status.success(), "{how}: {json}");
+        assert!(json.contains(&format!("\"close\":\"{how}\"")), "{json}");
+        assert_eq!(field(&json, "connections"), 20.0, "{json}");
+        assert!(field(&json, "generator_cpu_s") >= 0.0, "{json}");
+    }
+    // Waiting for the server's close without half-closing: the echo server never
+    // closes, so every connection times out.
+    let out = bench(&[
+        "--connect",
+        addr,
+        "-n",
+        "2",
+        "-c",
+        "1",
+        "--close",
+        "server",
+        "--timeout",
+        "0.3",
+        "--json",
+    ]);
+    let json = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(field(&json, "timeout"), 2.0, "{json}");
+    assert_eq!(field(&json, "connections"), 0.0, "{json}");
+}

@@ -42,6 +42,18 @@ pub enum Expect {
     Any,
 }
 
+/// How a client ends a connection after its last reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Close {
+    /// Close at once (nc, curl, most client libraries).
+    Client,
+    /// Half-close, then read until the server closes (checks nothing more comes).
+    Half,
+    /// Read until the server closes, without half-closing (for a server that
+    /// closes after its reply: time, HTTP with `Connection: close`).
+    Server,
+}
+
 /// When a client stops.
 #[derive(Clone, Copy, Debug)]
 pub enum Stop {
@@ -86,6 +98,7 @@ pub struct Plan {
     pub per_connection: u64,
     pub timeout: Duration,
     pub retries: u32,
+    pub close: Close,
 }
 
 /// Error counts by kind.
@@ -283,11 +296,18 @@ fn read_reply(conn: &mut Conn, plan: &Plan, buf: &mut [u8]) -> Result<usize, Fai
     }
 }
 
-/// After the last request: half-close, then wait for the server to close. With
-/// Exact, any further byte is a wrong reply. A reset here is not an error (the
-/// replies were all right); a server that never closes is a timeout.
+/// After the last request, as `plan.close` says: close at once; or (half-closing
+/// first or not) wait for the server to close. With Exact, any further byte is a
+/// wrong reply. A reset here is not an error (the replies were all right); a
+/// server that never closes is a timeout.
 fn finish_connection(conn: &mut Conn, plan: &Plan, buf: &mut [u8]) -> Result<(), Fail> {
-    let _ = conn.shutdown_write();
+    match plan.close {
+        Close::Client => return Ok(()),
+        Close::Half => {
+            let _ = conn.shutdown_write();
+        }
+        Close::Server => {}
+    }
     loop {
         match conn.read(buf) {
             Ok(0) => return Ok(()),

@@ -1,8 +1,10 @@
 //! `forkserve bench`: a load generator for stream and datagram servers. Each of
 //! `-c` clients is an OS thread that connects, sends a line, checks the reply
-//! (the upper-cased line by default), closes and starts again, for `-d` seconds or
-//! `-n` requests in all. It reports connections/s, requests/s, latency percentiles
-//! and errors by kind, as text or one JSON object; the exit status is 1 when any
+//! (the upper-cased line by default), closes (`--close`: at once, by default;
+//! half-close and wait; or wait for the server's close) and starts again, for `-d`
+//! seconds or `-n` requests in all. It reports connections/s, requests/s, latency
+//! percentiles, errors by kind and its own CPU time (a generator that saturates its
+//! CPU measures itself), as text or one JSON object; the exit status is 1 when any
 //! request failed.
 
 mod client;
@@ -17,7 +19,7 @@ use clap::{Args, ValueEnum};
 use forkserve::ListenAddr;
 use forkserve::addr::UnixPath;
 
-use client::{Errors, Expect, Plan, Stop, Tally, Target};
+use client::{Close, Errors, Expect, Plan, Stop, Tally, Target};
 use histogram::Histogram;
 
 /// Options of `forkserve bench`.
@@ -47,6 +49,11 @@ pub struct BenchArgs {
     /// Seconds to wait for a connection or a reply before counting a timeout
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     timeout: f64,
+    /// How a connection ends after its last reply: the client closes at once;
+    /// half-closes and reads until the server closes; or reads until the server
+    /// closes without half-closing
+    #[arg(long, value_name = "HOW", default_value = "client")]
+    close: Close,
     /// Datagrams: times to resend a request whose reply did not come in time
     #[arg(long, value_name = "N", default_value_t = 1)]
     retries: u32,
@@ -150,6 +157,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         per_connection: args.requests_per_connection,
         timeout,
         retries: args.retries,
+        close: args.close,
         target,
     };
     // With -n, each client gets its share; the first ones one more when it does
@@ -163,8 +171,10 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
         s => vec![s; args.concurrency],
     };
+    let cpu0 = own_cpu_time();
     let (tallies, elapsed) = run_clients(&plan, &clients);
-    let report = Report::merge(args, &plan, clients.len(), tallies, elapsed);
+    let mut report = Report::merge(args, &plan, clients.len(), tallies, elapsed);
+    report.cpu = own_cpu_time().saturating_sub(cpu0);
     if args.json {
         println!("{}", report.json());
     } else {
@@ -214,10 +224,24 @@ fn run_clients(plan: &Plan, clients: &[Stop]) -> (Vec<Tally>, Duration) {
     })
 }
 
+/// User plus system CPU time this process has used so far.
+fn own_cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+        };
+        tv(u.user_time()) + tv(u.system_time())
+    })
+}
+
 /// The merged results.
 struct Report {
     target: String,
     datagram: bool,
+    close: Close,
+    /// The generator's own CPU time over the run.
+    cpu: Duration,
     clients: usize,
     per_connection: u64,
     elapsed: Duration,
@@ -270,6 +294,8 @@ impl Report {
         let mut r = Report {
             target: args.connect.clone(),
             datagram: plan.target.is_datagram(),
+            close: plan.close,
+            cpu: Duration::ZERO,
             clients,
             per_connection: plan.per_connection,
             elapsed,
@@ -313,8 +339,11 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "target       {} (stream, {} clients, {} request(s) per connection)",
-                self.target, self.clients, self.per_connection
+                "target       {} (stream, {} clients, {} request(s) per connection, close: {})",
+                self.target,
+                self.clients,
+                self.per_connection,
+                self.close_name()
             );
             let _ = writeln!(s, "duration     {secs:.2} s");
             let _ = writeln!(
@@ -330,6 +359,12 @@ impl Report {
                 per_sec(self.requests, self.elapsed)
             );
         }
+        let _ = writeln!(
+            s,
+            "generator    {:.2} s CPU ({:.0}% of one CPU)",
+            self.cpu.as_secs_f64(),
+            self.cpu_share() * 100.0
+        );
         let l = &self.latency;
         let _ = writeln!(
             s,
@@ -355,13 +390,31 @@ impl Report {
         s
     }
 
+    fn close_name(&self) -> &'static str {
+        match self.close {
+            Close::Client => "client",
+            Close::Half => "half",
+            Close::Server => "server",
+        }
+    }
+
+    /// The generator's CPU time as a share of the run's wall time (1.0: one CPU).
+    fn cpu_share(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            self.cpu.as_secs_f64() / self.elapsed.as_secs_f64()
+        }
+    }
+
     fn json(&self) -> String {
         let l = &self.latency;
         let e = &self.errors;
         let us = |d: Duration| (d.as_secs_f64() * 1e7).round() / 10.0;
         format!(
             concat!(
-                "{{\"target\":{},\"mode\":\"{}\",\"clients\":{},\"requests_per_connection\":{},",
+                "{{\"target\":{},\"mode\":\"{}\",\"close\":\"{}\",\"clients\":{},\"requests_per_connection\":{},",
+                "\"generator_cpu_s\":{:.3},",
                 "\"duration_s\":{:.3},\"connections\":{},\"connections_per_s\":{:.1},",
                 "\"requests\":{},\"requests_per_s\":{:.1},\"resent\":{},",
                 "\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}},",
@@ -370,8 +423,10 @@ impl Report {
             ),
             json_str(&self.target),
             if self.datagram { "datagram" } else { "stream" },
+            self.close_name(),
             self.clients,
             self.per_connection,
+            self.cpu.as_secs_f64(),
             self.elapsed.as_secs_f64(),
             self.connections,
             per_sec(self.connections, self.elapsed),

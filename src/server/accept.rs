@@ -24,6 +24,10 @@ const ACCEPT_BATCH: usize = 64;
 impl Master {
     /// A listener is readable: take what it has.
     pub(super) fn serve_ready(&mut self, s: usize, l: usize) {
+        if self.svcs[s].conf.model == crate::handler::Model::Prefork {
+            // The workers accept; the master only watches for clients that wait.
+            return self.pool_clients_seen(s);
+        }
         match self.svcs[s].conf.handler {
             Handler::Stream(_) => self.accept_connections(s, l),
             Handler::Datagram(_) => self.receive_datagrams(s, l),
@@ -130,6 +134,7 @@ impl Master {
     pub(super) fn started(&mut self, s: usize, pid: i32, peer: Peer, latency: Option<u32>) {
         let svc = &mut self.svcs[s];
         svc.active += 1;
+        super::scoreboard::note_active(&svc.contexts, svc.active);
         svc.served += 1;
         svc.counters.started(svc.active, svc.conf.max_children);
         self.served_total += 1;
@@ -194,6 +199,14 @@ impl Master {
     /// `was_waiting`: it comes from the queue, and goes back to its front.
     fn fork_or_keep(&mut self, w: Waiting, was_waiting: bool) {
         let (s, l) = (w.service, w.listener);
+        let w = if self.svcs[s].conf.spare > 0 {
+            match self.hand_to_spare(w) {
+                Ok(()) => return,
+                Err(w) => w,
+            }
+        } else {
+            w
+        };
         let (w, e) = if self.svcs[s].conf.spawner.is_some() {
             match self.spawn_for(w) {
                 Ok(()) => return,
@@ -201,10 +214,12 @@ impl Master {
             }
         } else {
             let slot = self.board.take();
+            // Formatted here, where the code is mapped: the worker only copies it.
+            let title = fork::prepared_title(&self.svcs[s].conf.name, &w.peer);
             match sys::fork() {
                 Ok(Forked::Child) => {
                     self.board.arm_in_child(slot, w.since);
-                    fork::run_stream_worker(self, s, l, w.fd, w.peer)
+                    fork::run_stream_worker(self, s, l, w.fd, w.peer, &title)
                 }
                 Ok(Forked::Parent(pid)) => {
                     drop(w.fd);

@@ -20,6 +20,8 @@ pub enum Role {
     },
     /// A long-lived server process (thread, sequential or prefork model).
     Server { service: usize, slot: usize },
+    /// A fork-ahead worker waiting for the connection the master will hand it.
+    Spare { service: usize },
     /// A helper process a service asked for (the chat broker).
     Companion { service: usize, index: usize },
     /// A child of the previous image of this master (before a binary upgrade):

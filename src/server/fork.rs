@@ -16,10 +16,24 @@ use crate::sys;
 use crate::systemd::PassedFd;
 
 fn worker_title(ctx: &Context, peer: &Peer) {
-    proctitle::set_fmt(
-        format_args!("{}: {} worker {peer}", proctitle::name(), ctx.service),
-        format_args!("{} worker", ctx.service),
-    );
+    prepared_title(&ctx.service, peer).apply();
+}
+
+/// A worker's title, formatted ahead (in the master, before the fork).
+pub(crate) fn prepared_title(service: &str, peer: &Peer) -> proctitle::Prepared {
+    proctitle::Prepared::new(
+        format_args!("{}: {service} worker {peer}", proctitle::name()),
+        format_args!("{service} worker"),
+    )
+}
+
+/// Closes, in a worker, the listeners of service `s` other than `l`.
+fn close_other_listeners(master: &Master, s: usize, l: usize) {
+    for (j, other) in master.svcs[s].listeners.iter().enumerate() {
+        if j != l {
+            sys::close_fd(std::os::fd::AsRawFd::as_raw_fd(other));
+        }
+    }
 }
 
 /// Child side of a fork-model connection.
@@ -29,16 +43,40 @@ pub(crate) fn run_stream_worker(
     l: usize,
     fd: OwnedFd,
     peer: Peer,
+    title: &proctitle::Prepared,
 ) -> ! {
     master.signals.reset_in_child();
-    master.close_inherited(None, None);
+    // Keep the listener the connection came from: readable, it tells the handler
+    // that clients wait (the master is at --max-children).
+    master.close_inherited(Some(s), None);
+    close_other_listeners(master, s, l);
+    title.apply();
+    serve_and_exit(master, s, l, fd, peer)
+}
+
+/// A spare's connection, handed over by the master (see `spare.rs`): the
+/// process is ready, only the peer is to be learnt.
+pub(crate) fn serve_handed_connection(master: &mut Master, s: usize, l: usize, fd: OwnedFd) -> ! {
+    let peer = match sys::peer_addr(fd.as_fd()) {
+        Ok(addr) => worker::stream_peer(fd.as_fd(), &addr),
+        // The client has already gone: nothing to serve.
+        Err(_) => sys::exit_now(0),
+    };
+    let l = l.min(master.svcs[s].listeners.len().saturating_sub(1));
+    prepared_title(&master.svcs[s].conf.name, &peer).apply();
+    serve_and_exit(master, s, l, fd, peer)
+}
+
+/// Serves connection `fd` of listener `l` of service `s` in this worker (its
+/// title set), then exits.
+fn serve_and_exit(master: &mut Master, s: usize, l: usize, fd: OwnedFd, peer: Peer) -> ! {
     // This child's own copy of the master: take the context instead of cloning it.
-    let ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
+    let mut ctx = std::mem::take(&mut master.svcs[s].contexts[l]);
     let svc = &master.svcs[s];
+    ctx.listener = Some(std::os::fd::AsRawFd::as_raw_fd(&svc.listeners[l]));
     let Handler::Stream(handler) = &svc.conf.handler else {
         sys::exit_now(1)
     };
-    worker_title(&ctx, &peer);
     sandbox::enter_or_exit(svc.conf.sandbox.as_ref(), Role::Worker, &ctx.service);
     let outcome = worker::serve_connection(handler.as_ref(), fd, peer, ctx);
     sys::exit_now(outcome.exit_code())
@@ -56,13 +94,9 @@ pub(crate) fn run_datagram_worker(
     master.signals.reset_in_child();
     // Keep this service's sockets: the reply goes out on the one that received.
     master.close_inherited(Some(s), None);
+    close_other_listeners(master, s, l);
     let svc = &master.svcs[s];
     let keep = svc.listeners[l].as_fd();
-    for (j, other) in svc.listeners.iter().enumerate() {
-        if j != l {
-            sys::close_fd(std::os::fd::AsRawFd::as_raw_fd(other));
-        }
-    }
     let ctx = &svc.contexts[l];
     let Handler::Datagram(handler) = &svc.conf.handler else {
         sys::exit_now(1)
@@ -160,6 +194,8 @@ pub(crate) fn serve_inetd(server: &Server, passed: Option<PassedFd>) -> Result<(
         idle_timeout: svc.idle_timeout,
         local: local_text,
         reloads: 0,
+        listener: None,
+        load: None,
     };
     worker_title(&ctx, &peer);
     log::info!("{}: serving one connection from {peer} (inetd)", svc.name);

@@ -140,11 +140,13 @@ pub(crate) fn new_svc(conf: Service, listeners: Vec<Listener>) -> Svc {
             idle_timeout: conf.idle_timeout,
             local: l.addr().to_string(),
             reloads: 0,
+            listener: None,
+            load: None,
         })
         .collect();
     let nslots = match conf.model {
         Model::Fork => 0,
-        Model::Prefork => conf.workers,
+        Model::Prefork => super::pool::slots(&conf),
         Model::Thread | Model::Sequential => 1,
     };
     Svc {
@@ -391,7 +393,8 @@ impl Master {
                 *service == i && self.svcs[i].retired
             }
             Role::Inherited { service, role, .. } => *service == Some(i) && role != "companion",
-            Role::Companion { .. } => false,
+            // A spare serves nobody yet; it ends when its socket closes.
+            Role::Companion { .. } | Role::Spare { .. } => false,
         });
         if busy > 0 {
             return;
@@ -568,6 +571,7 @@ impl Master {
                 (name(*service), "worker".into(), peer.to_string())
             }
             Role::Server { service, .. } => (name(*service), "server".into(), String::new()),
+            Role::Spare { service } => (name(*service), "spare".into(), String::new()),
             Role::Companion { service, index } => (
                 name(*service),
                 "companion".into(),

@@ -12,7 +12,10 @@ use super::control::{self, ControlServer};
 use super::counters::{Counters, LatencyBoard};
 use super::lifecycle::{self, Handover};
 use super::pending::{Held, Pending};
+use super::pool::{self, Growth};
+use super::scoreboard;
 use super::signals::Signals;
+use super::spare::{self, Spares};
 use super::{Error, Reloader, Server, Service, fork};
 use crate::addr::ListenAddr;
 use crate::handler::{Context, Model};
@@ -115,6 +118,8 @@ pub(crate) struct Master {
     pub upgrade_requested: bool,
     pub last_upgrade_error: Option<String>,
     pub started: Instant,
+    pub spares: Spares,
+    pub growth: Growth,
 }
 
 /// Entry point of [`Server::run`].
@@ -123,6 +128,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     if server.services.is_empty() {
         return Err(Error::new(Error::USAGE, "no service to run"));
     }
+    spare::check(&server.services)?;
     let notifier = Notifier::from_env();
     let mut passed = systemd::take_listen_fds();
     let mut handover = lifecycle::take_handover();
@@ -145,7 +151,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     let run_as = resolve_user(&server)?;
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(Error::OSERR, format!("the path of this binary: {e}")))?;
-    let svcs = bind_all(&server, passed, handover.as_mut())?;
+    let mut svcs = bind_all(&server, passed, handover.as_mut())?;
     let control_path = server.control.clone().or_else(control::default_path);
     let control = ControlServer::bind(
         control_path.as_deref(),
@@ -162,6 +168,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
             }
         }
     }
+    scoreboard::share(&mut svcs, &server.services)?;
     for svc in &svcs {
         for l in &svc.listeners {
             log::info!("{}: listening on {}", svc.conf.name, l.addr());
@@ -204,6 +211,8 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         upgrade_requested: false,
         last_upgrade_error: None,
         started: Instant::now(),
+        spares: Spares::default(),
+        growth: Growth::default(),
     };
     if let Some(h) = &handover {
         master.adopt_children(h);
@@ -217,10 +226,13 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         for c in 0..master.svcs[i].companions.len() {
             master.spawn_companion(i, c);
         }
-        for s in 0..master.svcs[i].slots.len() {
+        // Prefork slots beyond --workers start only under load (pool.rs).
+        let first = master.svcs[i].slots.len().min(master.svcs[i].conf.workers);
+        for s in 0..first {
             master.spawn_server(i, s);
         }
     }
+    master.fill_spares();
     if let Some(fd) = server.ready_fd.filter(|_| handover.is_none()) {
         signal_ready_fd(fd);
     }
@@ -489,7 +501,8 @@ impl Master {
         if let Some(fd) = self.notifier.raw_fd() {
             sys::close_fd(fd);
         }
-        for fd in self.pending.raw_fds().chain(self.held.raw_fds()) {
+        let waiting = self.pending.raw_fds().chain(self.held.raw_fds());
+        for fd in waiting.chain(self.spares.raw_fds()) {
             sys::close_fd(fd);
         }
         for fd in self.control.raw_fds() {
@@ -586,7 +599,8 @@ impl Master {
             self.accept_paused_until = None;
         }
         for (i, svc) in self.svcs.iter().enumerate() {
-            if !svc.master_accepts() || svc.active >= svc.conf.max_children {
+            let watch = svc.master_accepts() && svc.active < svc.conf.max_children;
+            if !watch && !self.pool_may_grow(i) {
                 continue;
             }
             for (j, l) in svc.listeners.iter().enumerate() {
@@ -621,6 +635,16 @@ impl Master {
             consider(t);
         }
         if let Some(t) = self.held.next_expiry() {
+            consider(t);
+        }
+        if let Some(t) = self.spares.due() {
+            consider(t);
+        }
+        if self.spares.refill_wanted() {
+            // Look for connections without waiting; fork a spare if there are none.
+            consider(now);
+        }
+        if let Some(t) = self.growth.due() {
             consider(t);
         }
         if self.title_dirty {
@@ -751,6 +775,8 @@ impl Master {
             }
             svc.listeners.clear();
         }
+        // Spares read end of file and exit.
+        self.spares.close_all();
         self.title_dirty = true;
     }
 
@@ -771,6 +797,19 @@ impl Master {
         }
         if !self.held.is_empty() {
             self.serve_held(now);
+        }
+        if self.spares.due().is_some_and(|t| t <= now) {
+            self.fill_spares();
+        }
+        let first_listener = (FIRST_CONTROL + self.control_polled).min(self.pollfds.len());
+        let idle = self.pollfds[first_listener..]
+            .iter()
+            .all(|p| p.revents == 0);
+        if idle && self.spares.refill_wanted() {
+            self.fork_one_spare();
+        }
+        if self.growth.due().is_some_and(|t| t <= now) && self.shutdown.is_none() {
+            self.pool_check(now);
         }
         if self.shutdown.is_none() {
             for i in 0..self.svcs.len() {
@@ -889,6 +928,7 @@ impl Master {
                 let first_byte = latency.and_then(|slot| self.board.release(slot));
                 let svc = &mut self.svcs[service];
                 svc.active -= 1;
+                scoreboard::note_active(&svc.contexts, svc.active);
                 svc.sources.remove(peer.source_key(), svc.conf.per_source);
                 svc.counters.exited(r.status);
                 if let Some(us) = first_byte {
@@ -913,6 +953,7 @@ impl Master {
             Role::Server { service, slot } => {
                 let svc = &mut self.svcs[service];
                 svc.slots[slot].0 = None;
+                scoreboard::note_slot_free(&svc.contexts, slot);
                 let what = format!(
                     "{} server process {} ({})",
                     svc.conf.name, r.pid, svc.conf.model
@@ -924,6 +965,9 @@ impl Master {
                     }
                 } else if stopping {
                     log::info!("{what} {} after {life:.1}s", r.status);
+                } else if pool::is_extra(&svc.conf, slot) {
+                    // Started under load: started again only under load.
+                    log::info!("{what} {} after {life:.1}s; not replaced", r.status);
                 } else if r.status.success() {
                     // A planned exit (a prefork worker recycled after
                     // --max-requests) is no failure: replaced at once, and the
@@ -939,6 +983,7 @@ impl Master {
                     );
                 }
             }
+            Role::Spare { service } => self.spare_exited(service, r.pid, r.status),
             Role::Companion { service, index } => {
                 let svc = &mut self.svcs[service];
                 svc.companions[index].0 = None;

@@ -29,9 +29,12 @@ mod fork;
 mod lifecycle;
 mod master;
 mod pending;
+mod pool;
 mod process;
 mod reload;
+pub(crate) mod scoreboard;
 mod signals;
+mod spare;
 mod spawn;
 mod worker;
 
@@ -116,6 +119,8 @@ pub struct Service {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) workers: usize,
     pub(crate) max_requests: Option<u64>,
+    pub(crate) spare: usize,
+    pub(crate) max_workers: Option<usize>,
     pub(crate) companions: Vec<Companion>,
     pub(crate) spawner: Option<Arc<dyn Spawner>>,
     pub(crate) reloads: Vec<Arc<dyn Fn() + Send + Sync>>,
@@ -151,6 +156,8 @@ impl Service {
             idle_timeout: None,
             workers: 4,
             max_requests: None,
+            spare: 0,
+            max_workers: None,
             companions: Vec::new(),
             spawner: None,
             reloads: Vec::new(),
@@ -213,6 +220,14 @@ impl Service {
         self
     }
 
+    /// Under prefork, the pool grows up to `n` workers while all are busy and
+    /// clients wait, and shrinks back to [`workers`](Service::workers) when idle
+    /// (`None`, the default: a fixed pool).
+    pub fn max_workers(mut self, n: Option<usize>) -> Service {
+        self.max_workers = n;
+        self
+    }
+
     /// Under prefork, a worker exits (and is replaced) after serving this many.
     pub fn max_requests(mut self, n: Option<u64>) -> Service {
         self.max_requests = n;
@@ -224,6 +239,14 @@ impl Service {
     /// caps at net.core.rmem_max), so a burst waits in the kernel, not dropped.
     pub fn recv_buffer(mut self, bytes: Option<usize>) -> Service {
         self.recv_buffer = bytes;
+        self
+    }
+
+    /// Under the fork model, keeps `n` one-shot workers forked ahead of the
+    /// connections they will serve (fork-ahead; 0, the default: fork on accept).
+    /// Each serves exactly one connection and exits, as a forked worker does.
+    pub fn spare(mut self, n: usize) -> Service {
+        self.spare = n;
         self
     }
 

@@ -2,7 +2,8 @@
 //! fork per connection: `sequential` (one connection or datagram at a time),
 //! `thread` (a thread each; this process never forks) and `prefork` (one of N
 //! processes that each accept and serve one connection at a time, recycled after
-//! `--max-requests`). On SIGTERM it stops accepting and finishes what it has; a
+//! `--max-requests`; those beyond `--workers`, started under load, leave when
+//! idle: see `pool.rs`). On SIGTERM it stops accepting and finishes what it has; a
 //! second SIGTERM ends it at once.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -199,10 +200,30 @@ impl Proc<'_> {
             }
             let waiting = self.fair.as_ref().is_some_and(|f| !f.is_empty());
             let tick = self.datagram_handler().and_then(|h| h.tick_interval());
-            let timeout = if waiting { Some(Duration::ZERO) } else { tick };
-            if let Err(e) = sys::poll(&mut fds, timeout) {
-                log::error!("{}: poll: {e}", self.conf.name);
-                return 71;
+            // A worker the pool grew by leaves once the load that called it is gone.
+            let retire = super::pool::is_extra(self.conf, self.slot) && tick.is_none();
+            let timeout = if waiting {
+                Some(Duration::ZERO)
+            } else if retire {
+                Some(super::pool::RETIRE_IDLE)
+            } else {
+                tick
+            };
+            match sys::poll(&mut fds, timeout) {
+                Ok(0) if retire && !waiting => {
+                    log::info!(
+                        "{} worker #{}: idle for {}s beyond --workers; exiting",
+                        self.conf.name,
+                        self.slot + 1,
+                        super::pool::RETIRE_IDLE.as_secs()
+                    );
+                    return 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{}: poll: {e}", self.conf.name);
+                    return 71;
+                }
             }
             if fds[0].revents != 0 {
                 self.signals.drain();
@@ -348,14 +369,22 @@ impl Proc<'_> {
                 };
                 self.accept_errors.on_success();
                 let peer = worker::stream_peer(fd.as_fd(), &addr);
-                let ctx = self.contexts[l].clone();
+                let mut ctx = self.contexts[l].clone();
+                if self.threads.is_none() {
+                    // One connection at a time here: a readable listener means
+                    // clients wait for this process or its siblings.
+                    ctx.listener = Some(self.listeners[l].as_raw_fd());
+                }
                 self.served += 1;
                 match &self.threads {
                     None => {
                         if self.conf.model == Model::Prefork {
                             self.set_title(Some(&peer));
                         }
+                        let load = ctx.load;
+                        load.inspect(|l| l.set_busy(self.slot, true));
                         worker::serve_connection(h.as_ref(), fd, peer, ctx);
+                        load.inspect(|l| l.set_busy(self.slot, false));
                         self.set_title(None);
                     }
                     Some(ts) => {

@@ -83,12 +83,10 @@ pub fn serve_connection(
     if let Some(t) = ctx.idle_timeout {
         let _ = sys::set_io_timeout(fd.as_fd(), t);
     }
-    let stream = match Stream::from_fd(fd) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("{}: {peer}: {e}", ctx.service);
-            return Outcome::Failed;
-        }
+    // The peer says the family: no getsockopt(SO_DOMAIN) on the worker's path.
+    let stream = match peer {
+        Peer::Ip(_) => Stream::Tcp(std::net::TcpStream::from(fd)),
+        Peer::Unix { .. } => Stream::Unix(std::os::unix::net::UnixStream::from(fd)),
     };
     let _scope = crate::logging::context(&ctx.service, Some(peer.to_string()));
     log::debug!("{}: connection from {peer}", ctx.service);

@@ -2,7 +2,9 @@
 //! `/echo/<text>`; GET and HEAD; requests parsed with `httparse` and checked per
 //! RFC 9112 (400, 405, 404, 413, 431, 505, 500, each a small HTML page);
 //! keep-alive with pipelined requests answered in order, until `Connection: close`,
-//! HTTP/1.0 without keep-alive, the idle timeout, or `--max-requests-per-connection`.
+//! HTTP/1.0 without keep-alive, the idle timeout, or `--max-requests-per-connection`;
+//! and at once (after the response in hand) when other clients wait for a process
+//! of this service, so an idle keep-alive connection never holds a slot from them.
 //! Every response carries Date, Server, Content-Length and Content-Type (with a
 //! charset); every request gets one Common Log Format line at info level.
 
@@ -17,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::handler::{Connection, StreamHandler};
+use crate::handler::{Connection, StreamHandler, Wait};
 use request::{Failure, HttpError, Input, Request};
 use response::Response;
 use texts::Texts;
@@ -109,16 +111,23 @@ fn send(
 fn refuse(conn: &mut Connection, e: &HttpError, texts: Texts) -> io::Result<()> {
     let resp = texts.protocol_error(e.status, &e.detail);
     send(conn, &e.line, &resp, false, false)?;
-    linger(conn);
+    linger(conn, LINGER);
     Ok(())
 }
 
-/// Half-closes and reads what the client still sends for a moment (at most
-/// 4 MiB, 2 s), so unread request bytes do not make the kernel reset the
-/// connection and lose the answer just written.
-pub fn linger(conn: &mut Connection) {
+/// How long a closing connection reads what its client still sends.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Closing an idle keep-alive connection: a request that crossed the close gets
+/// end of file (a client retries that) rather than a reset, within this long.
+const IDLE_CLOSE_LINGER: Duration = Duration::from_millis(200);
+
+/// Half-closes and reads what the client still sends for at most `max` (and
+/// 4 MiB), so unread request bytes do not make the kernel reset the connection
+/// and lose the answer just written.
+pub fn linger(conn: &mut Connection, max: Duration) {
     let _ = conn.shutdown_write();
-    let until = Instant::now() + Duration::from_secs(2);
+    let until = Instant::now() + max;
     let mut scratch = [0u8; 16 * 1024];
     let mut total = 0usize;
     while total < 4 << 20 {
@@ -155,6 +164,25 @@ fn timed_out(
     send(conn, line, &resp, false, false)
 }
 
+/// Between keep-alive requests: false when the connection should close now,
+/// because other clients wait for this service (its processes are all busy) or
+/// the idle timeout passed with nothing sent.
+fn wait_for_next_request(conn: &mut Connection, idle: Option<Duration>) -> io::Result<bool> {
+    match conn.wait_for_input(idle)? {
+        Wait::Input => Ok(true),
+        Wait::TimedOut => Ok(false),
+        Wait::ClientsWaiting => {
+            log::debug!(
+                "{}: {}: closing an idle keep-alive connection: clients wait",
+                conn.context().service,
+                conn.peer()
+            );
+            linger(conn, IDLE_CLOSE_LINGER);
+            Ok(false)
+        }
+    }
+}
+
 impl StreamHandler for Http {
     fn handle(&self, conn: &mut Connection) -> io::Result<()> {
         // Responses go out whole; pipelined ones must not wait for an ACK.
@@ -163,6 +191,9 @@ impl StreamHandler for Http {
         let mut input = Input::default();
         let mut served: u64 = 0;
         loop {
+            if served > 0 && input.is_empty() && !wait_for_next_request(conn, idle)? {
+                return Ok(());
+            }
             let req = match input.read_head(conn, idle) {
                 Ok(r) => r,
                 Err(Failure::Closed) => return Ok(()),
@@ -195,11 +226,16 @@ impl StreamHandler for Http {
                 Ok(resp) => (resp, false),
                 Err(_) => (self.texts.error(500, &self.texts.failed()), true),
             };
-            let keep = req.keep_alive() && served < self.max_requests && !failed;
+            // Clients wait for a process: this one answers and closes rather than
+            // keep its slot for a connection that may sit idle.
+            let keep = req.keep_alive()
+                && served < self.max_requests
+                && !failed
+                && !conn.clients_waiting();
             send(conn, &line, &resp, keep, req.method == "HEAD")?;
             if !keep {
                 if failed || req.must_close {
-                    linger(conn);
+                    linger(conn, LINGER);
                 }
                 return Ok(());
             }

@@ -213,6 +213,11 @@ impl Input {
         }
     }
 
+    /// True when no byte of a next request is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Reads more bytes into the buffer, waiting at most `timeout`; 0 at end of file.
     pub fn fill(
         &mut self,

@@ -335,7 +335,7 @@ impl Proxy {
                         e.detail
                     );
                     let _ = last_word(client.conn, e.status, &e.detail);
-                    crate::services::http::linger(client.conn);
+                    crate::services::http::linger(client.conn, crate::services::http::LINGER);
                     return Ok(());
                 }
                 Err(Failure::Io(e)) => return Err(e),
@@ -498,7 +498,7 @@ impl Proxy {
             return Ok(Next::KeepAlive);
         }
         if req.body != Body::None {
-            crate::services::http::linger(c.conn);
+            crate::services::http::linger(c.conn, crate::services::http::LINGER);
         }
         Ok(Next::Close)
     }
