@@ -2,11 +2,12 @@
 //! and says what happened, under the policy a service with no file access but one
 //! readable directory would declare. The sandbox tests use it; by hand:
 //!
-//! cargo run --example sandbox_probe -- tcp:127.0.0.1:7000 /tmp [--unix] [--no-sandbox]
+//! cargo run --example sandbox_probe -- tcp:127.0.0.1:7000 /tmp [--unix] [--no-sandbox] [--seccomp]
 //! then `nc 127.0.0.1 7000` and type `open /etc/passwd`, `open /tmp/x`,
-//! `tcp 127.0.0.1:22`, `unix /run/x.sock`, `abstract NAME`. A forbidden file is
-//! refused by Landlock (the reply says so); a forbidden socket kills the worker
-//! (seccomp: SIGSYS, logged by the master). With `--unix` the policy also allows
+//! `tcp 127.0.0.1:22`, `unix /run/x.sock`, `abstract NAME`. A forbidden file or TCP
+//! connection is refused by Landlock (the reply says so); with `--seccomp` a
+//! forbidden socket kills the worker (SIGSYS, logged by the master). With `--unix`
+//! the policy also allows
 //! Unix sockets, as the chat worker's does: pathname ones connect, abstract ones
 //! outside the sandbox are refused (Landlock scope).
 
@@ -61,7 +62,13 @@ fn main() {
     let service = Service::stream("probe", Probe)
         .listen(addr.parse().expect("address"))
         .sandbox(policy);
-    if let Err(e) = Server::new().service(service).sandbox(on).run() {
+    let seccomp = args.iter().any(|a| a == "--seccomp");
+    if let Err(e) = Server::new()
+        .service(service)
+        .sandbox(on)
+        .seccomp(seccomp)
+        .run()
+    {
         eprintln!("sandbox_probe: {e}");
         std::process::exit(e.code);
     }

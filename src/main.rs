@@ -208,6 +208,10 @@ struct ServeOpts {
     /// Run workers without their sandbox (Landlock, seccomp; see README, Sandbox)
     #[arg(long, global = true)]
     no_sandbox: bool,
+    /// Also confine workers with a seccomp filter (off by default: at high fork
+    /// rates it can wedge the kernel's BPF JIT; see README, Sandbox)
+    #[arg(long, global = true, conflicts_with = "no_sandbox")]
+    seccomp: bool,
     /// Log to the local syslog socket (facility daemon) instead of stderr
     #[arg(long, global = true)]
     syslog: bool,
@@ -494,6 +498,7 @@ fn server_settings(opts: &ServeOpts) -> Result<Server, Error> {
         .user(opts.user.clone(), opts.group.clone())
         .inetd(opts.inetd)
         .sandbox(!opts.no_sandbox)
+        .seccomp(opts.seccomp)
         .control(opts.control.clone())
         .metrics_listen(metrics))
 }

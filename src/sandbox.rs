@@ -1,10 +1,20 @@
 //! The sandbox a worker enters after fork and before its handler runs: a [`Sandbox`]
 //! policy, declared by each service, says which paths it may read or write, whether it
 //! may open Unix sockets, and which system calls it makes beyond the ones every worker
-//! makes. Entering it sets `no_new_privs`, restricts the file system with a Landlock
-//! ruleset (and forbids TCP bind/connect and signals outside the worker), then
-//! installs a seccomp filter that kills the process on any other system call (the
-//! master logs such a death as SIGSYS).
+//! makes. Entering it sets `no_new_privs` and restricts the file system with a
+//! Landlock ruleset (and forbids TCP bind/connect and signals outside the worker);
+//! with `--seccomp` it then installs a seccomp filter that kills the process on any
+//! other system call (the master logs such a death as SIGSYS).
+//!
+//! Why seccomp is not on by default: every filter is a BPF program the kernel
+//! JIT-compiles on install and frees through its `events` workqueue on exit. At
+//! fork-per-connection rates (thousands a second) Linux 6.18 deadlocked there: the
+//! worker freeing a JIT pack held its mutex while `vfree` waited for work queued
+//! behind a thousand other frees blocked on that mutex. From then on every
+//! seccomp(2) on the machine blocked for ever (seen under `bench/compare.sh`). A
+//! security layer that can wedge the host under load is not a default; Landlock
+//! uses no BPF. `--seccomp` turns the filters on, after a start-up check that a
+//! filter installs at all ([`check_support`]).
 //!
 //! On a kernel without Landlock the file-system part is skipped (one log line at
 //! start-up, [`check_support`]); the seccomp filter still applies. Long-lived server
@@ -313,7 +323,8 @@ impl Sandbox {
                 &compiled.threaded
             }
         };
-        if let Some(prog) = prog {
+        crate::sys::set_no_new_privs().map_err(|e| format!("sandbox: no_new_privs: {e}"))?;
+        if let Some(prog) = prog.as_ref().filter(|_| SECCOMP.load(Ordering::Relaxed)) {
             seccompiler::apply_filter(prog).map_err(|e| format!("sandbox: seccomp: {e}"))?;
         }
         Ok(())
@@ -499,27 +510,77 @@ fn open_path(path: &Path) -> Option<PathFd> {
 /// (forked processes inherit the answer; unchecked counts as yes).
 static NO_LANDLOCK: AtomicBool = AtomicBool::new(false);
 
+/// Whether entering a sandbox installs its seccomp filter (`--seccomp`).
+static SECCOMP: AtomicBool = AtomicBool::new(false);
+
+/// How long the start-up check waits for a trivial filter to install.
+const SECCOMP_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Checks, once in the master before any fork, what this kernel enforces: an error
 /// without seccomp filters (the sandbox cannot be entered; `--no-sandbox` runs
 /// without it), one warning without Landlock (workers then get seccomp only).
-pub fn check_support() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status.lines().any(|l| l.starts_with("Seccomp:")) {
-        return Err(
-            "sandbox: this kernel has no seccomp filters; run with --no-sandbox to serve unsandboxed"
-                .into(),
-        );
+pub fn check_support(seccomp: bool) -> Result<(), String> {
+    if seccomp {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if !status.lines().any(|l| l.starts_with("Seccomp:")) {
+            return Err(
+                "sandbox: --seccomp: this kernel has no seccomp filters; run without --seccomp"
+                    .into(),
+            );
+        }
+        probe_seccomp()?;
+        SECCOMP.store(true, Ordering::Relaxed);
     }
     match crate::sys::landlock_abi() {
         v if v < 1 => {
             NO_LANDLOCK.store(true, Ordering::Relaxed);
             log::warn!(
-                "sandbox: this kernel has no Landlock; workers run without file-system restrictions (seccomp only)"
+                "sandbox: this kernel has no Landlock; workers run without file-system restrictions{}",
+                if seccomp {
+                    " (seccomp only)"
+                } else {
+                    " (no_new_privs only)"
+                }
             );
         }
         v => log::debug!("sandbox: Landlock ABI {v}"),
     }
     Ok(())
+}
+
+/// Installs a filter that allows everything in a child and waits for it to exit:
+/// on a kernel whose BPF JIT is stuck (see the module docs) that child never
+/// returns, and no worker must be started into the same wait.
+fn probe_seccomp() -> Result<(), String> {
+    use crate::sys::Forked;
+    let allow = vec![sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000, // SECCOMP_RET_ALLOW
+    }];
+    match crate::sys::fork().map_err(|e| format!("sandbox: --seccomp check: fork: {e}"))? {
+        Forked::Child => {
+            // A child that never returns must hold none of the master's
+            // descriptors (its log pipe, listeners).
+            crate::sys::detach_from_descriptors();
+            let ok =
+                crate::sys::set_no_new_privs().is_ok() && seccompiler::apply_filter(&allow).is_ok();
+            crate::sys::exit_now(if ok { 0 } else { 1 })
+        }
+        Forked::Parent(pid) => match crate::sys::wait_for(pid, SECCOMP_PROBE) {
+            Some(0) => Ok(()),
+            Some(_) => Err("sandbox: --seccomp: the kernel refused a seccomp filter".into()),
+            None => {
+                crate::sys::kill(pid, libc::SIGKILL);
+                Err(format!(
+                    "sandbox: --seccomp: installing a seccomp filter did not finish within {}s \
+                     (the kernel's BPF JIT is stuck; see README, Sandbox); run without --seccomp",
+                    SECCOMP_PROBE.as_secs()
+                ))
+            }
+        },
+    }
 }
 
 #[cfg(test)]

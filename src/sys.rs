@@ -141,6 +141,54 @@ fn wait_child(pid: libc::pid_t) -> io::Result<ExitStatus> {
     })
 }
 
+/// Waits up to `limit` for the child `pid` to end; its exit code (128 + signal
+/// for a signal death), or None when it is still running then.
+pub fn wait_for(pid: libc::pid_t, limit: std::time::Duration) -> Option<i32> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to the status integer we pass.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                libc::WEXITSTATUS(status)
+            });
+        }
+        if r == -1 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Some(-1);
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null and closes every other
+/// descriptor (a throwaway child that may never exit).
+pub fn detach_from_descriptors() {
+    // SAFETY: open, dup2 and close_range on descriptor numbers only.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
+/// Sets `no_new_privs`: nothing this process executes may gain privileges
+/// (setuid bits, file capabilities).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
 /// Runs `f` in a throwaway child and waits for it, for work whose memory and
 /// descriptors must never live in the calling process (the master opening a
 /// database to check it before it forks workers). Returns `f`'s verdict: `Ok`,

@@ -365,6 +365,7 @@ pub struct Server {
     pub(crate) setup_logging: bool,
     pub(crate) process_titles: bool,
     pub(crate) sandbox: bool,
+    pub(crate) seccomp: bool,
     pub(crate) reloader: Option<Reloader>,
     pub(crate) control: Option<PathBuf>,
     pub(crate) metrics_listen: Option<ListenAddr>,
@@ -392,6 +393,7 @@ impl Server {
             setup_logging: true,
             process_titles: true,
             sandbox: true,
+            seccomp: false,
             reloader: None,
             control: None,
             metrics_listen: None,
@@ -468,6 +470,13 @@ impl Server {
         self
     }
 
+    /// Whether a sandbox also installs its seccomp filter (default off; `--seccomp`;
+    /// see [`crate::sandbox`] for why).
+    pub fn seccomp(mut self, on: bool) -> Server {
+        self.seccomp = on;
+        self
+    }
+
     /// How SIGHUP re-reads the configuration (none: SIGHUP logs that there is
     /// nothing to reload).
     pub fn reloader(mut self, r: Option<Reloader>) -> Server {
@@ -531,7 +540,8 @@ impl Server {
             }
         }
         if any {
-            crate::sandbox::check_support().map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
+            crate::sandbox::check_support(self.seccomp)
+                .map_err(|e| Error::new(Error::UNAVAILABLE, e))?;
         } else if !on {
             log::info!("sandbox: off (--no-sandbox)");
         }

@@ -650,3 +650,47 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// Whether this kernel installs a seccomp filter at all, checked in a child with a
+/// deadline: a kernel whose BPF JIT is stuck (see src/sandbox.rs) blocks the
+/// installing process for ever, and a test must say so rather than hang.
+pub fn seccomp_installs() -> bool {
+    // SAFETY: the child only makes raw system calls (prctl, seccomp, _exit), which
+    // are safe after fork in a multi-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let allow = [libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        }];
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: allow.as_ptr() as *mut _,
+        };
+        // SAFETY: as above; `prog` lives until the call returns. A child that never
+        // returns must not hold the test's output pipes or any other descriptor:
+        // stdio goes to /dev/null, everything else is closed first.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let r = libc::syscall(libc::SYS_seccomp, 1, 0, &prog as *const _);
+            libc::_exit(if r == 0 { 0 } else { 1 });
+        }
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let mut st = 0;
+        // SAFETY: waitpid on our own child, writing only `st`.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == pid {
+            return libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
