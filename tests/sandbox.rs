@@ -70,20 +70,27 @@ fn seccomp_or_skip(test: &str) -> bool {
     ok
 }
 
+/// The probe reads its directory but not /etc/passwd (Landlock: EACCES); returns
+/// the allowed file's path.
+fn reads_only_its_paths(fs: &Forkserve, dir: &TempDir) -> PathBuf {
+    let allowed = dir.path("allowed.txt");
+    let line = ask(fs, &format!("open {}", allowed.display())).unwrap();
+    assert!(line.ends_with(": ok, 5 bytes"), "{line}");
+    let line = ask(fs, "open /etc/passwd").unwrap();
+    assert!(
+        line.starts_with("open /etc/passwd: denied") && line.contains("Permission denied"),
+        "{line}"
+    );
+    allowed
+}
+
 #[test]
 fn a_worker_reads_only_its_paths_and_reaches_no_tcp_address() {
     let dir = TempDir::new("sandbox-ll");
     std::fs::write(dir.path("allowed.txt"), "12345").unwrap();
     let targets = Targets::new(&dir);
     let fs = start_probe(&dir, &[]);
-    let allowed = dir.path("allowed.txt");
-    let line = ask(&fs, &format!("open {}", allowed.display())).unwrap();
-    assert!(line.ends_with(": ok, 5 bytes"), "{line}");
-    let line = ask(&fs, "open /etc/passwd").unwrap();
-    assert!(
-        line.starts_with("open /etc/passwd: denied") && line.contains("Permission denied"),
-        "{line}"
-    );
+    let allowed = reads_only_its_paths(&fs, &dir);
     // Landlock's network rules: no TCP connect.
     let line = ask(&fs, &format!("tcp {}", targets.tcp_addr())).unwrap();
     assert!(line.contains(": denied"), "{line}");
@@ -100,15 +107,7 @@ fn with_seccomp_a_worker_opens_no_socket() {
     let targets = Targets::new(&dir);
     let fs = start_probe(&dir, &["--seccomp"]);
 
-    let allowed = dir.path("allowed.txt");
-    let line = ask(&fs, &format!("open {}", allowed.display())).unwrap();
-    assert!(line.ends_with(": ok, 5 bytes"), "{line}");
-    // Landlock: outside the policy's paths, opening fails with EACCES.
-    let line = ask(&fs, "open /etc/passwd").unwrap();
-    assert!(
-        line.starts_with("open /etc/passwd: denied") && line.contains("Permission denied"),
-        "{line}"
-    );
+    let allowed = reads_only_its_paths(&fs, &dir);
 
     // seccomp: socket(2) is not in the policy; the worker dies of SIGSYS.
     assert_eq!(ask(&fs, &format!("tcp {}", targets.tcp_addr())), None);
