@@ -90,7 +90,7 @@ fn a_worker_reads_only_its_paths_and_reaches_no_tcp_address() {
     std::fs::write(dir.path("allowed.txt"), "12345").unwrap();
     let targets = Targets::new(&dir);
     let fs = start_probe(&dir, &[]);
-    let allowed = reads_only_its_paths(&fs, &dir);
+    reads_only_its_paths(&fs, &dir);
     // Landlock's network rules: no TCP connect.
     let line = ask(&fs, &format!("tcp {}", targets.tcp_addr())).unwrap();
     assert!(line.contains(": denied"), "{line}");
