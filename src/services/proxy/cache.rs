@@ -592,44 +592,9 @@ pub mod policy {
     }
 }
 
-/// Seconds since the epoch of an HTTP date: IMF-fixdate, RFC 850 or asctime.
-pub fn parse_http_date(s: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let s = s.trim();
-    let rest = s.split_once(',').map_or(s, |(_, r)| r).trim();
-    let imf: Vec<&str> = rest.split([' ', '-']).filter(|p| !p.is_empty()).collect();
-    let asc: Vec<&str> = s.split_whitespace().collect();
-    // IMF/RFC 850: DD Mon YYYY HH:MM:SS GMT; asctime: Mon DD HH:MM:SS YYYY (after the weekday).
-    let (day, mon, year, time) = if s.contains(',') {
-        (*imf.first()?, *imf.get(1)?, *imf.get(2)?, *imf.get(3)?)
-    } else {
-        (*asc.get(2)?, *asc.get(1)?, *asc.get(4)?, *asc.get(3)?)
-    };
-    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
-    let mut year: i64 = year.parse().ok()?;
-    if year < 100 {
-        year += if year < 70 { 2000 } else { 1900 };
-    }
-    let day: i64 = day.parse().ok()?;
-    let hms: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
-}
+/// Seconds since the epoch of an HTTP date (the crate's parser: IMF-fixdate, RFC
+/// 850 or asctime).
+pub use crate::parse_http_date;
 
 #[cfg(test)]
 mod tests {
