@@ -585,21 +585,7 @@ fn counters_reach_status_sigusr1_and_promtool() {
         body.contains("forkserve_worker_exits_total{service=\"e\",status=\"0\",signal=\"\"} 4"),
         "{body}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}\n{body}", text(&out));
+    promtool_check(&body);
 
     let s = ctl_json(&sock, &["status"]);
     let c = &service(&s, "e")["counters"];
